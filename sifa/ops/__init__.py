@@ -1,0 +1,6 @@
+"""The SIFA operator: deformable correlation and deformable aggregation (SPEC §1)."""
+from . import reference
+from .functional import backend, defagg, defcor
+from .modules import DefAgg, DefCorFixW
+
+__all__ = ["backend", "defagg", "defcor", "DefAgg", "DefCorFixW", "reference"]

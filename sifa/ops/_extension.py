@@ -1,0 +1,98 @@
+"""Loading of the compiled kernels (``sifa/_C*.so``) and their Python-side registrations.
+
+The C++ library declares the ``sifa::`` op schemas and their CPU/CUDA/autocast kernels; here we
+add what torch.compile and autograd need: fake (meta) implementations and the backward formulas.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+_ENV = "SIFA_OPS_BACKEND"
+
+
+def _library_path() -> Optional[Path]:
+    pkg = Path(__file__).resolve().parent.parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = pkg / f"_C{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def use_extension() -> bool:
+    """Whether ``torch.ops.sifa`` is loaded and chosen (``SIFA_OPS_BACKEND`` overrides the choice)."""
+    choice = os.environ.get(_ENV, "").strip().lower()
+    if choice not in ("", "extension", "reference"):
+        raise ValueError(f"{_ENV} must be 'extension' or 'reference', got {choice!r}")
+    if choice == "reference":
+        return False
+    path = _library_path()
+    error = None
+    if path is not None:
+        try:
+            torch.ops.load_library(str(path))
+            _register_python_side()
+            return True
+        except (OSError, RuntimeError) as exc:  # built against another PyTorch, missing CUDA libs, ...
+            error = f"{path.name} failed to load: {exc}"
+    reason = error or "the compiled SIFA extension is not built"
+    if choice == "extension":
+        raise RuntimeError(f"{_ENV}=extension but {reason}; run `bash make.sh` in the repository root")
+    warnings.warn(f"{reason}; using the pure-PyTorch reference of the SIFA ops (slow). "
+                  "Run `bash make.sh` to build the kernels.", RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _kernel_len(w: torch.Tensor) -> int:
+    return w.shape[2] * w.shape[3]
+
+
+def _register_python_side() -> None:
+    lib = "sifa::"
+
+    @torch.library.register_fake(lib + "defcor")
+    def _(input, offset, weight, stride, padding, dilation, groups):
+        N, C, T, H, W = input.shape
+        return input.new_empty((N, groups * _kernel_len(weight), T, H, W))
+
+    @torch.library.register_fake(lib + "defagg")
+    def _(input, offset, weight, kernel_size, stride, padding, dilation, groups):
+        return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+    def _grads_fake(input, offset, weight, mask):
+        return tuple(t.new_empty(t.shape if m else (0,)) for t, m in zip((input, offset, weight), mask))
+
+    @torch.library.register_fake(lib + "_defcor_backward")
+    def _(grad, input, offset, weight, stride, padding, dilation, groups, mask):
+        return _grads_fake(input, offset, weight, mask)
+
+    @torch.library.register_fake(lib + "_defagg_backward")
+    def _(grad, input, offset, weight, kernel_size, stride, padding, dilation, groups, mask):
+        return _grads_fake(input, offset, weight, mask)
+
+    def _setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:3])
+        ctx.args = inputs[3:]
+
+    def _grads(ctx, results):
+        return tuple(g if need else None for g, need in zip(results, ctx.needs_input_grad[:3])) \
+            + (None,) * len(ctx.args)
+
+    def _defcor_backward(ctx, grad):
+        mask = list(ctx.needs_input_grad[:3])
+        return _grads(ctx, torch.ops.sifa._defcor_backward(grad, *ctx.saved_tensors, *ctx.args, mask))
+
+    def _defagg_backward(ctx, grad):
+        mask = list(ctx.needs_input_grad[:3])
+        return _grads(ctx, torch.ops.sifa._defagg_backward(grad, *ctx.saved_tensors, *ctx.args, mask))
+
+    torch.library.register_autograd(lib + "defcor", _defcor_backward, setup_context=_setup)
+    torch.library.register_autograd(lib + "defagg", _defagg_backward, setup_context=_setup)

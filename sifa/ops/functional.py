@@ -1,0 +1,95 @@
+"""The SIFA operator's Python surface (SPEC §1): typed wrappers with input checks.
+
+Both functions dispatch to the compiled extension (``torch.ops.sifa``) when it is loaded, else to
+the pure-PyTorch reference; ``sifa.ops.backend()`` tells which.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from . import _extension, reference
+from .reference import IntPair, _pair
+
+
+def backend() -> str:
+    """``"extension"`` when the compiled kernels are in use, else ``"reference"``."""
+    return "extension" if _extension.use_extension() else "reference"
+
+
+def _shape(t: Tensor) -> str:
+    return "×".join(str(s) for s in t.shape) or "scalar"
+
+
+def _check_common(input: Tensor, offset: Tensor, weight: Tensor, kernel: Tuple[int, int],
+                  stride: Tuple[int, int], padding: Tuple[int, int], dilation: Tuple[int, int],
+                  groups: int, op: str) -> None:
+    for name, t in (("input", input), ("offset", offset)):
+        if t.dim() != 5:
+            raise ValueError(f"{op}: {name} must be 5-D (N×C×T×H×W), got shape {_shape(t)}")
+    if stride != (1, 1):
+        raise ValueError(f"{op}: only stride 1 is supported (the output keeps the input's size), got {stride}")
+    if min(kernel) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"{op}: kernel size and dilation must be ≥ 1 and padding ≥ 0, got kernel {kernel}, "
+                         f"dilation {dilation}, padding {padding}")
+    N, C, T, H, W = input.shape
+    if offset.shape[1] != 2 * kernel[0] * kernel[1]:
+        raise ValueError(f"{op}: offset must have 2·kh·kw = {2 * kernel[0] * kernel[1]} channels for kernel "
+                         f"{kernel}, got shape {_shape(offset)}")
+    if offset.shape[0] != N or offset.shape[2:] != input.shape[2:]:
+        raise ValueError(f"{op}: offset batch and T×H×W must equal the input's ({N}, {T}×{H}×{W}), "
+                         f"got offset {_shape(offset)} for input {_shape(input)}")
+    if groups < 1 or C % groups != 0:
+        raise ValueError(f"{op}: groups ({groups}) must be ≥ 1 and divide the input channels ({C})")
+    for name, t in (("offset", offset), ("weight", weight)):
+        if t.dtype != input.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but input has {input.dtype}; all tensors must match")
+        if t.device != input.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
+    if not (input.is_floating_point()):
+        raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
+
+
+def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 1,
+           dilation: IntPair = 1, groups: int = 1) -> Tensor:
+    """Deformable correlation (SPEC §1).
+
+    corr[n, g·K+k, t, h, w] = Σ_{c∈g} weight[c,t,k] · input[n,c,prev(t),h,w] · S(input[n,c,t], p_k)
+
+    Args: input N×C×T×H×W; offset N×2K×T×H×W (channel 2k vertical, 2k+1 horizontal);
+    weight C×T×kh×kw (the kernel size is read from it). Returns N×(G·K)×T×H×W.
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    if weight.dim() != 4:
+        raise ValueError(f"defcor: weight must be 4-D (C×T×kh×kw), got shape {_shape(weight)}")
+    kernel = (weight.shape[2], weight.shape[3])
+    _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, "defcor")
+    if input.dim() == 5 and tuple(weight.shape[:2]) != (input.shape[1], input.shape[2]):
+        raise ValueError(f"defcor: weight must be C×T×kh×kw = {input.shape[1]}×{input.shape[2]}×kh×kw, "
+                         f"got {_shape(weight)}")
+    if _extension.use_extension():
+        return torch.ops.sifa.defcor(input, offset, weight, stride, padding, dilation, groups)
+    return reference.defcor(input, offset, weight, stride, padding, dilation, groups)
+
+
+def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair = 3, stride: IntPair = 1,
+           padding: IntPair = 1, dilation: IntPair = 1, groups: int = 1) -> Tensor:
+    """Deformable aggregation (SPEC §1).
+
+    out[n, c, t, h, w] = Σ_k weight[n, g(c)·K+k, t, h, w] · S(input[n,c,t], p_k)
+
+    Args: input N×C×T×H×W; offset N×2K×T×H×W; weight (the scores, e.g. defcor's output)
+    N×(G·K)×T×H×W. Returns N×C×T×H×W.
+    """
+    kernel, stride, padding, dilation = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
+    _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, "defagg")
+    N, C, T, H, W = input.shape
+    expected = (N, groups * kernel[0] * kernel[1], T, H, W)
+    if tuple(weight.shape) != expected:
+        raise ValueError(f"defagg: weight (scores) must be N×G·kh·kw×T×H×W = {'×'.join(map(str, expected))}, "
+                         f"got {_shape(weight)}")
+    if _extension.use_extension():
+        return torch.ops.sifa.defagg(input, offset, weight, kernel, stride, padding, dilation, groups)
+    return reference.defagg(input, offset, weight, kernel, stride, padding, dilation, groups)
