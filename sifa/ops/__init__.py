@@ -3,4 +3,6 @@ from . import reference
 from .functional import backend, defagg, defcor
 from .modules import DefAgg, DefCorFixW
 
+backend()  # choose (and load) the kernels now, not inside a torch.compile trace
+
 __all__ = ["backend", "defagg", "defcor", "DefAgg", "DefCorFixW", "reference"]

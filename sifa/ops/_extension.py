@@ -5,7 +5,6 @@ add what torch.compile and autograd need: fake (meta) implementations and the ba
 """
 from __future__ import annotations
 
-import functools
 import importlib.machinery
 import os
 import warnings
@@ -26,9 +25,24 @@ def _library_path() -> Optional[Path]:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+_chosen: Optional[bool] = None  # resolved once; a plain global so torch.compile reads it as a constant
+
+
 def use_extension() -> bool:
     """Whether ``torch.ops.sifa`` is loaded and chosen (``SIFA_OPS_BACKEND`` overrides the choice)."""
+    global _chosen
+    if _chosen is None:
+        _chosen = _choose()
+    return _chosen
+
+
+def reset() -> None:
+    """Forget the choice, so that the next call reads ``SIFA_OPS_BACKEND`` again."""
+    global _chosen
+    _chosen = None
+
+
+def _choose() -> bool:
     choice = os.environ.get(_ENV, "").strip().lower()
     if choice not in ("", "extension", "reference"):
         raise ValueError(f"{_ENV} must be 'extension' or 'reference', got {choice!r}")
@@ -38,8 +52,9 @@ def use_extension() -> bool:
     error = None
     if path is not None:
         try:
-            torch.ops.load_library(str(path))
-            _register_python_side()
+            if not hasattr(torch.ops.sifa, "defcor"):
+                torch.ops.load_library(str(path))
+                _register_python_side()
             return True
         except (OSError, RuntimeError) as exc:  # built against another PyTorch, missing CUDA libs, ...
             error = f"{path.name} failed to load: {exc}"

@@ -5,7 +5,7 @@ the pure-PyTorch reference; ``sifa.ops.backend()`` tells which.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -17,6 +17,14 @@ from .reference import IntPair, _pair
 def backend() -> str:
     """``"extension"`` when the compiled kernels are in use, else ``"reference"``."""
     return "extension" if _extension.use_extension() else "reference"
+
+
+def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
+    """The dtype the ops compute in under autocast: float32 on CPU, the autocast dtype on CUDA."""
+    device = t.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return None
+    return torch.float32 if device == "cpu" else torch.get_autocast_dtype(device)
 
 
 def _shape(t: Tensor) -> str:
@@ -44,12 +52,18 @@ def _check_common(input: Tensor, offset: Tensor, weight: Tensor, kernel: Tuple[i
     if groups < 1 or C % groups != 0:
         raise ValueError(f"{op}: groups ({groups}) must be ≥ 1 and divide the input channels ({C})")
     for name, t in (("offset", offset), ("weight", weight)):
-        if t.dtype != input.dtype:
+        if t.dtype != input.dtype and _autocast_dtype(input) is None:
             raise TypeError(f"{op}: {name} has dtype {t.dtype} but input has {input.dtype}; all tensors must match")
         if t.device != input.device:
             raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
     if not (input.is_floating_point()):
         raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
+
+
+def _cast_for_autocast(*tensors: Tensor) -> Tuple[Tensor, ...]:
+    """The reference's counterpart of the extension's autocast rule (autocast/sifa_kernel.cpp)."""
+    dtype = _autocast_dtype(tensors[0])
+    return tensors if dtype is None else tuple(t.to(dtype) for t in tensors)
 
 
 def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 1,
@@ -71,6 +85,7 @@ def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, p
                          f"got {_shape(weight)}")
     if _extension.use_extension():
         return torch.ops.sifa.defcor(input, offset, weight, stride, padding, dilation, groups)
+    input, offset, weight = _cast_for_autocast(input, offset, weight)
     return reference.defcor(input, offset, weight, stride, padding, dilation, groups)
 
 
@@ -92,4 +107,5 @@ def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair =
                          f"got {_shape(weight)}")
     if _extension.use_extension():
         return torch.ops.sifa.defagg(input, offset, weight, kernel, stride, padding, dilation, groups)
+    input, offset, weight = _cast_for_autocast(input, offset, weight)
     return reference.defagg(input, offset, weight, kernel, stride, padding, dilation, groups)

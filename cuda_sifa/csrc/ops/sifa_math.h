@@ -1,0 +1,125 @@
+// Per-sample math of the SIFA operator, shared by the CPU and CUDA kernels so that the CPU
+// tests exercise the very index arithmetic and bilinear weights the GPU runs (SPEC §1).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define SIFA_HOST_DEVICE __host__ __device__ __forceinline__
+#define SIFA_UNROLL _Pragma("unroll")
+#else
+#define SIFA_HOST_DEVICE inline
+#define SIFA_UNROLL _Pragma("GCC unroll 4")
+#endif
+
+namespace sifa {
+namespace math {
+
+template <typename acc_t>
+SIFA_HOST_DEVICE acc_t floor_of(acc_t v) {
+#ifdef __CUDA_ARCH__
+  return floor(v);
+#else
+  return std::floor(v);
+#endif
+}
+
+// The four corners of a bilinear sample: indices into an H×W plane (y·W + x), interpolation
+// weights and their derivatives w.r.t. the sample's y and x. Corners outside the image (and all
+// four when the sample lies outside (−1, H)×(−1, W)) have index 0 and zero weights, so callers
+// may read and scatter through them without branching.
+template <typename acc_t>
+struct Bilinear {
+  int64_t index[4];
+  acc_t weight[4];
+  acc_t dweight_dy[4];
+  acc_t dweight_dx[4];
+};
+
+template <typename acc_t>
+SIFA_HOST_DEVICE Bilinear<acc_t> bilinear(acc_t py, acc_t px, int64_t H, int64_t W) {
+  Bilinear<acc_t> b;
+SIFA_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    b.index[i] = 0;
+    b.weight[i] = b.dweight_dy[i] = b.dweight_dx[i] = acc_t(0);
+  }
+  if (py <= acc_t(-1) || px <= acc_t(-1) || py >= acc_t(H) || px >= acc_t(W)) return b;
+  const acc_t fy = floor_of(py), fx = floor_of(px);
+  const int64_t y0 = static_cast<int64_t>(fy), x0 = static_cast<int64_t>(fx);
+  const acc_t ly = py - fy, lx = px - fx, hy = acc_t(1) - ly, hx = acc_t(1) - lx;
+  // corner order: (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1)
+  const acc_t w[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
+  const acc_t dy[4] = {-hx, -lx, hx, lx};
+  const acc_t dx[4] = {-hy, hy, -ly, ly};
+SIFA_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int64_t y = y0 + (i >> 1), x = x0 + (i & 1);
+    if (y >= 0 && y < H && x >= 0 && x < W) {
+      b.index[i] = y * W + x;
+      b.weight[i] = w[i];
+      b.dweight_dy[i] = dy[i];
+      b.dweight_dx[i] = dx[i];
+    }
+  }
+  return b;
+}
+
+// The sample from corner elements base[index·stride] (stride: the layout's distance between pixels).
+template <typename acc_t, typename scalar_t>
+SIFA_HOST_DEVICE acc_t interpolate(const Bilinear<acc_t>& b, const scalar_t* base, int64_t stride) {
+  return b.weight[0] * acc_t(base[b.index[0] * stride]) + b.weight[1] * acc_t(base[b.index[1] * stride]) +
+         b.weight[2] * acc_t(base[b.index[2] * stride]) + b.weight[3] * acc_t(base[b.index[3] * stride]);
+}
+
+// The sample and its derivatives along y and x.
+template <typename acc_t>
+struct SampleGrad {
+  acc_t value, dy, dx;
+};
+
+template <typename acc_t, typename scalar_t>
+SIFA_HOST_DEVICE SampleGrad<acc_t> interpolate_with_grad(const Bilinear<acc_t>& b, const scalar_t* base,
+                                                         int64_t stride) {
+  SampleGrad<acc_t> r{acc_t(0), acc_t(0), acc_t(0)};
+  SIFA_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const acc_t v = base[b.index[i] * stride];
+    r.value += b.weight[i] * v;
+    r.dy += b.dweight_dy[i] * v;
+    r.dx += b.dweight_dx[i] * v;
+  }
+  return r;
+}
+
+// Shape and hyper-parameters of one call, with the index arithmetic of the NCTHW tensors
+// that cross the op boundary (offsets N×2K×T×H×W, scores N×G·K×T×H×W, weight C×T×K).
+struct Geometry {
+  int64_t N, C, T, H, W;
+  int64_t kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
+
+  SIFA_HOST_DEVICE int64_t taps() const { return kh * kw; }
+  SIFA_HOST_DEVICE int64_t plane() const { return H * W; }
+  SIFA_HOST_DEVICE int64_t group_channels() const { return C / groups; }
+  // the query frame of frame t: t−1, and frame 0 correlates with itself
+  SIFA_HOST_DEVICE int64_t prev_frame(int64_t t) const { return t > 0 ? t - 1 : 0; }
+
+  SIFA_HOST_DEVICE int64_t offset_index(int64_t n, int64_t k, int64_t axis, int64_t t, int64_t hw) const {
+    return ((n * 2 * taps() + 2 * k + axis) * T + t) * plane() + hw;
+  }
+  SIFA_HOST_DEVICE int64_t score_index(int64_t n, int64_t g, int64_t k, int64_t t, int64_t hw) const {
+    return (((n * groups + g) * taps() + k) * T + t) * plane() + hw;
+  }
+
+  // Bilinear corners of tap k (row k / kw, column k % kw) of pixel (h, w) displaced by the offset.
+  template <typename acc_t>
+  SIFA_HOST_DEVICE Bilinear<acc_t> sample(int64_t h, int64_t w, int64_t k, acc_t off_y, acc_t off_x) const {
+    const acc_t py = static_cast<acc_t>(h * stride_h - pad_h + (k / kw) * dil_h) + off_y;
+    const acc_t px = static_cast<acc_t>(w * stride_w - pad_w + (k % kw) * dil_w) + off_x;
+    return bilinear<acc_t>(py, px, H, W);
+  }
+};
+
+}  // namespace math
+}  // namespace sifa

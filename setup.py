@@ -1,0 +1,97 @@
+"""Builds the SIFA kernels (cuda_sifa/) into sifa/_C: CPU always, CUDA when nvcc is found.
+
+Environment: FORCE_CUDA=1 builds the CUDA kernels even without a visible GPU (needs nvcc);
+FORCE_CUDA=0 builds the CPU kernels only; TORCH_CUDA_ARCH_LIST picks the GPU architectures
+(default: the visible GPU's, else a list covering Turing to Hopper); CUDA_HOME the toolkit.
+"""
+import glob
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "cuda_sifa" / "csrc"
+
+
+def _real_cuda_home():
+    """The toolkit that really holds nvcc: torch's guess can be a bare /usr/local or a wrapper."""
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if candidate and (Path(candidate) / "bin" / "nvcc").is_file():
+            return str(Path(candidate).resolve())
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    nvcc = Path(nvcc).resolve()
+    if nvcc.parent.name == "bin" and (nvcc.parent.parent / "include" / "cuda_runtime.h").exists():
+        return str(nvcc.parent.parent)
+    # a wrapper script (e.g. /usr/local/bin/nvcc -> exec /usr/local/cuda-X/bin/nvcc): find the toolkit it runs
+    for root in sorted(glob.glob("/usr/local/cuda*"), reverse=True):
+        if (Path(root) / "bin" / "nvcc").is_file() and (Path(root) / "include" / "cuda_runtime.h").exists():
+            return str(Path(root).resolve())
+    return None
+
+
+def _want_cuda(cuda_home):
+    force = os.environ.get("FORCE_CUDA", "").strip()
+    if force == "0":
+        return False
+    if force == "1" and cuda_home is None:
+        sys.exit("FORCE_CUDA=1 but no CUDA toolkit with nvcc was found; set CUDA_HOME")
+    return cuda_home is not None
+
+
+def _pip_nvidia_includes():
+    """Header dirs of the pip `nvidia` packages installed with torch (cusparse.h, cublas.h, ...),
+    which a minimal toolkit lacks but torch's CUDA headers include."""
+    import site
+    dirs = []
+    for base in site.getsitepackages() + [site.getusersitepackages()]:
+        dirs += glob.glob(os.path.join(base, "nvidia", "*", "include"))
+    return sorted(set(dirs))
+
+
+def _extension():
+    cuda_home = _real_cuda_home()
+    use_cuda = _want_cuda(cuda_home)
+    if use_cuda:
+        os.environ["CUDA_HOME"] = cuda_home  # before cpp_extension reads it
+    from torch.utils import cpp_extension
+
+    if use_cuda:
+        cpp_extension.CUDA_HOME = cuda_home
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            import torch
+            if not torch.cuda.is_available():
+                os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;8.6;8.9;9.0+PTX"
+    sources = [str(CSRC / "ops" / "sifa.cpp"), str(CSRC / "ops" / "autocast" / "sifa_kernel.cpp"),
+               str(CSRC / "ops" / "cpu" / "sifa_kernel.cpp")]
+    cxx = ["-O3", "-fopenmp-simd"]
+    if use_cuda:
+        sources.append(str(CSRC / "ops" / "cuda" / "sifa_kernel.cu"))
+        nvcc = ["-O3", "--expt-relaxed-constexpr"]
+        nvcc += [f"-I{d}" for d in _pip_nvidia_includes()]
+        cxx += [f"-I{d}" for d in _pip_nvidia_includes()]
+        return cpp_extension.CUDAExtension("sifa._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                                           define_macros=[("WITH_CUDA", None)])
+    return cpp_extension.CppExtension("sifa._C", sources, extra_compile_args={"cxx": cxx})
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    setup(
+        name="sifa",
+        version="0.1.0",
+        description="Stand-Alone Inter-Frame Attention in Video Models (SIFA-Net, SIFA-Transformer)",
+        packages=find_packages(include=["sifa", "sifa.*"]),
+        python_requires=">=3.10",
+        ext_modules=[_extension()],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    )
+
+
+if __name__ == "__main__":
+    main()

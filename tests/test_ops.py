@@ -1,0 +1,275 @@
+"""The SIFA operator: reference against explicit loops, extension against reference, gradients,
+input checks, backend choice, autocast and torch.compile (SPEC §1)."""
+import math
+import warnings
+
+import pytest
+import torch
+
+import sifa.ops as ops
+from sifa.ops import _extension, reference
+
+HAS_EXT = ops.backend() == "extension"
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason="compiled extension not built (run `bash make.sh`)")
+needs_cuda = pytest.mark.skipif(not (HAS_EXT and torch.cuda.is_available()), reason="needs a GPU and the extension")
+
+
+def loop_sample(img, y, x):
+    """S(img, y, x) of SPEC §1 written out for one H×W plane."""
+    H, W = img.shape
+    if y <= -1 or x <= -1 or y >= H or x >= W:
+        return 0.0
+    y0, x0 = math.floor(y), math.floor(x)
+    v = 0.0
+    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+            if 0 <= yy < H and 0 <= xx < W:
+                v += wy * wx * float(img[yy, xx])
+    return v
+
+
+def loop_defcor_defagg(x, off, w, scores, pad, dil, groups):
+    N, C, T, H, W = x.shape
+    kh, kw = w.shape[2:]
+    K = kh * kw
+    corr = torch.zeros(N, groups * K, T, H, W, dtype=torch.float64)
+    out = torch.zeros(N, C, T, H, W, dtype=torch.float64)
+    Cg = C // groups
+    for n in range(N):
+        for t in range(T):
+            tp = t - 1 if t > 0 else 0
+            for h in range(H):
+                for ww in range(W):
+                    for k in range(K):
+                        i, j = divmod(k, kw)
+                        py = h - pad + i * dil + float(off[n, 2 * k, t, h, ww])
+                        px = ww - pad + j * dil + float(off[n, 2 * k + 1, t, h, ww])
+                        for c in range(C):
+                            s = loop_sample(x[n, c, t], py, px)
+                            g = c // Cg
+                            corr[n, g * K + k, t, h, ww] += float(w[c, t, i, j]) * float(x[n, c, tp, h, ww]) * s
+                            out[n, c, t, h, ww] += float(scores[n, g * K + k, t, h, ww]) * s
+    return corr, out
+
+
+@pytest.mark.parametrize("groups,dil,k", [(1, 1, 3), (2, 2, 3), (1, 1, 1)])
+def test_reference_matches_explicit_loops(groups, dil, k):
+    torch.manual_seed(0)
+    N, C, T, H, W = 2, 4, 3, 4, 5
+    x = torch.randn(N, C, T, H, W, dtype=torch.float64)
+    off = torch.randn(N, 2 * k * k, T, H, W, dtype=torch.float64) * 2
+    w = torch.randn(C, T, k, k, dtype=torch.float64)
+    scores = torch.randn(N, groups * k * k, T, H, W, dtype=torch.float64)
+    pad = (dil * (k - 1) + 1) // 2
+    corr, out = loop_defcor_defagg(x, off, w, scores, pad, dil, groups)
+    torch.testing.assert_close(reference.defcor(x, off, w, 1, pad, dil, groups), corr)
+    torch.testing.assert_close(reference.defagg(x, off, scores, k, 1, pad, dil, groups), out)
+
+
+def test_reference_hand_computed_value():
+    # one channel, one frame, 2×2 image, 1×1 kernel: sample at (0.5, 0.25) = bilinear mix of the 4 pixels
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64).view(1, 1, 1, 2, 2)
+    off = torch.zeros(1, 2, 1, 2, 2, dtype=torch.float64)
+    off[0, 0, 0, 0, 0], off[0, 1, 0, 0, 0] = 0.5, 0.25
+    off[0, 0, 0, 1, 1] = 0.5  # (1.5, 1): half of pixel (1,1), half outside -> 2.0
+    w = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    corr = reference.defcor(x, off, w, 1, 0, 1, 1)
+    s00 = 0.5 * (0.75 * 1 + 0.25 * 2) + 0.5 * (0.75 * 3 + 0.25 * 4)
+    assert corr[0, 0, 0, 0, 0].item() == pytest.approx(1.0 * s00)  # query x[0,0,0,0,0] = 1 (prev(0) = 0)
+    assert corr[0, 0, 0, 1, 1].item() == pytest.approx(4.0 * 2.0)
+
+
+def make_case(N, C, T, H, W, k, dil, groups, offset_scale, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, T, H, W, dtype=dtype, generator=g)
+    off = torch.randn(N, 2 * k * k, T, H, W, dtype=dtype, generator=g) * offset_scale
+    w = torch.randn(C, T, k, k, dtype=dtype, generator=g)
+    scores = torch.randn(N, groups * k * k, T, H, W, dtype=dtype, generator=g)
+    return [t.to(device).requires_grad_() for t in (x, off, w, scores)]
+
+
+CASES = [  # N, C, T, H, W, k, dil, groups, offset scale
+    (2, 8, 4, 5, 7, 3, 1, 1, 1.5),
+    (1, 8, 1, 6, 4, 3, 2, 2, 3.0),
+    (2, 8, 2, 5, 5, 5, 1, 4, 2.0),
+    (1, 4, 5, 7, 3, 1, 1, 1, 0.7),
+    (3, 6, 3, 4, 6, 5, 2, 2, 20.0),   # samples pushed far outside the image
+    (1, 4, 2, 3, 9, 3, 1, 1, 0.0),    # integer positions: taps on the border
+    (1, 4, 3, 1, 5, 3, 1, 2, 1.0),    # one-pixel-high maps
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("case", CASES)
+def test_extension_matches_reference(case):
+    N, C, T, H, W, k, dil, groups, scale = case
+    x, off, w, scores = make_case(N, C, T, H, W, k, dil, groups, scale)
+    pad = (dil * (k - 1) + 1) // 2
+    for fn, args in ((ops.defcor, (w, 1, pad, dil, groups)), (ops.defagg, (scores, k, 1, pad, dil, groups))):
+        ref_fn = getattr(reference, fn.__name__)
+        out, ref = fn(x, off, *args), ref_fn(x, off, *args)
+        torch.testing.assert_close(out, ref)
+        gout = torch.randn_like(out)
+        got = torch.autograd.grad(out, (x, off, args[0]), gout)
+        want = torch.autograd.grad(ref, (x, off, args[0]), gout)
+        for name, a, b in zip(("input", "offset", "weight"), got, want):
+            torch.testing.assert_close(a, b, msg=lambda m: f"{fn.__name__} grad {name}: {m}")
+
+
+@needs_ext
+def test_extension_float32_and_non_contiguous():
+    x, off, w, scores = make_case(2, 8, 3, 6, 5, 3, 1, 2, 1.5, dtype=torch.float32)
+    xt = x.detach().transpose(3, 4).contiguous().transpose(3, 4)  # same values, non-contiguous strides
+    offt = off.detach().transpose(1, 2).contiguous().transpose(1, 2)
+    assert not xt.is_contiguous() and not offt.is_contiguous()
+    torch.testing.assert_close(ops.defcor(xt, offt, w.detach(), 1, 1, 1, 2),
+                               reference.defcor(x.detach(), off.detach(), w.detach(), 1, 1, 1, 2), rtol=1e-4, atol=1e-5)
+    s = torch.randn(2, 3, 18, 6, 5).permute(0, 2, 1, 3, 4)  # N×18×3×6×5, non-contiguous
+    assert not s.is_contiguous()
+    torch.testing.assert_close(ops.defagg(xt, offt, s, 3, 1, 1, 1, 2),
+                               reference.defagg(x.detach(), off.detach(), s.contiguous(), 3, 1, 1, 1, 2),
+                               rtol=1e-4, atol=1e-5)
+
+
+@needs_ext
+def test_gradcheck_extension():
+    x, off, w, scores = make_case(1, 4, 3, 4, 5, 3, 1, 2, 1.3, seed=3)
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.defcor(a, b, c, 1, 1, 1, 2), (x, off, w))
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.defagg(a, b, c, 3, 1, 1, 1, 2), (x, off, scores))
+
+
+def test_modules_shapes_and_frozen_weight():
+    m = ops.DefCorFixW(8, 4, 3, 1, 1)
+    assert m.weight.shape == (8, 4, 3, 3) and not m.weight.requires_grad
+    assert torch.all(m.weight == 1 / 8)
+    x = torch.randn(2, 8, 4, 5, 5)
+    off = torch.zeros(2, 18, 4, 5, 5)
+    corr = m(x, off)
+    out = ops.DefAgg(8, 4, 3, 1, 1)(x, off, corr)
+    assert corr.shape == (2, 9, 4, 5, 5) and out.shape == x.shape
+    # zero offsets, centre tap: correlation is the channel mean of x[prev] * x[t] at the pixel
+    expected = (x[:, :, [0, 0, 1, 2]] * x).mean(1)
+    torch.testing.assert_close(corr[:, 4], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn,args,pattern", [
+    ("defcor", dict(input=torch.zeros(2, 8, 4, 5)), "input must be 5-D"),
+    ("defcor", dict(offset=torch.zeros(2, 16, 3, 5, 5)), "offset must have 2·kh·kw = 18 channels"),
+    ("defcor", dict(offset=torch.zeros(2, 18, 3, 5, 4)), "offset batch and T×H×W"),
+    ("defcor", dict(weight=torch.zeros(8, 2, 3, 3)), "weight must be C×T×kh×kw"),
+    ("defcor", dict(weight=torch.zeros(8, 3, 3)), "weight must be 4-D"),
+    ("defcor", dict(groups=3), "groups \\(3\\) must be ≥ 1 and divide"),
+    ("defcor", dict(stride=2), "only stride 1"),
+    ("defcor", dict(offset=torch.zeros(2, 18, 3, 5, 5, dtype=torch.float64)), "offset has dtype torch.float64"),
+    ("defcor", dict(offset=torch.zeros(2, 18, 3, 5, 5, device="meta")), "offset is on meta"),
+    ("defagg", dict(weight=torch.zeros(2, 9, 3, 5, 4)), "weight \\(scores\\) must be N×G·kh·kw×T×H×W"),
+    ("defagg", dict(weight=torch.zeros(2, 9, 3, 5, 5), groups=2), "weight \\(scores\\) must be"),
+    ("defagg", dict(stride=(1, 2)), "only stride 1"),
+    ("defagg", dict(groups=0), "groups \\(0\\)"),
+])
+def test_input_checks(fn, args, pattern):
+    base = dict(input=torch.zeros(2, 8, 3, 5, 5), offset=torch.zeros(2, 18, 3, 5, 5),
+                weight=torch.zeros(8, 3, 3, 3) if fn == "defcor" else torch.zeros(2, 9, 3, 5, 5))
+    base.update(args)
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        getattr(ops, fn)(**base)
+
+
+def test_backend_env_forcing(monkeypatch):
+    monkeypatch.setenv("SIFA_OPS_BACKEND", "reference")
+    _extension.reset()
+    try:
+        assert ops.backend() == "reference"
+        monkeypatch.setenv("SIFA_OPS_BACKEND", "extension")
+        monkeypatch.setattr(_extension, "_library_path", lambda: None)
+        _extension.reset()
+        with pytest.raises(RuntimeError, match="bash make.sh"):
+            ops.backend()
+        monkeypatch.delenv("SIFA_OPS_BACKEND")
+        _extension.reset()
+        with pytest.warns(RuntimeWarning, match="pure-PyTorch reference"):
+            assert ops.backend() == "reference"
+        monkeypatch.setenv("SIFA_OPS_BACKEND", "bogus")
+        _extension.reset()
+        with pytest.raises(ValueError, match="SIFA_OPS_BACKEND"):
+            ops.backend()
+    finally:
+        monkeypatch.undo()
+        _extension.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ops.backend()
+
+
+@needs_ext
+def test_autocast_cpu_runs_in_float32():
+    x, off, w, scores = make_case(1, 4, 2, 4, 4, 3, 1, 1, 1.0, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        corr = ops.defcor(x.bfloat16(), off, w, 1, 1, 1, 1)
+        out = ops.defagg(x, off.bfloat16(), corr.bfloat16(), 3, 1, 1, 1, 1)
+    assert corr.dtype == torch.float32 and out.dtype == torch.float32
+    torch.testing.assert_close(corr, reference.defcor(x.bfloat16().float(), off, w, 1, 1, 1, 1))
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+class TinySifa(torch.nn.Module):
+    def __init__(self, C=8, T=3):
+        super().__init__()
+        self.conv_offset = torch.nn.Conv3d(C, 18, (1, 3, 3), padding=(0, 1, 1))
+        self.def_cor = ops.DefCorFixW(C, T, 3, 1, 1)
+        self.def_agg = ops.DefAgg(C, T, 3, 1, 1)
+
+    def forward(self, x):
+        off = self.conv_offset(x)
+        return x + self.def_agg(x, off, self.def_cor(x, off))
+
+
+@needs_ext
+def test_torch_compile_fullgraph():
+    torch.manual_seed(0)
+    model = TinySifa()
+    x = torch.randn(2, 8, 3, 6, 6, requires_grad=True)
+    eager = model(x)
+    eager.sum().backward()
+    g_eager = model.conv_offset.weight.grad.clone()
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(model.conv_offset.weight.grad, g_eager)
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", CASES[:5])
+def test_cuda_matches_reference(case):
+    N, C, T, H, W, k, dil, groups, scale = case
+    pad = (dil * (k - 1) + 1) // 2
+    for dtype, tol in ((torch.float64, None), (torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 8e-2)):
+        cpu = make_case(N, C, T, H, W, k, dil, groups, scale)
+        gpu = [t.detach().to("cuda", dtype).requires_grad_() for t in cpu]
+        kw = {} if tol is None else dict(rtol=tol, atol=tol * 10)
+        for fn, i in ((ops.defcor, 2), (ops.defagg, 3)):
+            args = (cpu[i], 1, pad, dil, groups) if fn is ops.defcor else (cpu[i], k, 1, pad, dil, groups)
+            gargs = (gpu[i],) + args[1:]
+            ref = getattr(reference, fn.__name__)(cpu[0], cpu[1], *args)
+            out = fn(gpu[0], gpu[1], *gargs)
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.double().cpu(), ref, **kw)
+            gout = torch.randn_like(ref)
+            want = torch.autograd.grad(ref, (cpu[0], cpu[1], cpu[i]), gout)
+            got = torch.autograd.grad(out, (gpu[0], gpu[1], gpu[i]), gout.to("cuda", dtype))
+            for a, b in zip(got, want):
+                scale_ = b.abs().max().item() + 1
+                torch.testing.assert_close(a.double().cpu() / scale_, b / scale_, **kw)
+
+
+@needs_cuda
+def test_cuda_gradcheck_and_compile():
+    x, off, w, scores = [t.detach().cuda().requires_grad_() for t in make_case(1, 4, 3, 4, 5, 3, 1, 2, 1.3)]
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.defcor(a, b, c, 1, 1, 1, 2), (x, off, w))
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.defagg(a, b, c, 3, 1, 1, 1, 2), (x, off, scores))
+    model = TinySifa().cuda()
+    xx = torch.randn(2, 8, 3, 6, 6, device="cuda")
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(xx), model(xx), rtol=1e-4, atol=1e-4)
