@@ -1,0 +1,205 @@
+"""C2D ResNets: SIFA-Net (SPEC §2-4) and the plain C2D baseline.
+
+Layout and attribute names follow the original so its checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import DefAgg, DefCorFixW
+from .registry import register_model
+from .temporal import check_clip_length, check_video, previous_frame, shift_back
+
+EARLY_STRIDE = 4  # frames folded by the stem's temporal kernel/stride
+DEFAULT_SIFA_KERNEL = (1, 3, 3, 3)
+
+
+def _downsample(inplanes: int, outplanes: int, stride: int) -> Optional[nn.Sequential]:
+    if stride == 1 and inplanes == outplanes:
+        return None
+    return nn.Sequential(nn.Conv3d(inplanes, outplanes, 1, stride=(1, stride, stride), bias=False),
+                         nn.BatchNorm3d(outplanes))
+
+
+class Bottleneck(nn.Module):
+    """C2D bottleneck: 1×1×1 -> 1×3×3 (stage stride) -> 1×1×1, BN after each, residual."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        width, outplanes = planes, planes * self.expansion
+        self.conv1 = nn.Conv3d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(width)
+        self.conv2 = nn.Conv3d(width, width, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False)
+        self.bn2 = nn.BatchNorm3d(width)
+        self.conv3 = nn.Conv3d(width, outplanes, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(outplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(inplanes, outplanes, stride)
+
+    def inter_frame(self, f: Tensor) -> Tensor:
+        """Hook between conv2 and conv3 (identity here; the SIFA step in :class:`SIFABottleneck`)."""
+        return f
+
+    def residual(self, x: Tensor) -> Tensor:
+        f = self.relu(self.bn1(self.conv1(x)))
+        f = self.inter_frame(self.relu(self.bn2(self.conv2(f))))
+        return self.bn3(self.conv3(f))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.residual(x) + identity)
+
+
+class GBottleneck(Bottleneck):
+    """Bottleneck whose residual sum also adds a global-context vector (SPEC §3)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__(inplanes, planes, stride)
+        outplanes = planes * self.expansion
+        self.fc1 = nn.Linear(outplanes, outplanes // 16)
+        self.fc2 = nn.Linear(outplanes // 16, outplanes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        y = self.residual(x)
+        context = self.fc2(self.relu(self.fc1(y.mean(dim=(2, 3, 4)))))
+        return self.relu(y + identity + context[:, :, None, None, None])
+
+
+class SIFABottleneck(Bottleneck):
+    """Bottleneck with the SIFA step after conv2 (SPEC §2): frame t attends to frame t+1."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, times: int = 4, kernel_size: int = 3,
+                 dilation: int = 1, groups: int = 1):
+        super().__init__(inplanes, planes, stride)
+        pad = (dilation * (kernel_size - 1) + 1) // 2
+        self.conv_offset = nn.Conv3d(planes, 2 * kernel_size * kernel_size, (1, 3, 3), padding=(0, 1, 1),
+                                     bias=False)
+        self.def_cor = DefCorFixW(planes, times, kernel_size, 1, pad, dilation, groups)
+        self.def_agg = DefAgg(planes, times, kernel_size, 1, pad, dilation, groups)
+
+    def inter_frame(self, f: Tensor) -> Tensor:
+        guide = torch.sigmoid(f - previous_frame(f)) * f + f
+        # under autocast the conv and the scores may come out in another precision than f;
+        # the SIFA ops need matching dtypes
+        offset = self.conv_offset(guide).to(f.dtype)
+        corr = self.def_cor(f, offset).to(f.dtype)
+        return f + shift_back(self.def_agg(f, offset, corr))
+
+
+def _init_weights(net: nn.Module) -> None:
+    """Kaiming conv init (conv_offset included, as in the original), unit BN, zero last BN of each block."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in net.modules():
+        if isinstance(m, Bottleneck):
+            nn.init.zeros_(m.bn3.weight)
+
+
+class C2DResNet(nn.Module):
+    """Stem (4×7×7, temporal stride 4) and four stages of C2D bottlenecks.
+
+    With ``sifa_kernel`` set, stages 2-4 alternate GBottleneck / SIFABottleneck and a dual branch
+    (``maxpool_dual`` + ``layer4_dual`` at half the frames) adds a second head; forward then
+    returns ``[logits_main, logits_dual]``, else a single logits tensor.
+    """
+
+    def __init__(self, layers: Sequence[int], num_classes: int = 400, dropout_ratio: float = 0.5,
+                 clip_length: int = 16, sifa_kernel: Optional[Sequence[int]] = None, name: str = "c2d_resnet"):
+        super().__init__()
+        self.name = name
+        self.clip_length = clip_length
+        self.sifa = sifa_kernel is not None
+        if self.sifa:
+            sifa_kernel = [int(k) for k in sifa_kernel]
+            if len(sifa_kernel) != 4 or min(sifa_kernel) < 1:
+                raise ValueError(f"{name}: sifa_kernel must list 4 kernel sizes ≥ 1 (one per stage), "
+                                 f"got {sifa_kernel}")
+            check_clip_length(name, clip_length, 2 * EARLY_STRIDE)  # the dual branch halves time again
+        else:
+            check_clip_length(name, clip_length, EARLY_STRIDE)
+        self.sifa_kernel = sifa_kernel
+        times = clip_length // EARLY_STRIDE
+
+        self.conv1 = nn.Conv3d(3, 64, (EARLY_STRIDE, 7, 7), stride=(EARLY_STRIDE, 2, 2), padding=(0, 3, 3),
+                               bias=False)
+        self.bn1 = nn.BatchNorm3d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.layer1 = self._make_layer(64, 64, layers[0], 1, stage=0, times=times)
+        self.layer2 = self._make_layer(256, 128, layers[1], 2, stage=1, times=times)
+        self.layer3 = self._make_layer(512, 256, layers[2], 2, stage=2, times=times)
+        self.layer4 = self._make_layer(1024, 512, layers[3], 2, stage=3, times=times)
+        if self.sifa:
+            self.maxpool_dual = nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1))
+            self.layer4_dual = self._make_layer(1024, 512, layers[3], 1, stage=3, times=times // 2)
+        self.dropout = nn.Dropout(dropout_ratio)
+        self.fc = nn.Linear(2048, num_classes)
+        if self.sifa:
+            self.fc_dual = nn.Linear(2048, num_classes)
+        _init_weights(self)
+
+    def _make_layer(self, inplanes: int, planes: int, blocks: int, stride: int, stage: int,
+                    times: int) -> nn.Sequential:
+        out = []
+        for i in range(blocks):
+            block_in, block_stride = (inplanes, stride) if i == 0 else (planes * Bottleneck.expansion, 1)
+            if not self.sifa or stage == 0:
+                out.append(Bottleneck(block_in, planes, block_stride))
+            elif i % 2 == 0:
+                out.append(GBottleneck(block_in, planes, block_stride))
+            else:
+                out.append(SIFABottleneck(block_in, planes, block_stride, times=times,
+                                          kernel_size=self.sifa_kernel[stage]))
+        return nn.Sequential(*out)
+
+    def _head(self, x: Tensor, fc: nn.Linear) -> Tensor:
+        return fc(self.dropout(x.mean(dim=(2, 3, 4))))
+
+    def forward(self, x: Tensor) -> Union[Tensor, List[Tensor]]:
+        if self.sifa:
+            check_video(self.name, x, 2 * EARLY_STRIDE, frames=self.clip_length)
+        else:
+            check_video(self.name, x, EARLY_STRIDE)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        logits = self._head(self.layer4(x), self.fc)
+        if not self.sifa:
+            return logits
+        return [logits, self._head(self.layer4_dual(self.maxpool_dual(x)), self.fc_dual)]
+
+
+def _sifa_kernel(sifa_kernel: Optional[Sequence[int]]) -> List[int]:
+    return list(DEFAULT_SIFA_KERNEL if sifa_kernel is None else sifa_kernel)
+
+
+@register_model
+def c2d_sifa_resnet50(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
+                      sifa_kernel: Optional[Sequence[int]] = None) -> C2DResNet:
+    """C2D-SIFA-ResNet-50 (blocks [3, 4, 6, 3])."""
+    return C2DResNet([3, 4, 6, 3], num_classes, dropout_ratio, clip_length, _sifa_kernel(sifa_kernel),
+                     name="c2d_sifa_resnet50")
+
+
+@register_model
+def c2d_sifa_resnet101(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
+                       sifa_kernel: Optional[Sequence[int]] = None) -> C2DResNet:
+    """C2D-SIFA-ResNet-101 (blocks [3, 4, 23, 3])."""
+    return C2DResNet([3, 4, 23, 3], num_classes, dropout_ratio, clip_length, _sifa_kernel(sifa_kernel),
+                     name="c2d_sifa_resnet101")
+
+
+@register_model
+def c2d_resnet50(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
+                 sifa_kernel: Optional[Sequence[int]] = None) -> C2DResNet:
+    """Plain C2D ResNet-50 baseline; ``sifa_kernel`` is accepted (one config drives every network) and unused."""
+    return C2DResNet([3, 4, 6, 3], num_classes, dropout_ratio, clip_length, None, name="c2d_resnet50")

@@ -1,0 +1,240 @@
+"""C2D Swin Transformers (patch 4, window 7, 224²) with and without SIFA (SPEC §5).
+
+Built from timm's Swin block, window attention and patch merging; the state-dict layout is the
+original's (official Swin naming, ``layers.i.downsample`` at the end of stage i, head ``fc``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
+from torch import Tensor, nn
+
+from ..ops import DefAgg, DefCorFixW
+from .registry import register_model
+from .temporal import check_clip_length, check_video, shift_back
+
+EARLY_STRIDE = 4  # frames folded into one token by the patch embedding
+PATCH_SIZE = 4
+WINDOW_SIZE = 7
+IMG_SIZE = 224
+
+
+class SwinBlock(SwinTransformerBlock):
+    """timm's Swin block on N·T'×h×w×D tokens, with the original's persistent derived buffers.
+
+    ``attn.relative_position_index`` and ``attn_mask`` (shifted blocks) are saved in the state
+    dict as in the original, so its checkpoints load strictly.
+    """
+
+    def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int, shift_size: int,
+                 drop_path: float):
+        super().__init__(dim, input_resolution, num_heads=num_heads, window_size=WINDOW_SIZE,
+                         shift_size=shift_size, mlp_ratio=4.0, qkv_bias=True, drop_path=drop_path)
+        self.attn.register_buffer("relative_position_index", self.attn.relative_position_index, persistent=True)
+        if self.attn_mask is not None:
+            self.register_buffer("attn_mask", self.attn_mask, persistent=True)
+
+    @property
+    def shifted(self) -> bool:
+        """Whether this block uses shifted windows (never when the window covers the whole map)."""
+        return any(self.shift_size)
+
+    def inter_frame(self, x: Tensor) -> Tensor:
+        """Inter-frame step between the attention and the MLP residuals (none in the plain block)."""
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, H, W, C = x.shape
+        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        x = self.inter_frame(x)
+        x = x.reshape(B, H * W, C)
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x.reshape(B, H, W, C)
+
+
+class SIFASwinBlock(SwinBlock):
+    """Swin block with the inter-frame step: SIFA with zero offsets on non-shifted blocks, a
+    temporal 1×3 convolution on shifted ones (SPEC §5). Both modules exist in every block."""
+
+    def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int, shift_size: int,
+                 drop_path: float, times: int, kernel_size: int = 3):
+        super().__init__(dim, input_resolution, num_heads, shift_size, drop_path)
+        self.times = times
+        self.kernel_size = kernel_size
+        pad = kernel_size // 2  # (dil·(K−1)+1)//2 at dilation 1
+        self.def_cor = DefCorFixW(dim, times, kernel_size, 1, pad)
+        self.def_agg = DefAgg(dim, times, kernel_size, 1, pad)
+        self.conv = nn.Conv2d(dim, dim, (1, 3), padding=(0, 1), bias=False)
+        self.tda_norm = nn.LayerNorm(dim)
+
+    def inter_frame(self, x: Tensor) -> Tensor:
+        B, H, W, C = x.shape
+        N, T = B // self.times, self.times
+        if self.shifted:
+            v = x.reshape(N, T, H * W, C).permute(0, 3, 2, 1)  # N×C×(h·w)×T: convolve along time
+            return x + self.conv(v).permute(0, 3, 2, 1).reshape(B, H, W, C)
+        v = x.reshape(N, T, H, W, C).permute(0, 4, 1, 2, 3).contiguous()  # N×C×T×h×w
+        offset = v.new_zeros((N, 2 * self.kernel_size ** 2, T, H, W))
+        corr = self.def_cor(v, offset).to(v.dtype)  # autocast may return the scores in float32
+        agg = self.def_agg(v, offset, corr)
+        agg = shift_back(agg).permute(0, 2, 3, 4, 1).reshape(B, H, W, C)
+        return x + self.tda_norm(agg)
+
+
+class SwinStage(nn.Module):
+    """``blocks`` at one resolution, then (except in the last stage) ``downsample`` patch merging."""
+
+    def __init__(self, blocks: Sequence[SwinBlock], downsample: Optional[PatchMerging]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class PatchEmbed3D(nn.Module):
+    """4×4×4 patches of each group of 4 frames -> N·(L/4)×56×56×D tokens (no norm, no position embedding)."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv3d(3, embed_dim, (EARLY_STRIDE, PATCH_SIZE, PATCH_SIZE),
+                              stride=(EARLY_STRIDE, PATCH_SIZE, PATCH_SIZE))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(x)  # N×D×T'×h×w
+        N, D, T, h, w = x.shape
+        return x.permute(0, 2, 3, 4, 1).reshape(N * T, h, w, D)
+
+
+class C2DSwin(nn.Module):
+    """Swin run on every group of 4 frames; the clips' logits are averaged. SIFA blocks when ``sifa_kernel`` is set."""
+
+    def __init__(self, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], drop_path_rate: float,
+                 num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
+                 sifa_kernel: Optional[int] = None, name: str = "c2d_swin"):
+        super().__init__()
+        self.name = name
+        self.clip_length = clip_length
+        self.sifa = sifa_kernel is not None
+        check_clip_length(name, clip_length, EARLY_STRIDE)
+        if self.sifa and sifa_kernel < 1:
+            raise ValueError(f"{name}: the SIFA kernel size must be ≥ 1, got {sifa_kernel}")
+        times = clip_length // EARLY_STRIDE
+        self.patch_embed = PatchEmbed3D(embed_dim)
+        drop_path = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        resolution = IMG_SIZE // PATCH_SIZE
+        stages, first = [], 0
+        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+            dim = embed_dim * 2 ** i
+            blocks = []
+            for j in range(depth):
+                args = (dim, (resolution, resolution), heads, 0 if j % 2 == 0 else WINDOW_SIZE // 2,
+                        drop_path[first + j])
+                blocks.append(SIFASwinBlock(*args, times=times, kernel_size=sifa_kernel) if self.sifa
+                              else SwinBlock(*args))
+            last = i == len(depths) - 1
+            stages.append(SwinStage(blocks, None if last else PatchMerging(dim)))
+            first += depth
+            resolution //= 1 if last else 2
+        self.layers = nn.ModuleList(stages)
+        self.num_features = embed_dim * 2 ** (len(depths) - 1)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.dropout = nn.Dropout(dropout_ratio)
+        self.fc = nn.Linear(self.num_features, num_classes)
+        self.apply(self._init_weights)
+        for m in self.modules():
+            if isinstance(m, SIFASwinBlock):  # the SIFA residual starts switched off
+                nn.init.zeros_(m.tda_norm.weight)
+                nn.init.zeros_(m.tda_norm.bias)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_video(self.name, x, EARLY_STRIDE, frames=self.clip_length if self.sifa else None,
+                    size=(IMG_SIZE, IMG_SIZE))
+        N = x.shape[0]
+        x = self.patch_embed(x)
+        for stage in self.layers:
+            x = stage(x)
+        x = self.norm(x).mean(dim=(1, 2))
+        logits = self.fc(self.dropout(x))
+        return logits.view(N, -1, logits.shape[-1]).mean(dim=1)
+
+
+_VARIANTS = {  # embed dim, heads per stage, drop-path rate (SPEC §5)
+    "s": (96, (3, 6, 12, 24), 0.3),
+    "b": (128, (4, 8, 16, 32), 0.5),
+    "l": (192, (6, 12, 24, 48), 0.5),
+}
+DEPTHS = (2, 2, 18, 2)
+
+
+def _swin(variant: str, sifa: bool, num_classes: int, dropout_ratio: float, clip_length: int,
+          sifa_kernel: Optional[Sequence[int]], drop_path_rate: Optional[float]) -> C2DSwin:
+    dim, heads, default_dpr = _VARIANTS[variant]
+    kernel = (int(sifa_kernel[0]) if sifa_kernel else 3) if sifa else None
+    name = f"c2d_{'sifa_' if sifa else ''}swin_vit_{variant}_p4_w7"
+    return C2DSwin(dim, DEPTHS, heads, default_dpr if drop_path_rate is None else drop_path_rate, num_classes,
+                   dropout_ratio, clip_length, kernel, name=name)
+
+
+@register_model
+def c2d_sifa_swin_vit_s_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
+                              sifa_kernel: Optional[Sequence[int]] = None,
+                              drop_path_rate: Optional[float] = None) -> C2DSwin:
+    """C2D-SIFA-Swin-S (D 96, drop path 0.3); SIFA kernel ``sifa_kernel[0]`` or 3."""
+    return _swin("s", True, num_classes, dropout_ratio, clip_length, sifa_kernel, drop_path_rate)
+
+
+@register_model
+def c2d_sifa_swin_vit_b_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
+                              sifa_kernel: Optional[Sequence[int]] = None,
+                              drop_path_rate: Optional[float] = None) -> C2DSwin:
+    """C2D-SIFA-Swin-B (D 128, drop path 0.5); SIFA kernel ``sifa_kernel[0]`` or 3."""
+    return _swin("b", True, num_classes, dropout_ratio, clip_length, sifa_kernel, drop_path_rate)
+
+
+@register_model
+def c2d_sifa_swin_vit_l_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
+                              sifa_kernel: Optional[Sequence[int]] = None,
+                              drop_path_rate: Optional[float] = None) -> C2DSwin:
+    """C2D-SIFA-Swin-L (D 192, drop path 0.5); SIFA kernel ``sifa_kernel[0]`` or 3."""
+    return _swin("l", True, num_classes, dropout_ratio, clip_length, sifa_kernel, drop_path_rate)
+
+
+@register_model
+def c2d_swin_vit_s_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
+                         sifa_kernel: Optional[Sequence[int]] = None,
+                         drop_path_rate: Optional[float] = None) -> C2DSwin:
+    """Plain C2D Swin-S; ``sifa_kernel`` is accepted (one config drives every network) and unused."""
+    return _swin("s", False, num_classes, dropout_ratio, clip_length, None, drop_path_rate)
+
+
+@register_model
+def c2d_swin_vit_b_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
+                         sifa_kernel: Optional[Sequence[int]] = None,
+                         drop_path_rate: Optional[float] = None) -> C2DSwin:
+    """Plain C2D Swin-B; ``sifa_kernel`` is accepted (one config drives every network) and unused."""
+    return _swin("b", False, num_classes, dropout_ratio, clip_length, None, drop_path_rate)
+
+
+@register_model
+def c2d_swin_vit_l_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
+                         sifa_kernel: Optional[Sequence[int]] = None,
+                         drop_path_rate: Optional[float] = None) -> C2DSwin:
+    """Plain C2D Swin-L; ``sifa_kernel`` is accepted (one config drives every network) and unused."""
+    return _swin("l", False, num_classes, dropout_ratio, clip_length, None, drop_path_rate)

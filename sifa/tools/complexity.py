@@ -1,0 +1,67 @@
+"""Parameters and GFLOPs per view of a network.
+
+    python -m sifa.tools.complexity --net_name c2d_sifa_resnet50 --clip_length 16
+
+One view is one clip of ``clip_length`` frames at ``crop_size``², batch 1, inference. FLOPs are
+counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add of convolutions and
+matmuls; norms, activations and pooling are not counted) plus the SIFA ops' formula of
+``sifa.ops.flops`` (10·N·C·T·H·W·K² each), so the compiled extension is required.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..models import get_model_by_name
+from ..ops.flops import register_flop_formulas
+
+
+def count_flops(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """FLOPs of one inference forward of ``model`` on ``inputs`` (SIFA ops included)."""
+    register_flop_formulas()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*inputs)
+    return counter.get_total_flops()
+
+
+def count_parameters(model: nn.Module) -> Tuple[int, int]:
+    """(all parameters, trainable parameters); the frozen SIFA correlation weights count in the first."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def complexity(net_name: str, clip_length: int, crop_size: int = 224, num_classes: int = 400,
+               sifa_kernel: Optional[Sequence[int]] = None) -> Tuple[int, int, int]:
+    """(parameters, trainable parameters, FLOPs per view) of ``net_name``."""
+    model = get_model_by_name(net_name, num_classes=num_classes, clip_length=clip_length,
+                              sifa_kernel=sifa_kernel).eval()
+    flops = count_flops(model, torch.randn(1, 3, clip_length, crop_size, crop_size))
+    return (*count_parameters(model), flops)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--net_name", required=True)
+    parser.add_argument("--clip_length", type=int, default=16, help="frames per view")
+    parser.add_argument("--crop_size", type=int, default=224)
+    parser.add_argument("--num_classes", type=int, default=400)
+    parser.add_argument("--sifa_kernel", type=int, nargs="+", default=None)
+    args = parser.parse_args(argv)
+    try:
+        register_flop_formulas()
+    except RuntimeError as err:  # the extension is not built
+        raise SystemExit(f"error: {err}") from err
+    params, trainable, flops = complexity(args.net_name, args.clip_length, args.crop_size, args.num_classes,
+                                          args.sifa_kernel)
+    print(f"{args.net_name}: input 1×3×{args.clip_length}×{args.crop_size}×{args.crop_size} (one view)")
+    print(f"parameters: {params / 1e6:.2f} M ({params}; trainable {trainable})")
+    print(f"GFLOPs per view: {flops / 1e9:.2f}")
+
+
+if __name__ == "__main__":
+    main()

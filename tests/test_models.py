@@ -1,0 +1,176 @@
+"""Networks (SPEC §2-6): state-dict layout against the original's listings, forward/backward, checks."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Dict, Tuple
+
+import pytest
+import torch
+
+from sifa.models import get_model_by_name, list_models
+from sifa.models.sifa_resnet import SIFABottleneck
+from sifa.models.sifa_swin import SIFASwinBlock, SwinBlock
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+LISTINGS = sorted((REFERENCE / "state_dict").glob("*.txt"))
+
+
+def parse_listing(path: Path) -> Tuple[str, dict, int, int, Dict[str, Tuple[str, Tuple[int, ...]]]]:
+    """-> (network, constructor kwargs, parameters, trainable parameters, {key: (kind, shape)})."""
+    lines = path.read_text().splitlines()
+    call = ast.parse(lines[0].lstrip("# ").strip(), mode="eval").body
+    kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    total, trainable = map(int, re.search(r"parameters: (\d+) \(trainable (\d+)\)", lines[1]).groups())
+    entries = {}
+    for line in lines[3:]:
+        key, kind, shape = line.split()
+        entries[key] = (kind, () if shape == "scalar" else tuple(int(s) for s in shape.split("x")))
+    return call.func.id, kwargs, total, trainable, entries
+
+
+def describe(model: torch.nn.Module) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+    """Our state dict in the listing's terms: P trainable / F frozen parameter, B buffer."""
+    params = dict(model.named_parameters())
+    out = {}
+    for key, value in model.state_dict().items():
+        kind = ("P" if params[key].requires_grad else "F") if key in params else "B"
+        out[key] = (kind, tuple(value.shape))
+    return out
+
+
+@pytest.mark.skipif(not LISTINGS, reason=f"the original's state-dict listings are absent ({REFERENCE})")
+@pytest.mark.parametrize("listing", LISTINGS, ids=lambda p: p.stem)
+def test_state_dict_matches_original(listing: Path) -> None:
+    name, kwargs, total, trainable, expected = parse_listing(listing)
+    assert name == listing.stem
+    model = get_model_by_name(name, **kwargs)
+    ours = describe(model)
+    assert sorted(set(expected) - set(ours)) == [], "entries of the original we lack"
+    assert sorted(set(ours) - set(expected)) == [], "entries the original lacks"
+    assert {k: v for k, v in ours.items() if v != expected[k]} == {}, "kind or shape differs"
+    assert sum(p.numel() for p in model.parameters()) == total
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == trainable
+
+
+def test_all_networks_registered() -> None:
+    expected = {"c2d_sifa_resnet50", "c2d_sifa_resnet101", "c2d_resnet50"} | {
+        f"c2d_{s}swin_vit_{v}_p4_w7" for s in ("", "sifa_") for v in "sbl"}
+    assert set(list_models()) == expected
+
+
+def test_def_cor_weight_follows_clip_length() -> None:
+    model = get_model_by_name("c2d_sifa_resnet50", clip_length=32)
+    assert model.layer3[1].def_cor.weight.shape == (256, 8, 3, 3)
+    assert model.layer4_dual[1].def_cor.weight.shape == (512, 4, 3, 3)
+    assert torch.all(model.layer3[1].def_cor.weight == 1 / 256)
+
+
+def test_sifa_resnet_forward_backward() -> None:
+    torch.manual_seed(0)
+    model = get_model_by_name("c2d_sifa_resnet50", num_classes=7)
+    for block in model.modules():  # bn3 starts at zero, which would block every residual-branch gradient
+        if hasattr(block, "bn3"):
+            torch.nn.init.ones_(block.bn3.weight)
+    out = model(torch.randn(1, 3, 16, 112, 112))
+    assert isinstance(out, list) and [tuple(o.shape) for o in out] == [(1, 7), (1, 7)]
+    assert all(torch.isfinite(o).all() for o in out)
+    (out[0].sum() + out[1].sum()).backward()
+    sifa_blocks = [m for m in model.modules() if isinstance(m, SIFABottleneck)]
+    assert len(sifa_blocks) == 2 + 3 + 1 + 1  # odd blocks of layer2, layer3, layer4, layer4_dual
+    for block in sifa_blocks:
+        assert block.conv_offset.weight.grad.abs().sum() > 0
+        assert block.def_cor.weight.grad is None  # frozen
+
+
+def test_plain_resnet_returns_one_tensor() -> None:
+    model = get_model_by_name("c2d_resnet50", num_classes=5, clip_length=4).eval()
+    out = model(torch.randn(2, 3, 4, 64, 64))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 5)
+
+
+def test_sifa_step_closed_form() -> None:
+    """K=1 with zero offsets: frame t gains corr[t+1]·f[t+1], corr[t] = mean_c f[t−1]·f[t] (frame 0: itself)."""
+    torch.manual_seed(0)
+    block = SIFABottleneck(16, 8, times=4, kernel_size=1)
+    torch.nn.init.zeros_(block.conv_offset.weight)
+    f = torch.randn(2, 8, 4, 5, 6)
+    prev = torch.cat([f[:, :, :1], f[:, :, :-1]], dim=2)
+    corr = (prev * f).mean(dim=1, keepdim=True)
+    expected = f.clone()
+    expected[:, :, :-1] += (corr * f)[:, :, 1:]
+    torch.testing.assert_close(block.inter_frame(f), expected)
+
+
+def test_sifa_swin_forward_backward() -> None:
+    torch.manual_seed(0)
+    model = get_model_by_name("c2d_sifa_swin_vit_s_p4_w7", num_classes=5, clip_length=8)
+    out = model(torch.randn(1, 3, 8, 224, 224))
+    assert out.shape == (1, 5) and torch.isfinite(out).all()
+    out.sum().backward()
+    blocks = [m for m in model.modules() if isinstance(m, SIFASwinBlock)]
+    assert len(blocks) == 24
+    for block in blocks:
+        if block.shifted:
+            assert block.conv.weight.grad.abs().sum() > 0
+        else:
+            assert block.tda_norm.weight.grad.abs().sum() > 0
+    last = model.layers[3].blocks
+    assert not last[0].shifted and not last[1].shifted  # the 7×7 window covers the whole last stage
+
+
+def test_sifa_swin_block_without_sifa_contribution_equals_plain() -> None:
+    """tda_norm at zero (its init) and a zero temporal conv (the transfer's init) leave Swin unchanged."""
+    torch.manual_seed(0)
+    tokens = torch.randn(2 * 2, 14, 14, 32)
+    for shift in (0, 3):
+        sifa = SIFASwinBlock(32, (14, 14), 2, shift, 0.0, times=2).eval()
+        plain = SwinBlock(32, (14, 14), 2, shift, 0.0).eval()
+        torch.nn.init.zeros_(sifa.conv.weight)
+        torch.nn.init.zeros_(sifa.tda_norm.weight)
+        torch.nn.init.zeros_(sifa.tda_norm.bias)
+        plain.load_state_dict(sifa.state_dict(), strict=False)
+        torch.testing.assert_close(sifa(tokens), plain(tokens))
+        torch.nn.init.ones_(sifa.tda_norm.weight)
+        torch.nn.init.normal_(sifa.conv.weight)
+        assert not torch.allclose(sifa(tokens), plain(tokens))
+
+
+def test_autocast() -> None:
+    model = get_model_by_name("c2d_sifa_resnet50", num_classes=3, clip_length=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(1, 3, 8, 64, 64))
+    assert all(o.shape == (1, 3) and torch.isfinite(o.float()).all() for o in out)
+    block = SIFASwinBlock(32, (14, 14), 2, 0, 0.0, times=2)
+    torch.nn.init.ones_(block.tda_norm.weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(torch.randn(4, 14, 14, 32))
+    assert y.shape == (4, 14, 14, 32) and torch.isfinite(y.float()).all()
+
+
+@pytest.mark.parametrize("name, shape, match", [
+    ("c2d_sifa_resnet50", (1, 3, 12, 64, 64), "divisible by 8"),
+    ("c2d_sifa_resnet50", (1, 3, 8, 64, 64), "clip_length=16"),
+    ("c2d_resnet50", (1, 3, 6, 64, 64), "divisible by 4"),
+    ("c2d_resnet50", (1, 4, 8, 64, 64), "N×3×L×H×W"),
+    ("c2d_swin_vit_s_p4_w7", (1, 3, 6, 224, 224), "divisible by 4"),
+    ("c2d_swin_vit_s_p4_w7", (1, 3, 16, 112, 112), "224×224"),
+])
+def test_wrong_input_shape_is_rejected(name: str, shape: Tuple[int, ...], match: str) -> None:
+    model = get_model_by_name(name, num_classes=2)
+    with pytest.raises(ValueError, match=match):
+        model(torch.zeros(shape))
+
+
+def test_factory_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="unknown network"):
+        get_model_by_name("c2d_sifa_resnet18")
+    with pytest.raises(ValueError, match="pooling_arch"):
+        get_model_by_name("c2d_resnet50", pooling_arch="max")
+    with pytest.raises(ValueError, match="multiple of 8"):
+        get_model_by_name("c2d_sifa_resnet50", clip_length=12)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        get_model_by_name("c2d_sifa_swin_vit_s_p4_w7", clip_length=6)
+    with pytest.raises(ValueError, match="4 kernel sizes"):
+        get_model_by_name("c2d_sifa_resnet50", sifa_kernel=[3, 3])
