@@ -1,7 +1,8 @@
 """Time and peak memory of the SIFA ops, compiled extension vs pure-PyTorch reference.
 
 Shapes are SIFA-Net's SIFA layers for a 16-frame 224² clip (N=8, T=4). Each measurement runs in a
-fresh process so that peak memory (CPU: peak RSS growth; GPU: max_memory_allocated) is its own.
+fresh process so that peak memory (CPU: growth of the peak RSS over the RSS before the timed
+runs; GPU: max_memory_allocated over the allocation before them) is its own.
 
     python benchmarks/bench_ops.py [--device cpu|cuda] [--shapes 128 256 512] [--repeat 3]
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
+import os
 import statistics
 import sys
 import time
@@ -20,12 +21,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 SHAPES = {128: 28, 256: 14, 512: 7}  # channels -> map size
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> float:
+    """Resets the kernel's peak-RSS mark (Linux) and returns the current RSS in MiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mib("VmRSS")
 
 
 def _measure(backend: str, device: str, mode: str, C: int, repeat: int, queue) -> None:
-    import os
     os.environ["SIFA_OPS_BACKEND"] = backend
     import torch
     import sifa.ops as ops
@@ -56,18 +67,20 @@ def _measure(backend: str, device: str, mode: str, C: int, repeat: int, queue) -
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         else:
-            base = _rss_mib()
+            base = _reset_peak_rss()
         times = []
         for _ in range(repeat):
             t0 = time.perf_counter()
             step()
             sync()
             times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else _rss_mib() - base
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else _status_mib("VmHWM") - base
     queue.put((statistics.median(times) * 1e3, peak))
 
 
 def measure(backend: str, device: str, mode: str, C: int, repeat: int):
+    # a fixed mmap threshold makes glibc hand freed tensors back to the OS, so RSS tracks live memory
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure, args=(backend, device, mode, C, repeat, queue))

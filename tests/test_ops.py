@@ -273,3 +273,20 @@ def test_cuda_gradcheck_and_compile():
     model = TinySifa().cuda()
     xx = torch.randn(2, 8, 3, 6, 6, device="cuda")
     torch.testing.assert_close(torch.compile(model, fullgraph=True)(xx), model(xx), rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+def test_cuda_indexing_beyond_int32():
+    # 1×1×1×46400×46400 = 2.15e9 elements > 2^31: with zero offsets and a 1×1 kernel the aggregation
+    # is scores·x, so the far end of the tensor shows any 32-bit index overflow
+    side = 46400
+    free, _ = torch.cuda.mem_get_info()
+    if free < 8 * side * side * 2:  # six half-precision tensors of this size and working room
+        pytest.skip("not enough GPU memory for a 2^31-element test")
+    x = torch.rand(1, 1, 1, side, side, device="cuda", dtype=torch.float16)
+    scores = torch.rand_like(x)
+    off = torch.zeros(1, 2, 1, side, side, device="cuda", dtype=torch.float16)
+    out = ops.defagg(x, off, scores, 1, 1, 0, 1, 1)
+    torch.testing.assert_close(out[..., -2:, :], x[..., -2:, :] * scores[..., -2:, :])
+    corr = ops.defcor(x, off, torch.ones(1, 1, 1, 1, device="cuda", dtype=torch.float16), 1, 0, 1, 1)
+    torch.testing.assert_close(corr[..., -2:, :], x[..., -2:, :] * x[..., -2:, :])
