@@ -1,0 +1,110 @@
+"""Training-step and inference time and peak memory of SIFA networks against their C2D baselines.
+
+SIFA-Net R50 vs C2D R50 and SIFA-Swin-B vs C2D-Swin-B at the shipped input sizes on GPU (batch 8 ×
+16×224² for the ResNets, batch 2 × 32×224² for Swin-B); reduced on CPU (batch 1, 8×112² ResNets,
+batch 1 × 4×224² Swin-B). Each measurement runs in a fresh process (peak memory: see bench_ops.py).
+
+    python benchmarks/bench_models.py [--device cpu|cuda] [--repeat 3] [--amp]
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_ops import _reset_peak_rss, _status_mib  # noqa: E402
+
+PAIRS = [("c2d_sifa_resnet50", "c2d_resnet50"), ("c2d_sifa_swin_vit_b_p4_w7", "c2d_swin_vit_b_p4_w7")]
+SIZES = {  # device -> family -> (batch, frames, crop)
+    "cuda": {"resnet": (8, 16, 224), "swin": (2, 32, 224)},
+    "cpu": {"resnet": (1, 8, 112), "swin": (1, 4, 224)},
+}
+
+
+def _measure(net_name: str, device: str, mode: str, repeat: int, amp: bool, queue) -> None:
+    import torch
+    from sifa.models import get_model_by_name
+
+    batch, frames, crop = SIZES[device]["swin" if "swin" in net_name else "resnet"]
+    model = get_model_by_name(net_name, num_classes=400, clip_length=frames).to(device)
+    x = torch.randn(batch, 3, frames, crop, crop, device=device)
+    labels = torch.randint(0, 400, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=amp)
+
+    def step():
+        if mode == "train":
+            model.train()
+            with autocast:
+                out = model(x)
+                outs = out if isinstance(out, list) else [out]
+                loss = sum(torch.nn.functional.cross_entropy(o.float(), labels) for o in outs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            model.eval()
+            with torch.no_grad(), autocast:
+                model(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    step()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _reset_peak_rss()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else _status_mib("VmHWM") - base
+    queue.put((statistics.median(times) * 1e3, peak))
+
+
+def measure(net_name: str, device: str, mode: str, repeat: int, amp: bool):
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(net_name, device, mode, repeat, amp, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--only", choices=["resnet", "swin"], help="measure one pair")
+    args = parser.parse_args()
+    import torch
+    import sifa.ops
+    print(f"torch {torch.__version__}, device {args.device}, ops backend {sifa.ops.backend()}, "
+          f"threads {torch.get_num_threads()}, amp {args.amp}")
+    print("| network | input | pass | ms | baseline ms | time ratio | peak MiB | baseline peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for sifa_net, base_net in PAIRS:
+        family = "swin" if "swin" in sifa_net else "resnet"
+        if args.only and args.only != family:
+            continue
+        batch, frames, crop = SIZES[args.device][family]
+        for mode in ("train", "inference"):
+            ms, mem = measure(sifa_net, args.device, mode, args.repeat, args.amp)
+            base_ms, base_mem = measure(base_net, args.device, mode, args.repeat, args.amp)
+            print(f"| {sifa_net} | {batch}×{frames}×{crop}² | {mode} | {ms:.0f} | {base_ms:.0f} | "
+                  f"{ms / base_ms:.2f}× | {mem:.0f} | {base_mem:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

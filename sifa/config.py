@@ -1,0 +1,191 @@
+"""YAML configuration: `base_config/default.yml` <- the experiment's `base:` file <- the experiment.
+
+Sections (`dataset`, `sampler`, ...) only group keys; the merged leaves form one flat namespace.
+Every key must be declared in the default file, and a value must have the type of its default
+(an int is accepted where a float is expected). Errors name the key, the file that set it and the
+closest known key.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, Iterable, List, Tuple
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "base_config" / "default.yml"
+
+# Keys whose values may take more than the type of their default.
+_EXTRA_TYPES: Dict[str, Tuple[type, ...]] = {
+    "resume": (bool, str),
+    "sifa_kernel": (list, type(None)),
+}
+# Keys restricted to a set of values.
+_CHOICES: Dict[str, Tuple[Any, ...]] = {
+    "time_dim": ("T", "C"),
+    "format": ("FRAME", "LMDB", "VIDEO"),
+    "lr_scheduler": ("cosine", "step"),
+    "eva_num_crop": (1, 3),
+    "dataset_class": ("video_dataset",),
+    "pooling_name": ("PoolingAverage",),
+    "amp": ("fp16", "bf16", "none"),
+}
+_POSITIVE = ("crop_size", "eva_crop_size", "num_classes", "epochs", "num_clips", "num_segments",
+             "clip_length", "num_steps", "eva_num_segments", "eva_num_clips", "batch_size",
+             "iter_size", "print_freq", "save_freq", "eva_inter_freq", "warmup_multiplier",
+             "synthetic_frames", "synthetic_size")
+_NON_NEGATIVE = ("num_workers", "warmup_epoch", "ra_n", "weight_decay", "momentum", "clip_gradient",
+                 "synthetic_videos_per_class", "synthetic_val_videos_per_class")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used."""
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections or keys")
+    return data
+
+
+def _flatten(data: Dict[str, Any], source: str, allow_base: bool) -> Dict[str, Any]:
+    """Leaves of a (possibly sectioned) mapping; a leaf set twice in one file is an error."""
+    flat: Dict[str, Any] = {}
+
+    def visit(mapping: Dict[str, Any], top: bool) -> None:
+        for key, value in mapping.items():
+            if top and key == "base" and allow_base:
+                continue
+            if isinstance(value, dict):
+                visit(value, False)
+            elif key in flat:
+                raise ConfigError(f"{source}: key '{key}' is set more than once")
+            else:
+                flat[key] = value
+
+    visit(data, True)
+    return flat
+
+
+def _closest(key: str, known: Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.0)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _check_type(key: str, value: Any, default: Any, source: str) -> Any:
+    allowed = _EXTRA_TYPES.get(key, (type(default),))
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        names = " or ".join(t.__name__ for t in allowed)
+        raise ConfigError(f"{source}: key '{key}' must be of type {names}, got {type(value).__name__} "
+                          f"({value!r})")
+    if isinstance(default, list) and isinstance(value, list) and default:
+        item_type = type(default[0])
+        for item in value:
+            if not isinstance(item, item_type) or isinstance(item, bool):
+                raise ConfigError(f"{source}: key '{key}' must be a list of {item_type.__name__}, "
+                                  f"got {value!r}")
+    return value
+
+
+def _resolve_base(base: str, experiment: Path) -> Path:
+    candidates = [Path(base), experiment.parent / base, REPO_ROOT / base]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{experiment}: base file '{base}' not found (looked in the working directory, "
+                      f"next to the experiment and in {REPO_ROOT})")
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """`key=value` with the value read as YAML (`lr=0.1`, `sifa_kernel=[1,3,3,3]`, `resume=true`)."""
+    if "=" not in text:
+        raise ConfigError(f"--opts: expected key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--opts: cannot read the value of '{key}': {e}") from None
+    return key.strip(), value
+
+
+def load_config(config_file: str | os.PathLike, overrides: Iterable[str] = (),
+                default_file: str | os.PathLike = DEFAULT_CONFIG) -> SimpleNamespace:
+    """Merge default <- base <- experiment <- `key=value` overrides into a flat namespace."""
+    default_path = Path(default_file)
+    experiment_path = Path(config_file)
+    defaults = _flatten(_read_yaml(default_path), str(default_path), allow_base=False)
+    experiment = _read_yaml(experiment_path)
+
+    layers: List[Tuple[str, Dict[str, Any]]] = []
+    base = experiment.get("base")
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{experiment_path}: 'base' must be a file path, got {base!r}")
+        base_path = _resolve_base(base, experiment_path)
+        base_data = _read_yaml(base_path)
+        if "base" in base_data:
+            raise ConfigError(f"{base_path}: a base file cannot itself name a 'base'")
+        layers.append((str(base_path), _flatten(base_data, str(base_path), allow_base=False)))
+    layers.append((str(experiment_path), _flatten(experiment, str(experiment_path), allow_base=True)))
+    layers.append(("--opts", dict(parse_override(o) for o in overrides)))
+
+    merged = dict(defaults)
+    sources = {key: str(default_path) for key in defaults}
+    for source, flat in layers:
+        for key, value in flat.items():
+            if key not in defaults:
+                raise ConfigError(f"{source}: unknown key '{key}'{_closest(key, defaults)}")
+            merged[key] = _check_type(key, value, defaults[key], source)
+            sources[key] = source
+    _validate(merged, sources)
+    merged["config_file"] = str(experiment_path)
+    return SimpleNamespace(**merged)
+
+
+def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{sources[key]}: key '{key}' {message}")
+
+    for key, choices in _CHOICES.items():
+        if cfg[key] not in choices:
+            fail(key, f"must be one of {list(choices)}, got {cfg[key]!r}")
+    for key in _POSITIVE:
+        if cfg[key] <= 0:
+            fail(key, f"must be positive, got {cfg[key]!r}")
+    for key in _NON_NEGATIVE:
+        if cfg[key] < 0:
+            fail(key, f"must not be negative, got {cfg[key]!r}")
+    if cfg["use_flow"]:
+        fail("use_flow", "is not supported: this implementation reads RGB frames only")
+    if not 0 <= cfg["ra_m"] <= 30:
+        fail("ra_m", f"must lie in [0, 30] (RandAugment magnitude), got {cfg['ra_m']}")
+    if not 0.0 <= cfg["dropout_ratio"] < 1.0:
+        fail("dropout_ratio", f"must lie in [0, 1), got {cfg['dropout_ratio']}")
+    kernel = cfg["sifa_kernel"]
+    if kernel is not None and (not kernel or not all(isinstance(k, int) and k > 0 for k in kernel)):
+        fail("sifa_kernel", f"must be null or a list of positive ints, got {kernel!r}")
+
+
+def config_to_dict(cfg: SimpleNamespace) -> Dict[str, Any]:
+    """Plain data (str/int/float/bool/list/None): JSON-serialisable and safe in a weights-only checkpoint."""
+    return json.loads(json.dumps(vars(cfg)))
+
+
+def save_config_json(cfg: SimpleNamespace, path: str | os.PathLike) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config_to_dict(cfg), f, indent=2, sort_keys=True)

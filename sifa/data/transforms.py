@@ -1,0 +1,90 @@
+"""Clip transforms (SPEC §8) on torchvision.transforms.v2.
+
+A clip is a T x C x H x W uint8 tensor; v2 transforms draw their random parameters once per call
+and apply them to every leading (frame) index alike, so the frames of a clip stay aligned.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BLUR_SIGMA = (0.1, 2.0)
+# Covers +-3 sigma of the widest blur.
+BLUR_KERNEL = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1
+
+
+def frames_to_clip(frames: Sequence[np.ndarray]) -> torch.Tensor:
+    """H x W x 3 uint8 frames -> T x 3 x H x W uint8 tensor."""
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+
+
+def _layout(time_dim: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """'T': C x T x H x W (3-D networks); 'C': frames concatenated along channels, (T*C) x H x W."""
+    if time_dim == "T":
+        return lambda clip: clip.permute(1, 0, 2, 3).contiguous()
+    if time_dim == "C":
+        return lambda clip: clip.reshape(-1, *clip.shape[2:])
+    raise ValueError(f"time_dim must be 'T' or 'C', got {time_dim!r}")
+
+
+def _normalize() -> List[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+class TrainClipTransform:
+    def __init__(self, crop_size: int, no_horizontal_flip: bool = False, rand_augment: bool = False,
+                 ra_n: int = 2, ra_m: int = 27, time_dim: str = "T"):
+        steps: List[v2.Transform] = [
+            v2.RandomResizedCrop(crop_size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), antialias=True)]
+        if rand_augment:
+            # Magnitudes 0..30 as in the original's RandAugment.
+            steps.append(v2.RandAugment(num_ops=ra_n, magnitude=ra_m, num_magnitude_bins=31))
+        else:
+            steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                      v2.RandomGrayscale(p=0.2),
+                      v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, sigma=BLUR_SIGMA)], p=0.5)]
+        if not no_horizontal_flip:
+            steps.append(v2.RandomHorizontalFlip(p=0.5))
+        self.transform = v2.Compose(steps + _normalize())
+        self.layout = _layout(time_dim)
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.layout(self.transform(frames_to_clip(frames)))
+
+
+class EvalClipTransform:
+    """Resize the shorter side to crop_size, then one of `num_crops` crops.
+
+    num_crops 1: the center crop; 3: left/center/right (landscape) or top/center/bottom (portrait).
+    """
+
+    def __init__(self, crop_size: int, num_crops: int = 1, time_dim: str = "T"):
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        self.crop_size = crop_size
+        self.num_crops = num_crops
+        self.resize = v2.Resize(crop_size, antialias=True)
+        self.normalize = v2.Compose(_normalize())
+        self.layout = _layout(time_dim)
+
+    def crop_origin(self, height: int, width: int, crop_index: int) -> tuple:
+        """(top, left) of crop `crop_index` on a resized clip of height x width."""
+        center = ((height - self.crop_size) // 2, (width - self.crop_size) // 2)
+        if self.num_crops == 1:
+            return center
+        if width >= height:
+            return center[0], [0, center[1], width - self.crop_size][crop_index]
+        return [0, center[0], height - self.crop_size][crop_index], center[1]
+
+    def __call__(self, frames: Sequence[np.ndarray], crop_index: int = 0) -> torch.Tensor:
+        clip = self.resize(frames_to_clip(frames))
+        top, left = self.crop_origin(clip.shape[-2], clip.shape[-1], crop_index)
+        clip = TF.crop(clip, top, left, self.crop_size, self.crop_size)
+        return self.layout(self.normalize(clip))

@@ -1,0 +1,1 @@
+"""Training and evaluation: process groups, optimizer and schedule, checkpoints, loops."""

@@ -1,0 +1,71 @@
+"""Multi-view evaluation, sharded over all ranks (SPEC §10, §11).
+
+Every rank scores a strided share of the (video, clip, crop) views; the scores are gathered and
+each video's softmax scores are averaged over its views and over both heads of a dual-head
+network. The number of videos comes from the list file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..data import VideoDataset
+from .distributed import DistContext, all_gather_objects
+
+
+@dataclass
+class EvalResult:
+    top1: float  # percent
+    top5: float  # percent (top-k with k = min(5, num_classes))
+    scores: np.ndarray  # num_videos x num_classes, averaged softmax
+    labels: np.ndarray  # num_videos
+
+
+def view_probabilities(outputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+    """Softmax of the logits; for a list of heads, the mean of their softmaxes."""
+    if isinstance(outputs, (list, tuple)):
+        return torch.stack([o.float().softmax(dim=1) for o in outputs]).mean(dim=0)
+    return outputs.float().softmax(dim=1)
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean() * 100.0)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: VideoDataset, batch_size: int, num_workers: int,
+             num_classes: int, ctx: DistContext, amp_dtype: torch.dtype | None = None) -> EvalResult:
+    """`model` is the bare network (not DDP-wrapped): ranks may run different numbers of batches."""
+    was_training = model.training
+    model.eval()
+    shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
+    # A private generator keeps evaluation from consuming the global RNG (resumed runs stay identical).
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=ctx.device.type == "cuda", generator=torch.Generator())
+    video_indices: List[np.ndarray] = []
+    probabilities: List[np.ndarray] = []
+    for clips, _, videos in loader:
+        with torch.autocast(ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outputs = model(clips.to(ctx.device, non_blocking=True))
+        probabilities.append(view_probabilities(outputs).double().cpu().numpy())
+        video_indices.append(videos.numpy())
+    local = (np.concatenate(video_indices) if video_indices else np.zeros(0, np.int64),
+             np.concatenate(probabilities) if probabilities else np.zeros((0, num_classes)))
+    totals = np.zeros((dataset.num_videos, num_classes))
+    counts = np.zeros(dataset.num_videos, np.int64)
+    for videos, probs in all_gather_objects(ctx, local):
+        np.add.at(totals, videos, probs)
+        np.add.at(counts, videos, 1)
+    if not (counts == dataset.views_per_video).all():
+        raise RuntimeError(f"evaluation gathered {counts.sum()} views, expected {len(dataset)}")
+    model.train(was_training)
+    scores = totals / counts[:, None]
+    labels = dataset.labels()
+    return EvalResult(top1=topk_accuracy(scores, labels, 1), top5=topk_accuracy(scores, labels, 5),
+                      scores=scores, labels=labels)

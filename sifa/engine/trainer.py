@@ -1,0 +1,364 @@
+"""Training and evaluation runs of `train_val_3d.py` (SPEC §10)."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import os
+import random
+import sys
+import time
+import warnings
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
+
+from ..config import config_to_dict, save_config_json
+from ..data import VideoDataset, read_class_names
+from ..data.synthetic import generate as generate_synthetic
+from ..data.transforms import EvalClipTransform, TrainClipTransform
+from ..models import get_model_by_name, remove_defcor_weight, remove_fc, transfer_weights
+from .checkpoint import (capture_rng_state, load_checkpoint, model_state_from, restore_rng_state, resume_path,
+                         save_checkpoint)
+from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks
+from .evaluate import EvalResult, evaluate
+from .optim import build_optimizer, build_scheduler
+
+LOG_FILE = "log.txt"
+CONFIG_JSON = "config.json"
+EVAL_ONLY_CONFIG_JSON = "eval_only_config.json"
+VAL_JSON = "val_accuracy.json"
+EVAL_ONLY_JSON = "eval_only_accuracy.json"
+EVAL_ONLY_SCORES = "eval_only_scores.pt"
+
+
+def setup_logger(output_dir: str, ctx: DistContext) -> logging.Logger:
+    """Rank 0 logs to the console and <output_dir>/log.txt; other ranks only print warnings."""
+    logger = logging.getLogger("sifa")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if ctx.is_main else logging.WARNING)
+    formatter = logging.Formatter(f"[%(asctime)s rank{ctx.rank}] %(message)s", "%m-%d %H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(formatter)
+    logger.addHandler(console)
+    if ctx.is_main:
+        file_handler = logging.FileHandler(os.path.join(output_dir, LOG_FILE))
+        file_handler.setFormatter(formatter)
+        logger.addHandler(file_handler)
+    return logger
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_weights_file(path: str) -> Dict[str, Any]:
+    """Weights-only load; the original's checkpoints also hold an argparse.Namespace of options."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return load_checkpoint(path)
+
+
+def amp_dtype(cfg: SimpleNamespace, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype, or None: mixed precision is used on GPU only."""
+    if device.type != "cuda" or cfg.amp == "none":
+        return None
+    return torch.float16 if cfg.amp == "fp16" else torch.bfloat16
+
+
+def prepare_synthetic_data(cfg: SimpleNamespace, ctx: DistContext, logger: logging.Logger) -> None:
+    """Generate the synthetic data set into synthetic_dir unless its list files already exist."""
+    if not cfg.synthetic_dir:
+        return
+    needed = [cfg.list_file, cfg.eva_list_file] + ([cfg.class_name_file] if cfg.class_name_file else [])
+    if ctx.is_main and not all(os.path.isfile(p) for p in needed):
+        tic = time.time()
+        generate_synthetic(cfg.synthetic_dir, cfg.num_classes, cfg.synthetic_videos_per_class,
+                           cfg.synthetic_val_videos_per_class, cfg.synthetic_frames, cfg.synthetic_size,
+                           cfg.synthetic_seed)
+        logger.info(f"generated the synthetic data set in {cfg.synthetic_dir} ({time.time() - tic:.1f}s)")
+    barrier(ctx)
+
+
+def train_dataset(cfg: SimpleNamespace) -> VideoDataset:
+    transform = TrainClipTransform(cfg.crop_size, cfg.no_horizontal_flip, cfg.rand_augment, cfg.ra_n, cfg.ra_m,
+                                   cfg.time_dim)
+    return VideoDataset(cfg.list_file, cfg.root_path, cfg.format, cfg.clip_length, cfg.num_steps, cfg.num_segments,
+                        transform, train=True, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes)
+
+
+def eval_dataset(cfg: SimpleNamespace, final: bool) -> VideoDataset:
+    """Between epochs: num_clips x 1 center crop at crop_size; final (--eval_only): the eva_* views."""
+    if final:
+        crop, crops, clips, segments = cfg.eva_crop_size, cfg.eva_num_crop, cfg.eva_num_clips, cfg.eva_num_segments
+    else:
+        crop, crops, clips, segments = cfg.crop_size, 1, cfg.num_clips, cfg.num_segments
+    return VideoDataset(cfg.eva_list_file, cfg.eva_root_path or cfg.root_path, cfg.format, cfg.clip_length,
+                        cfg.num_steps, segments, EvalClipTransform(crop, crops, cfg.time_dim), train=False,
+                        num_clips=clips, num_crops=crops, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes)
+
+
+def build_model(cfg: SimpleNamespace, num_segments: int) -> torch.nn.Module:
+    return get_model_by_name(cfg.net_name, pooling_arch=None, num_classes=cfg.num_classes,
+                             dropout_ratio=cfg.dropout_ratio, clip_length=num_segments * cfg.clip_length,
+                             sifa_kernel=cfg.sifa_kernel)
+
+
+def load_pretrained(model: torch.nn.Module, cfg: SimpleNamespace, logger: logging.Logger) -> None:
+    state = model_state_from(load_weights_file(cfg.pretrained_model))
+    if cfg.transfer_weights:
+        state = transfer_weights(cfg.net_name, state)
+    if cfg.remove_fc:
+        state = remove_fc(cfg.net_name, state)
+    if cfg.remove_defcor_weight:
+        state = remove_defcor_weight(cfg.net_name, state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    logger.info(f"loaded pretrained weights from {cfg.pretrained_model}")
+    logger.info(f"missing keys ({len(missing)}): {missing}")
+    logger.info(f"unexpected keys ({len(unexpected)}): {unexpected}")
+
+
+def freeze_bn(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """Freeze every BatchNorm but the first (statistics and affine parameters), as the original does."""
+    frozen = []
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for module in norms[1:]:
+        for parameter in module.parameters():
+            parameter.requires_grad = False
+        frozen.append(module)
+    return frozen
+
+
+def classification_loss(outputs: Union[torch.Tensor, Sequence[torch.Tensor]], labels: torch.Tensor,
+                        criterion: torch.nn.Module) -> torch.Tensor:
+    """Sum of the cross-entropies of all heads (main + dual for SIFA-Net)."""
+    heads = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return sum(criterion(head.float(), labels) for head in heads)
+
+
+def _write_json(path: str, data: Any) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+class Trainer:
+    def __init__(self, cfg: SimpleNamespace, ctx: DistContext, eval_only: bool = False):
+        self.cfg = cfg
+        self.ctx = ctx
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        barrier(ctx)
+        self.logger = setup_logger(cfg.output_dir, ctx)
+        if ctx.is_main:
+            # An evaluation in a training folder must not replace the training's configuration.
+            save_config_json(cfg, os.path.join(cfg.output_dir, EVAL_ONLY_CONFIG_JSON if eval_only else CONFIG_JSON))
+        seed_everything(cfg.seed + ctx.rank)
+        self.amp_dtype = amp_dtype(cfg, ctx.device)
+        self.writer = SummaryWriter(log_dir=cfg.output_dir) if ctx.is_main else None
+        prepare_synthetic_data(cfg, ctx, self.logger)
+        self.class_names = read_class_names(cfg.class_name_file, cfg.num_classes) if cfg.class_name_file else None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    # ----------------------------------------------------------------------------- evaluation only
+    def evaluate_checkpoint(self, path: str) -> EvalResult:
+        cfg, ctx = self.cfg, self.ctx
+        path = path or cfg.eva_model
+        if not path:
+            raise ValueError("--eval_only needs a checkpoint: pass a path or set eva_model")
+        dataset = eval_dataset(cfg, final=True)
+        model = build_model(cfg, cfg.eva_num_segments)
+        state = model_state_from(load_weights_file(path))
+        if cfg.remove_defcor_weight:
+            state = remove_defcor_weight(cfg.net_name, state)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (cfg.remove_defcor_weight and k.endswith("def_cor.weight"))]
+        if missing or unexpected:
+            raise RuntimeError(f"{path} does not match {cfg.net_name}: missing {missing}, unexpected {unexpected}")
+        model.to(ctx.device)
+        self.logger.info(f"evaluating {path}: {dataset.num_videos} videos x {cfg.eva_num_clips} clips x "
+                         f"{cfg.eva_num_crop} crops at {cfg.eva_crop_size}px on {ctx.world_size} process(es)")
+        tic = time.time()
+        result = evaluate(model, dataset, cfg.batch_size, cfg.num_workers, cfg.num_classes, ctx, self.amp_dtype)
+        self.logger.info(f"eval top1 {result.top1:.2f} top5 {result.top5:.2f} ({time.time() - tic:.1f}s)")
+        if ctx.is_main:
+            _write_json(os.path.join(cfg.output_dir, EVAL_ONLY_JSON), {
+                "checkpoint": path, "top1": result.top1, "top5": result.top5, "num_videos": dataset.num_videos,
+                "num_clips": cfg.eva_num_clips, "num_crops": cfg.eva_num_crop, "crop_size": cfg.eva_crop_size})
+            torch.save({"scores": torch.from_numpy(result.scores), "labels": torch.from_numpy(result.labels),
+                        "class_names": self.class_names}, os.path.join(cfg.output_dir, EVAL_ONLY_SCORES))
+            self.writer.add_scalar("eval_only/top1", result.top1, 0)
+            self.writer.add_scalar("eval_only/top5", result.top5, 0)
+        return result
+
+    # ------------------------------------------------------------------------------------ training
+    def train(self) -> Optional[EvalResult]:
+        cfg, ctx, logger = self.cfg, self.ctx, self.logger
+        if cfg.eva_inter and not cfg.eva_list_file:
+            raise ValueError("eva_inter is true but eva_list_file is empty")
+        train_set = train_dataset(cfg)
+        val_set = eval_dataset(cfg, final=False) if cfg.eva_inter else None
+        sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                     seed=cfg.seed)
+        loader_generator = torch.Generator()
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                            pin_memory=ctx.device.type == "cuda", drop_last=True, generator=loader_generator)
+        iters_per_epoch = len(loader)
+        if iters_per_epoch == 0:
+            raise ValueError(f"{train_set.num_videos} training videos over {ctx.world_size} process(es) do not fill "
+                             f"one batch of {cfg.batch_size}")
+        logger.info(f"{train_set.num_videos} training videos, {iters_per_epoch} iterations per epoch, "
+                    f"{ctx.world_size} process(es) on {ctx.device}, mixed precision: {self.amp_dtype}")
+
+        model = build_model(cfg, cfg.num_segments)
+        if cfg.pretrained_model:
+            load_pretrained(model, cfg, logger)
+        frozen_norms = freeze_bn(model) if cfg.frozen_bn else []
+        model.to(ctx.device)
+        optimizer = build_optimizer(model.parameters(), cfg)
+        scheduler = build_scheduler(optimizer, cfg, iters_per_epoch)
+        scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
+        criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1 if cfg.label_smooth else 0.0)
+
+        start_epoch = 1
+        checkpoint_path = resume_path(cfg.resume, cfg.output_dir)
+        if checkpoint_path:
+            start_epoch = self._resume(checkpoint_path, model, optimizer, scheduler, scaler)
+        ddp = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) \
+            if ctx.distributed else None
+
+        result = None
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            sampler.set_epoch(epoch)
+            # Data-loader workers draw their seeds from this generator: a function of the epoch only.
+            loader_generator.manual_seed((cfg.seed * 100003 + epoch) * 1009 + ctx.rank)
+            tic = time.time()
+            loss = self._train_epoch(epoch, loader, ddp or model, model, frozen_norms, optimizer, scheduler,
+                                     scaler, criterion)
+            logger.info(f"epoch {epoch} done in {time.time() - tic:.1f}s, mean loss {loss:.4f}")
+            if self.writer is not None:
+                self.writer.add_scalar("train/epoch_loss", loss, epoch)
+            if val_set is not None and (epoch % cfg.eva_inter_freq == 0 or epoch == cfg.epochs):
+                broadcast_buffers(ctx, model)
+                result = self._validate(epoch, model, val_set)
+            rng_states = all_gather_objects(ctx, capture_rng_state())
+            if ctx.is_main:
+                path = save_checkpoint(cfg.output_dir, epoch, cfg.save_freq, model, optimizer, scheduler, scaler,
+                                       rng_states, config_to_dict(cfg))
+                logger.info(f"saved {path}")
+            barrier(ctx)
+        return result
+
+    def _resume(self, path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                scaler: torch.amp.GradScaler) -> int:
+        cfg, ctx = self.cfg, self.ctx
+        checkpoint = load_weights_file(path)
+        model.load_state_dict(model_state_from(checkpoint))
+        # `reverse`: checkpoints whose optimizer and scheduler entries were stored under each other's key.
+        optimizer_key, scheduler_key = ("scheduler", "optimizer") if cfg.reverse else ("optimizer", "scheduler")
+        optimizer.load_state_dict(checkpoint[optimizer_key])
+        scheduler.load_state_dict(checkpoint[scheduler_key])
+        if checkpoint.get("scaler") is not None and scaler.is_enabled():
+            scaler.load_state_dict(checkpoint["scaler"])
+        rng = checkpoint.get("rng") or []
+        if len(rng) == ctx.world_size:
+            restore_rng_state(rng[ctx.rank])
+        else:
+            self.logger.warning(f"{path} holds RNG states of {len(rng)} process(es), this run has {ctx.world_size}: "
+                                f"random draws will differ from an uninterrupted run")
+        self.logger.info(f"resumed from {path} (epoch {checkpoint['epoch']})")
+        return int(checkpoint["epoch"]) + 1
+
+    def _train_epoch(self, epoch: int, loader: DataLoader, network: torch.nn.Module, model: torch.nn.Module,
+                     frozen_norms: List[torch.nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any,
+                     scaler: torch.amp.GradScaler, criterion: torch.nn.Module) -> float:
+        cfg, ctx, logger = self.cfg, self.ctx, self.logger
+        network.train()
+        for module in frozen_norms:
+            module.eval()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        iters = len(loader)
+        # Gradients of a trailing incomplete accumulation group are dropped, as in the original.
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, batch_time_sum, data_time_sum = 0.0, 0.0, 0.0
+        end = time.time()
+        for idx, (clips, labels, _) in enumerate(loader):
+            data_time = time.time() - end
+            clips = clips.to(ctx.device, non_blocking=True)
+            labels = labels.to(ctx.device, non_blocking=True)
+            step = (idx + 1) % cfg.iter_size == 0
+            # Accumulation iterations skip DDP's gradient all-reduce; the stepping one syncs the sum.
+            sync = network.no_sync() if isinstance(network, DistributedDataParallel) and not step \
+                else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(ctx.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    outputs = network(clips)
+                loss = classification_loss(outputs, labels, criterion)
+                scaler.scale(loss * (cfg.loss_weight / cfg.iter_size)).backward()
+            if step:
+                scaler.unscale_(optimizer)
+                if cfg.clip_gradient > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_gradient)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+            lr = optimizer.param_groups[0]["lr"]
+            with warnings.catch_warnings():
+                # The schedule advances on accumulation iterations without an optimizer step too (as in
+                # the original); PyTorch would flag that as a misordered call.
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                scheduler.step()
+
+            loss_value = loss.item()
+            loss_sum += loss_value
+            batch_time = time.time() - end
+            batch_time_sum += batch_time
+            data_time_sum += data_time
+            end = time.time()
+            if idx % cfg.print_freq == 0 or idx == iters - 1:
+                done = idx + 1
+                mean_batch = batch_time_sum / done
+                clips_per_s = cfg.batch_size * ctx.world_size / mean_batch
+                remaining = (iters - done) + (cfg.epochs - epoch) * iters
+                eta = datetime.timedelta(seconds=int(remaining * mean_batch))
+                logger.info(f"epoch [{epoch}/{cfg.epochs}] iter [{done}/{iters}] eta {eta} "
+                            f"loss {loss_value:.4f} (mean {loss_sum / done:.4f}) lr {lr:.6f} "
+                            f"data {data_time_sum / done:.3f}s batch {mean_batch:.3f}s {clips_per_s:.1f} clips/s")
+                if self.writer is not None:
+                    global_step = (epoch - 1) * iters + idx
+                    self.writer.add_scalar("train/loss", loss_value, global_step)
+                    self.writer.add_scalar("train/lr", lr, global_step)
+                    self.writer.add_scalar("train/clips_per_s", clips_per_s, global_step)
+        return mean_over_ranks(ctx, loss_sum / iters)
+
+    def _validate(self, epoch: int, model: torch.nn.Module, val_set: VideoDataset) -> EvalResult:
+        cfg, ctx = self.cfg, self.ctx
+        tic = time.time()
+        result = evaluate(model, val_set, cfg.batch_size, cfg.num_workers, cfg.num_classes, ctx, self.amp_dtype)
+        self.logger.info(f"epoch {epoch} val top1 {result.top1:.2f} top5 {result.top5:.2f} "
+                         f"({val_set.num_videos} videos x {val_set.views_per_video} views, {time.time() - tic:.1f}s)")
+        if ctx.is_main:
+            self.writer.add_scalar("val/top1", result.top1, epoch)
+            self.writer.add_scalar("val/top5", result.top5, epoch)
+            self.writer.flush()
+            path = os.path.join(cfg.output_dir, VAL_JSON)
+            history = []
+            if os.path.isfile(path):
+                with open(path, "r", encoding="utf-8") as f:
+                    history = [entry for entry in json.load(f) if entry["epoch"] < epoch]
+            history.append({"epoch": epoch, "top1": result.top1, "top5": result.top5,
+                            "num_videos": val_set.num_videos, "views_per_video": val_set.views_per_video})
+            _write_json(path, history)
+        return result

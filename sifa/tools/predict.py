@@ -1,0 +1,195 @@
+"""Top-5 classes of one video, scored as the evaluation scores it.
+
+    python -m sifa.tools.predict --config_file settings/X.yml --checkpoint ckpt.pth --input PATH
+
+PATH is a video file (decoded with OpenCV), a FRAME folder (00001.jpg, ...) or an LMDB environment
+(a folder holding data.mdb). The video is cut into the configured test views (eva_num_clips clips x
+eva_num_crop crops of eva_crop_size, eva_num_segments segments) by the evaluation's own dataset and
+transforms, and the softmax scores are averaged over the views and over both heads of a SIFA-Net,
+as `--eval_only` does. Class names come from `--class_names` or the config's `class_name_file`;
+without one, label indices are shown.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from types import SimpleNamespace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import lmdb
+import numpy as np
+import torch
+
+from ..config import ConfigError, load_config
+from ..data import FrameReadError, ListFileError, VideoDataset, read_class_names
+from ..data.prepare import count_video_frames
+from ..data.storage import frame_file_name
+from ..engine.checkpoint import model_state_from
+from ..engine.distributed import DistContext
+from ..engine.evaluate import evaluate
+from ..engine.trainer import amp_dtype, build_model, eval_dataset, load_weights_file
+from ..models import remove_defcor_weight
+
+TOP_K = 5
+# Mismatching keys listed in an error message; the rest are counted.
+SHOWN_KEYS = 8
+
+
+class InputError(ValueError):
+    """An input video that cannot be read or is too short for the configured views."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose entries do not fit the configured network."""
+
+
+def storage_of(path: str) -> Tuple[str, int]:
+    """(storage format, number of frames) of a video file, FRAME folder or LMDB environment."""
+    if not os.path.exists(path):
+        raise InputError(f"input not found: {path}")
+    if os.path.isfile(path):
+        count = count_video_frames(path)
+        if count == 0:
+            raise InputError(f"cannot read input video {path}: OpenCV decodes no frame from it")
+        return "VIDEO", count
+    if os.path.isfile(os.path.join(path, "data.mdb")):
+        try:
+            env = lmdb.open(path, readonly=True, lock=False)
+        except lmdb.Error as err:
+            raise InputError(f"cannot read input LMDB environment {path}: {err}") from None
+        try:
+            count = env.stat()["entries"]
+        finally:
+            env.close()
+        if count == 0:
+            raise InputError(f"input LMDB environment {path} holds no frames")
+        return "LMDB", count
+    count = 0
+    while os.path.isfile(os.path.join(path, frame_file_name(count + 1))):
+        count += 1
+    if count == 0:
+        raise InputError(f"cannot read input folder {path}: it holds no frame {frame_file_name(1)} "
+                         f"(FRAME folders are numbered 00001.jpg, 00002.jpg, ...) and no LMDB data.mdb")
+    return "FRAME", count
+
+
+def input_views(cfg: SimpleNamespace, path: str) -> VideoDataset:
+    """The test views of one video, built by the evaluation's dataset from a one-line list file."""
+    storage_format, num_frames = storage_of(path)
+    extent = cfg.clip_length * cfg.num_steps
+    if num_frames < extent and not cfg.loop_pad:
+        raise InputError(f"input {path} has {num_frames} frames, fewer than clip_length x num_steps = {extent}; "
+                         f"add --opts loop_pad=true to wrap it around")
+    path = os.path.abspath(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        list_file = os.path.join(tmp, "input_list.txt")
+        with open(list_file, "w", encoding="utf-8") as f:
+            f.write(f"{os.path.basename(path)} {num_frames} 0\n")
+        view_cfg = SimpleNamespace(**{**vars(cfg), "eva_list_file": list_file, "eva_root_path": os.path.dirname(path),
+                                      "format": storage_format})
+        # The dataset reads the list when built, so the temporary file may go afterwards.
+        return eval_dataset(view_cfg, final=True)
+
+
+def _key_summary(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f" (and {len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
+
+
+def load_network(cfg: SimpleNamespace, checkpoint: str, device: torch.device) -> torch.nn.Module:
+    """The configured network (at eva_num_segments) with the checkpoint's weights, in eval mode."""
+    raw = load_weights_file(checkpoint)
+    state = model_state_from(raw)
+    if cfg.remove_defcor_weight:
+        state = remove_defcor_weight(cfg.net_name, state)
+    model = build_model(cfg, cfg.eva_num_segments)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state
+               and not (cfg.remove_defcor_weight and k.endswith("def_cor.weight"))]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                   if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {_key_summary(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {_key_summary(unexpected)}")
+        if wrong_shape:
+            problems.append(f"shape mismatches (checkpoint vs network): {_key_summary(wrong_shape)}")
+        trained = raw.get("config", {}) if isinstance(raw.get("config"), dict) else {}
+        hint = ""
+        if trained.get("net_name") not in (None, cfg.net_name):
+            hint = f"; the checkpoint was trained as {trained['net_name']}"
+        elif any("def_cor.weight" in entry for entry in wrong_shape):
+            hint = "; def_cor.weight depends on the clip length: set remove_defcor_weight=true to drop it"
+        raise CheckpointMismatchError(f"checkpoint {checkpoint} does not fit {cfg.net_name} "
+                                      f"(num_classes={cfg.num_classes}): " + "; ".join(problems) + hint)
+    model.load_state_dict(state, strict=False)
+    return model.to(device).eval()
+
+
+def class_names_for(cfg: SimpleNamespace, class_name_file: Optional[str]) -> Optional[List[str]]:
+    """Names from --class_names, else from the config's class_name_file; None shows label indices."""
+    if class_name_file:
+        return read_class_names(class_name_file, cfg.num_classes)
+    if cfg.class_name_file:
+        if os.path.isfile(cfg.class_name_file):
+            return read_class_names(cfg.class_name_file, cfg.num_classes)
+        print(f"warning: class_name_file {cfg.class_name_file} not found, showing label indices "
+              f"(pass --class_names FILE)", file=sys.stderr)
+    return None
+
+
+def video_scores(model: torch.nn.Module, views: VideoDataset, cfg: SimpleNamespace,
+                 device: torch.device) -> np.ndarray:
+    """Softmax scores averaged over the views and heads, by the evaluation loop itself."""
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
+    # One video: data-loader worker processes would only add start-up time.
+    result = evaluate(model, views, cfg.batch_size, 0, cfg.num_classes, ctx, amp_dtype(cfg, device))
+    return result.scores[0]
+
+
+def top_classes(scores: np.ndarray, class_names: Optional[List[str]], k: int = TOP_K) -> List[Dict[str, object]]:
+    """The k best classes, best first: label, name (the index as text without names) and probability."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [{"label": int(i), "name": class_names[i] if class_names else str(int(i)),
+             "probability": float(scores[i])} for i in order]
+
+
+def predict(cfg: SimpleNamespace, checkpoint: str, path: str, class_name_file: Optional[str] = None,
+            device: Optional[torch.device] = None) -> List[Dict[str, object]]:
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    views = input_views(cfg, path)
+    model = load_network(cfg, checkpoint, device)
+    return top_classes(video_scores(model, views, cfg, device), class_names_for(cfg, class_name_file))
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config_file", required=True, help="experiment YAML the checkpoint was trained with")
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint or bare state dict")
+    parser.add_argument("--input", required=True, help="video file, FRAME folder or LMDB environment")
+    parser.add_argument("--class_names", default=None,
+                        help="class-name file (one per line, line i = label i); overrides class_name_file")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. eva_num_clips=1 eva_num_crop=1")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        ranking = predict(cfg, args.checkpoint, args.input, args.class_names)
+    except (ConfigError, InputError, CheckpointMismatchError, FrameReadError, ListFileError,
+            FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    views = cfg.eva_num_clips * cfg.eva_num_crop
+    print(f"{args.input}: {views} view(s) ({cfg.eva_num_clips} clip(s) x {cfg.eva_num_crop} crop(s) at "
+          f"{cfg.eva_crop_size}px) of {cfg.net_name}")
+    for rank, entry in enumerate(ranking, start=1):
+        print(f"{rank}. {entry['name']:<40} {entry['probability']:.4f}")
+    return ranking
+
+
+if __name__ == "__main__":
+    main()

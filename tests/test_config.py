@@ -1,0 +1,148 @@
+"""Configuration: three-layer merge, flat namespace, overrides and their errors."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sifa.config import DEFAULT_CONFIG, REPO_ROOT, ConfigError, load_config, parse_override, save_config_json
+
+SPEC_KEYS = """time_dim crop_size eva_crop_size eva_num_crop num_workers no_horizontal_flip rand_augment ra_n ra_m
+use_flow dataset_class format list_file root_path num_classes eva_list_file eva_root_path val_video_num
+warmup_multiplier lr_scheduler lr_decay_rate lr_decay_epochs weight_decay momentum nesterov clip_gradient
+loss_weight num_gpu label_smooth eva_inter eva_inter_freq base_learning_rate warmup_epoch epochs num_clips
+num_segments clip_length num_steps eva_num_segments eva_num_clips batch_size iter_size pooling_name frozen_bn
+transfer_weights remove_fc remove_defcor_weight pretrained_model eva_model dropout_ratio net_name resume reverse
+print_freq save_freq output_dir sifa_kernel""".split()
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_default_declares_every_spec_key_and_the_new_ones():
+    cfg = vars(load_config(DEFAULT_CONFIG))
+    missing = [k for k in SPEC_KEYS + ["class_name_file", "loop_pad"] if k not in cfg]
+    assert missing == []
+
+
+def test_three_layers_merge_later_wins(tmp_path):
+    base = write(tmp_path / "base.yml", {"dataset": {"crop_size": 112, "num_classes": 174},
+                                         "optimizer": {"epochs": 50}})
+    exp = write(tmp_path / "exp.yml", {"base": str(base), "optimizer": {"epochs": 7},
+                                       "sampler": {"batch_size": 3}})
+    cfg = load_config(exp)
+    assert (cfg.crop_size, cfg.num_classes, cfg.epochs, cfg.batch_size) == (112, 174, 7, 3)
+    assert cfg.clip_length == 16  # untouched default
+
+
+def test_sections_only_group_keys(tmp_path):
+    # A key filed under another section (or none) still sets the same flat option.
+    exp = write(tmp_path / "exp.yml", {"logging": {"crop_size": 96}, "epochs": 3})
+    cfg = load_config(exp)
+    assert cfg.crop_size == 96 and cfg.epochs == 3
+
+
+def test_base_resolved_relative_to_repo_root(tmp_path):
+    exp = write(tmp_path / "exp.yml", {"base": "base_config/ssv1_base.yml"})
+    assert load_config(exp).num_classes == 174
+
+
+def test_unknown_key_names_key_file_and_closest_key(tmp_path):
+    exp = write(tmp_path / "exp.yml", {"optimizer": {"base_learning_rat": 0.1}})
+    with pytest.raises(ConfigError) as err:
+        load_config(exp)
+    message = str(err.value)
+    assert "'base_learning_rat'" in message and str(exp) in message and "'base_learning_rate'" in message
+
+
+def test_unknown_key_in_base_file_names_the_base_file(tmp_path):
+    base = write(tmp_path / "base.yml", {"sampler": {"clip_lenght": 8}})
+    exp = write(tmp_path / "exp.yml", {"base": str(base)})
+    with pytest.raises(ConfigError, match=r"base\.yml.*'clip_lenght'.*'clip_length'"):
+        load_config(exp)
+
+
+@pytest.mark.parametrize("key, value", [("epochs", "ten"), ("epochs", True), ("nesterov", 1),
+                                        ("lr_decay_epochs", [1.5, 2]), ("crop_size", 1.5), ("resume", 3)])
+def test_wrong_type_names_key_and_file(tmp_path, key, value):
+    exp = write(tmp_path / "exp.yml", {key: value})
+    with pytest.raises(ConfigError) as err:
+        load_config(exp)
+    assert f"'{key}'" in str(err.value) and str(exp) in str(err.value) and "type" in str(err.value)
+
+
+def test_int_is_accepted_for_float_and_resume_takes_bool_or_path(tmp_path):
+    exp = write(tmp_path / "exp.yml", {"base_learning_rate": 1, "resume": "out/current.pth", "sifa_kernel": None})
+    cfg = load_config(exp)
+    assert cfg.base_learning_rate == 1.0 and isinstance(cfg.base_learning_rate, float)
+    assert cfg.resume == "out/current.pth" and cfg.sifa_kernel is None
+
+
+@pytest.mark.parametrize("key, value, fragment", [("format", "HDF5", "one of"), ("eva_num_crop", 2, "one of"),
+                                                  ("batch_size", 0, "positive"), ("use_flow", True, "RGB"),
+                                                  ("ra_m", 31, "[0, 30]")])
+def test_invalid_values_are_rejected(tmp_path, key, value, fragment):
+    exp = write(tmp_path / "exp.yml", {key: value})
+    with pytest.raises(ConfigError) as err:
+        load_config(exp)
+    assert f"'{key}'" in str(err.value) and fragment in str(err.value)
+
+
+def test_key_set_twice_in_one_file(tmp_path):
+    exp = write(tmp_path / "exp.yml", {"dataset": {"crop_size": 1}, "sampler": {"crop_size": 2}})
+    with pytest.raises(ConfigError, match="'crop_size' is set more than once"):
+        load_config(exp)
+
+
+def test_missing_files_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yml")
+    with pytest.raises(ConfigError, match="base file 'nowhere.yml' not found"):
+        load_config(write(tmp_path / "exp.yml", {"base": "nowhere.yml"}))
+    bad = tmp_path / "bad.yml"
+    bad.write_text("dataset: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+
+
+def test_overrides_parsed_as_yaml_and_validated(tmp_path):
+    exp = write(tmp_path / "exp.yml", {"epochs": 3})
+    cfg = load_config(exp, ["epochs=9", "sifa_kernel=[1, 5, 5, 5]", "nesterov=true", "output_dir=a b",
+                            "base_learning_rate=0.5"])
+    assert (cfg.epochs, cfg.sifa_kernel, cfg.nesterov, cfg.output_dir) == (9, [1, 5, 5, 5], True, "a b")
+    assert parse_override("resume=") == ("resume", "")
+    with pytest.raises(ConfigError, match=r"--opts: unknown key 'epoch'; did you mean 'epochs'"):
+        load_config(exp, ["epoch=2"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(exp, ["epochs"])
+    with pytest.raises(ConfigError, match=r"--opts: key 'epochs' must be of type int"):
+        load_config(exp, ["epochs=1.5"])
+
+
+def test_merged_config_round_trips_through_json(tmp_path):
+    cfg = load_config(write(tmp_path / "exp.yml", {"epochs": 3}))
+    save_config_json(cfg, tmp_path / "config.json")
+    import json
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert data["epochs"] == 3 and data["sifa_kernel"] == [1, 3, 3, 3]
+
+
+SHIPPED = sorted((REPO_ROOT / "settings").glob("*.yml"))
+
+
+@pytest.mark.parametrize("setting", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_settings_load(setting):
+    load_config(setting)
+
+
+def test_shipped_settings_match_the_spec():
+    for name, batch in [("c2d_sifa_res50-1x16x1.k400.yml", 24), ("c2d_sifa_res50-1x32x1.k400.yml", 12)]:
+        cfg = load_config(REPO_ROOT / "settings" / name)
+        assert (cfg.base_learning_rate, cfg.epochs, cfg.batch_size, cfg.iter_size, cfg.loss_weight,
+                cfg.lr_scheduler, cfg.warmup_epoch, cfg.num_classes) == (0.04, 64, batch, 4, 4.0, "cosine", 1, 400)
+    swin = load_config(REPO_ROOT / "settings" / "c2d_sifa_swin-b-1x64x2.k400.yml")
+    assert (swin.clip_length, swin.num_steps, swin.crop_size) == (64, 2, 224)
+    ssv1 = load_config(REPO_ROOT / "base_config" / "ssv1_base.yml")
+    assert (ssv1.num_classes, ssv1.base_learning_rate, ssv1.epochs, ssv1.warmup_epoch, ssv1.rand_augment,
+            ssv1.ra_n, ssv1.ra_m, ssv1.no_horizontal_flip) == (174, 0.02, 64, 5, True, 2, 27, True)

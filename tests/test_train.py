@@ -1,0 +1,253 @@
+"""Training engine: schedule, checkpoints, resumption, 2-process runs, evaluation sharding."""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from types import SimpleNamespace
+
+from sifa.config import REPO_ROOT, load_config
+from sifa.data import synthetic
+from sifa.engine import trainer as trainer_module
+from sifa.engine.checkpoint import load_checkpoint, resume_path
+from sifa.engine.distributed import DistContext, init_distributed
+from sifa.engine.evaluate import topk_accuracy, view_probabilities
+from sifa.engine.optim import COSINE_FINAL_LR, build_optimizer, build_scheduler
+from sifa.engine.trainer import Trainer, classification_loss, freeze_bn
+from sifa.models import get_model_by_name
+
+CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------------------------- schedule
+def schedule(iters_per_epoch, **overrides):
+    cfg = SimpleNamespace(base_learning_rate=0.1, momentum=0.9, weight_decay=1e-4, nesterov=False,
+                          warmup_multiplier=10, warmup_epoch=1, epochs=3, lr_scheduler="cosine",
+                          lr_decay_rate=0.1, lr_decay_epochs=[2])
+    vars(cfg).update(overrides)
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+    scheduler = build_scheduler(optimizer, cfg, iters_per_epoch)
+    lrs = []
+    for _ in range(cfg.epochs * iters_per_epoch):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return optimizer, lrs
+
+
+def test_warmup_then_cosine():
+    _, lrs = schedule(4)
+    assert lrs[:4] == pytest.approx([0.01, 0.0325, 0.055, 0.0775])  # 0.1/10 -> 0.1 linearly over 4 iterations
+    # cosine over the remaining 8 iterations from 0.1 towards 1e-6
+    expected = [COSINE_FINAL_LR + (0.1 - COSINE_FINAL_LR) * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
+    assert lrs[4:] == pytest.approx(expected)
+
+
+def test_step_decay_and_no_warmup():
+    _, lrs = schedule(2, lr_scheduler="step", warmup_epoch=0, lr_decay_epochs=[1, 2])
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_one_epoch_all_warmup_and_nesterov():
+    optimizer, lrs = schedule(3, epochs=1, warmup_epoch=1, nesterov=True)
+    assert lrs == pytest.approx([0.01, 0.04, 0.07])
+    assert optimizer.param_groups[0]["nesterov"] is True
+    _, lrs = schedule(1, epochs=1, warmup_epoch=0)
+    assert lrs == pytest.approx([0.1])
+
+
+# ----------------------------------------------------------------------------------------- components
+def test_losses_and_scores_of_dual_head_outputs():
+    torch.manual_seed(0)
+    main, dual, labels = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    criterion = torch.nn.CrossEntropyLoss()
+    assert torch.allclose(classification_loss([main, dual], labels, criterion),
+                          criterion(main, labels) + criterion(dual, labels))
+    assert torch.allclose(classification_loss(main, labels, criterion), criterion(main, labels))
+    assert torch.allclose(view_probabilities([main, dual]), (main.softmax(1) + dual.softmax(1)) / 2)
+    scores = torch.tensor([[0.1, 0.5, 0.4], [0.6, 0.3, 0.1]]).numpy()
+    assert topk_accuracy(scores, torch.tensor([2, 0]).numpy(), 1) == 50.0
+    assert topk_accuracy(scores, torch.tensor([2, 0]).numpy(), 5) == 100.0
+
+
+def test_frozen_bn_keeps_only_the_first_norm_trainable():
+    model = get_model_by_name("c2d_resnet50", num_classes=3, clip_length=8)
+    frozen = freeze_bn(model)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert frozen == norms[1:] and norms[0].weight.requires_grad
+    assert not any(p.requires_grad for m in frozen for p in m.parameters())
+
+
+def test_local_rank_arguments_and_environment(monkeypatch):
+    sys.path.insert(0, str(REPO_ROOT))
+    import train_val_3d
+    for flag in ("--local-rank=1", "--local_rank=1"):
+        monkeypatch.setattr(sys, "argv", ["train_val_3d.py", "--config_file=x.yml", flag])
+        assert train_val_3d.parse_args().local_rank == 1
+    monkeypatch.setattr(sys, "argv", ["train_val_3d.py", "--config_file=x.yml", "--eval_only"])
+    assert train_val_3d.parse_args().eval_only == ""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    ctx = init_distributed()
+    assert (ctx.rank, ctx.world_size, ctx.distributed) == (0, 1, False)
+    assert resume_path(True, "out") == os.path.join("out", "current.pth") and resume_path(False, "out") is None
+
+
+def test_pretrained_imagenet_weights_are_transferred(tmp_path):
+    import torchvision
+    imagenet = torchvision.models.resnet50(weights=None).state_dict()
+    torch.save(imagenet, tmp_path / "resnet50.pth")
+    cfg = load_config(REPO_ROOT / "base_config" / "default.yml",
+                      [f"pretrained_model={tmp_path / 'resnet50.pth'}", "transfer_weights=true", "remove_fc=true",
+                       "net_name=c2d_sifa_resnet50", "num_classes=3", "clip_length=8"])
+    model = trainer_module.build_model(cfg, 1)
+    logs = []
+    logger = SimpleNamespace(info=logs.append)
+    trainer_module.load_pretrained(model, cfg, logger)
+    stem = model.conv1.weight
+    assert torch.equal(stem[:, :, 2], imagenet["conv1.weight"]) and not stem[:, :, [0, 1, 3]].any()
+    assert torch.equal(model.layer4_dual[0].conv1.weight[:, :, 0], imagenet["layer4.0.conv1.weight"])
+    assert any("missing keys" in line and "fc.weight" in line for line in logs)
+
+
+# ------------------------------------------------------------------------------------ tiny training runs
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return synthetic.generate(str(root), num_classes=3, videos_per_class=4, val_videos_per_class=2, frames=8,
+                              size=32, seed=0)
+
+
+def tiny_config(tmp_path, data, **overrides):
+    cfg = {"dataset": {"format": "FRAME", "root_path": data["root_path"], "list_file": data["train_list"],
+                       "eva_list_file": data["val_list"], "class_name_file": data["class_names"], "num_classes": 3,
+                       "crop_size": 32, "eva_crop_size": 32, "num_workers": 0},
+           "optimizer": {"base_learning_rate": 0.02, "warmup_epoch": 1, "epochs": 2, "clip_gradient": 5.0},
+           "sampler": {"clip_length": 8, "batch_size": 2, "iter_size": 2, "num_clips": 1},
+           "network": {"net_name": "c2d_sifa_resnet50", "dropout_ratio": 0.5},
+           "logging": {"output_dir": str(tmp_path / "out"), "print_freq": 1, "save_freq": 1}}
+    cfg.update(overrides)
+    path = tmp_path / "tiny.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc, config, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, "-m", "torch.distributed.launch", f"--nproc_per_node={nproc}",
+               f"--master_port={free_port()}", "train_val_3d.py", f"--config_file={config}", *args]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, tiny_data):
+    torch.set_num_threads(1)
+    config = tiny_config(tmp_path, tiny_data)
+    full = load_config(config)
+    trainer = Trainer(full, CPU)
+    trainer.train()
+    trainer.close()
+    resumed = load_config(config, [f"output_dir={tmp_path / 'resumed'}",
+                                   f"resume={tmp_path / 'out' / 'ckpt_epoch_1.pth'}"])
+    trainer = Trainer(resumed, CPU)
+    trainer.train()
+    trainer.close()
+    a = load_checkpoint(str(tmp_path / "out" / "current.pth"))
+    b = load_checkpoint(str(tmp_path / "resumed" / "current.pth"))
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    momentum_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    momentum_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b)) and len(momentum_a) > 0
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 12  # 2 epochs x 6 iterations
+    # The first epoch changed the weights (a resume that restarts from scratch could not match).
+    first = load_checkpoint(str(tmp_path / "out" / "ckpt_epoch_1.pth"))
+    assert not torch.equal(first["model"]["fc.weight"], a["model"]["fc.weight"])
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, tiny_data):
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    config = tiny_config(tmp_path, tiny_data)
+    result = launch(2, config)
+    return tmp_path, config, result
+
+
+def test_two_process_training_writes_checkpoints_logs_and_accuracy(two_process_run):
+    tmp_path, _, result = two_process_run
+    out = tmp_path / "out"
+    for name in ("current.pth", "ckpt_epoch_1.pth", "ckpt_epoch_2.pth", "config.json", "log.txt",
+                 "val_accuracy.json"):
+        assert (out / name).is_file(), name
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    checkpoint = torch.load(out / "current.pth", map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["config"]["num_classes"] == 3 and len(checkpoint["rng"]) == 2
+    history = json.loads((out / "val_accuracy.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and history[0]["num_videos"] == 6
+    assert 0 <= history[-1]["top1"] <= 100
+    assert json.loads((out / "config.json").read_text())["clip_length"] == 8
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/clips_per_s", "val/top1", "val/top5"} <= set(events.Tags()["scalars"])
+    log = (out / "log.txt").read_text()
+    assert "2 process(es)" in log and "clips/s" in log and "eta" in log
+
+
+def test_eval_only_three_crops_sharded_equals_single_process(two_process_run):
+    tmp_path, config, _ = two_process_run
+    checkpoint = str(tmp_path / "out" / "current.pth")
+    outputs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"eval{nproc}"
+        launch(nproc, config, "--eval_only", checkpoint, "--opts", f"output_dir={out}", "eva_num_clips=2",
+               "eva_num_crop=3", "eva_crop_size=32")
+        outputs[nproc] = (json.loads((out / "eval_only_accuracy.json").read_text()),
+                          torch.load(out / "eval_only_scores.pt", weights_only=True))
+    summary, scores = outputs[2]
+    assert (summary["num_clips"], summary["num_crops"], summary["num_videos"]) == (2, 3, 6)
+    assert scores["scores"].shape == (6, 3) and torch.allclose(scores["scores"].sum(1), torch.ones(6, dtype=torch.float64))
+    assert torch.allclose(outputs[1][1]["scores"], scores["scores"], atol=1e-6)
+    assert outputs[1][0]["top1"] == summary["top1"]
+    # Square 32-pixel frames and 8-frame videos: all 6 views equal the single between-epoch view, so the
+    # sharded validation after the last epoch scored the model that was saved.
+    history = json.loads((tmp_path / "out" / "val_accuracy.json").read_text())
+    assert history[-1]["top1"] == summary["top1"]
+    assert (tmp_path / "eval2" / "eval_only_config.json").is_file() and not (tmp_path / "eval2" / "config.json").exists()
+
+
+def test_eval_only_needs_a_checkpoint(tmp_path, tiny_data):
+    trainer = Trainer(load_config(tiny_config(tmp_path, tiny_data)), CPU)
+    with pytest.raises(ValueError, match="eva_model"):
+        trainer.evaluate_checkpoint("")
+    trainer.close()
+
+
+def test_configuration_errors_stop_training_before_any_work(tmp_path, tiny_data):
+    config = tiny_config(tmp_path, tiny_data)
+    trainer = Trainer(load_config(config, ["eva_list_file="]), CPU)
+    with pytest.raises(ValueError, match="eva_list_file is empty"):
+        trainer.train()
+    trainer.close()
+    trainer = Trainer(load_config(config, ["batch_size=64"]), CPU)
+    with pytest.raises(ValueError, match="12 training videos over 1 process.* one batch of 64"):
+        trainer.train()
+    trainer.close()
+    with pytest.raises(FileNotFoundError, match="current.pth"):
+        trainer = Trainer(load_config(config, ["resume=true", f"output_dir={tmp_path / 'empty'}"]), CPU)
+        trainer.train()
+    trainer.close()

@@ -1,0 +1,42 @@
+"""Train and evaluate a video network (SPEC §10).
+
+    python -m torch.distributed.launch --nproc_per_node=K train_val_3d.py --config_file=X.yml
+    torchrun --nproc_per_node=K train_val_3d.py --config_file=X.yml
+    python train_val_3d.py --config_file=X.yml [--eval_only [CHECKPOINT]] [--opts key=value ...]
+"""
+import argparse
+
+from sifa.config import load_config
+from sifa.engine.distributed import cleanup, init_distributed
+from sifa.engine.trainer import Trainer
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="SIFA training and evaluation")
+    parser.add_argument("--config_file", required=True, help="experiment YAML (see base_config/default.yml)")
+    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
+                        help="set by torch.distributed.launch; otherwise LOCAL_RANK is read")
+    parser.add_argument("--eval_only", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                        help="only evaluate CHECKPOINT (default: eva_model) with the eva_* views")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config keys, values read as YAML")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args.config_file, args.opts)
+    ctx = init_distributed(args.local_rank)
+    trainer = Trainer(cfg, ctx, eval_only=args.eval_only is not None)
+    try:
+        if args.eval_only is not None:
+            trainer.evaluate_checkpoint(args.eval_only)
+        else:
+            trainer.train()
+    finally:
+        trainer.close()
+        cleanup(ctx)
+
+
+if __name__ == "__main__":
+    main()
