@@ -2,23 +2,15 @@
 
 SIFA-Net R50 vs C2D R50 and SIFA-Swin-B vs C2D-Swin-B at the shipped input sizes on GPU (batch 8 ×
 16×224² for the ResNets, batch 2 × 32×224² for Swin-B); reduced on CPU (batch 1, 8×112² ResNets,
-batch 1 × 4×224² Swin-B). Each measurement runs in a fresh process (peak memory: see bench_ops.py).
+batch 1 × 4×224² Swin-B); timing and peak memory as benchmarks/harness.py measures them.
 
     python benchmarks/bench_models.py [--device cpu|cuda] [--repeat 3] [--amp]
 """
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
-import statistics
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_ops import _reset_peak_rss, _status_mib  # noqa: E402
+from harness import measure
 
 PAIRS = [("c2d_sifa_resnet50", "c2d_resnet50"), ("c2d_sifa_swin_vit_b_p4_w7", "c2d_swin_vit_b_p4_w7")]
 SIZES = {  # device -> family -> (batch, frames, crop)
@@ -27,7 +19,8 @@ SIZES = {  # device -> family -> (batch, frames, crop)
 }
 
 
-def _measure(net_name: str, device: str, mode: str, repeat: int, amp: bool, queue) -> None:
+def build(net_name: str, device: str, mode: str, amp: bool):
+    """One training step (SGD) or inference forward of ``net_name`` at the device's input size."""
     import torch
     from sifa.models import get_model_by_name
 
@@ -37,10 +30,10 @@ def _measure(net_name: str, device: str, mode: str, repeat: int, amp: bool, queu
     labels = torch.randint(0, 400, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=amp)
+    model.train(mode == "train")
 
     def step():
         if mode == "train":
-            model.train()
             with autocast:
                 out = model(x)
                 outs = out if isinstance(out, list) else [out]
@@ -49,36 +42,10 @@ def _measure(net_name: str, device: str, mode: str, repeat: int, amp: bool, queu
             loss.backward()
             opt.step()
         else:
-            model.eval()
             with torch.no_grad(), autocast:
                 model(x)
-        if device == "cuda":
-            torch.cuda.synchronize()
 
-    step()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _reset_peak_rss()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else _status_mib("VmHWM") - base
-    queue.put((statistics.median(times) * 1e3, peak))
-
-
-def measure(net_name: str, device: str, mode: str, repeat: int, amp: bool):
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(net_name, device, mode, repeat, amp, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    return step
 
 
 def main() -> None:
@@ -100,8 +67,8 @@ def main() -> None:
             continue
         batch, frames, crop = SIZES[args.device][family]
         for mode in ("train", "inference"):
-            ms, mem = measure(sifa_net, args.device, mode, args.repeat, args.amp)
-            base_ms, base_mem = measure(base_net, args.device, mode, args.repeat, args.amp)
+            ms, mem = measure(build, (sifa_net, args.device, mode, args.amp), args.device, args.repeat)
+            base_ms, base_mem = measure(build, (base_net, args.device, mode, args.amp), args.device, args.repeat)
             print(f"| {sifa_net} | {batch}×{frames}×{crop}² | {mode} | {ms:.0f} | {base_ms:.0f} | "
                   f"{ms / base_ms:.2f}× | {mem:.0f} | {base_mem:.0f} |")
 

@@ -145,9 +145,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(nproc, config, *args):
+def launch(nproc, config, *args, launcher="torch.distributed.launch"):
+    """Runs train_val_3d.py under ``launcher`` (torch.distributed.run is torchrun)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    command = [sys.executable, "-m", "torch.distributed.launch", f"--nproc_per_node={nproc}",
+    command = [sys.executable, "-m", launcher, f"--nproc_per_node={nproc}",
                f"--master_port={free_port()}", "train_val_3d.py", f"--config_file={config}", *args]
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -215,7 +216,7 @@ def test_eval_only_three_crops_sharded_equals_single_process(two_process_run):
     for nproc in (1, 2):
         out = tmp_path / f"eval{nproc}"
         launch(nproc, config, "--eval_only", checkpoint, "--opts", f"output_dir={out}", "eva_num_clips=2",
-               "eva_num_crop=3", "eva_crop_size=32")
+               "eva_num_crop=3", "eva_crop_size=32", launcher="torch.distributed.run")  # torchrun
         outputs[nproc] = (json.loads((out / "eval_only_accuracy.json").read_text()),
                           torch.load(out / "eval_only_scores.pt", weights_only=True))
     summary, scores = outputs[2]

@@ -4,10 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def previous_frame(x: Tensor) -> Tensor:
-    """x[:, :, t−1] at frame t, frame 0 repeated at t = 0."""
-    return torch.cat([x[:, :, :1], x[:, :, :-1]], dim=2)
+from ..ops.reference import previous_frame  # noqa: F401  (the query frame of the SIFA operator, SPEC §1-2)
 
 
 def shift_back(x: Tensor) -> Tensor:

@@ -61,8 +61,8 @@ def _sample_taps(x: Tensor, offset: Tensor, kernel: Tuple[int, int], stride: Tup
     return s.permute(0, 2, 3, 1, 4, 5)
 
 
-def _prev_frames(x: Tensor) -> Tensor:
-    """x[:, :, prev(t)] with prev(t) = t−1 and prev(0) = 0."""
+def previous_frame(x: Tensor) -> Tensor:
+    """x[:, :, prev(t)] with prev(t) = t−1 and prev(0) = 0 (time on dim 2)."""
     return torch.cat([x[:, :, :1], x[:, :, :-1]], dim=2)
 
 
@@ -73,7 +73,7 @@ def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, p
     kernel = tuple(weight.shape[2:])
     K = kernel[0] * kernel[1]
     s = _sample_taps(input, offset, kernel, _pair(stride), _pair(padding), _pair(dilation))
-    q = _prev_frames(input).unsqueeze(2)                                # N×C×1×T×H×W
+    q = previous_frame(input).unsqueeze(2)                                # N×C×1×T×H×W
     wgt = weight.reshape(C, T, K).permute(0, 2, 1)[None, :, :, :, None, None]  # 1×C×K×T×1×1
     prod = (s * q * wgt).view(N, groups, C // groups, K, T, H, W).sum(2)
     return prod.reshape(N, groups * K, T, H, W)

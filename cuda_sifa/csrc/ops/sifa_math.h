@@ -119,6 +119,13 @@ struct Geometry {
     const acc_t px = static_cast<acc_t>(w * stride_w - pad_w + (k % kw) * dil_w) + off_x;
     return bilinear<acc_t>(py, px, H, W);
   }
+
+  // Bilinear corners of tap k of pixel hw = h·W + w in frame t of sample n, reading its offsets.
+  template <typename acc_t, typename scalar_t>
+  SIFA_HOST_DEVICE Bilinear<acc_t> tap(const scalar_t* offset, int64_t n, int64_t k, int64_t t, int64_t hw) const {
+    return sample<acc_t>(hw / W, hw % W, k, acc_t(offset[offset_index(n, k, 0, t, hw)]),
+                         acc_t(offset[offset_index(n, k, 1, t, hw)]));
+  }
 };
 
 }  // namespace math

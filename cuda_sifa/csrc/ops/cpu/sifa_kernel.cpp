@@ -36,8 +36,7 @@ void defcor_forward(const at::Tensor& x_cl, const at::Tensor& offset, const at::
         const int64_t hw = h * g.W + w;
         const scalar_t* q = query_row + w * C;
         for (int64_t k = 0; k < K; ++k) {
-          const auto b = g.sample<acc_t>(h, w, k, off[g.offset_index(n, k, 0, t, hw)],
-                                         off[g.offset_index(n, k, 1, t, hw)]);
+          const auto b = g.tap<acc_t>(off, n, k, t, hw);
           const scalar_t* wk = wt + (t * K + k) * C;
           for (int64_t grp = 0; grp < g.groups; ++grp) {
             acc_t acc = 0;
@@ -71,8 +70,7 @@ void defagg_forward(const at::Tensor& x_cl, const at::Tensor& offset, const at::
         const int64_t hw = h * g.W + w;
         std::fill(acc.begin(), acc.end(), acc_t(0));
         for (int64_t k = 0; k < K; ++k) {
-          const auto b = g.sample<acc_t>(h, w, k, off[g.offset_index(n, k, 0, t, hw)],
-                                         off[g.offset_index(n, k, 1, t, hw)]);
+          const auto b = g.tap<acc_t>(off, n, k, t, hw);
           for (int64_t grp = 0; grp < g.groups; ++grp) {
             const acc_t a = sc[g.score_index(n, grp, k, t, hw)];
 #pragma omp simd
@@ -110,11 +108,9 @@ void defcor_backward(const at::Tensor& grad, const at::Tensor& x_cl, const at::T
       const scalar_t* frame = x + nt * HW * C;
       const scalar_t* query_frame = x + (n * g.T + g.prev_frame(t)) * HW * C;
       for (int64_t hw = 0; hw < HW; ++hw) {
-        const int64_t h = hw / g.W, w = hw % g.W;
         const scalar_t* q = query_frame + hw * C;
         for (int64_t k = 0; k < K; ++k) {
-          const auto b = g.sample<acc_t>(h, w, k, off[g.offset_index(n, k, 0, t, hw)],
-                                         off[g.offset_index(n, k, 1, t, hw)]);
+          const auto b = g.tap<acc_t>(off, n, k, t, hw);
           const scalar_t* wk = wt + (t * K + k) * C;
           acc_t off_y = 0, off_x = 0;  // offsets are shared by all groups: their gradients add up
           for (int64_t grp = 0; grp < g.groups; ++grp) {
@@ -181,11 +177,9 @@ void defagg_backward(const at::Tensor& grad_cl, const at::Tensor& x_cl, const at
       const int64_t n = nt / g.T, t = nt % g.T;
       const scalar_t* frame = x + nt * HW * C;
       for (int64_t hw = 0; hw < HW; ++hw) {
-        const int64_t h = hw / g.W, w = hw % g.W;
         const scalar_t* go = gr + (nt * HW + hw) * C;
         for (int64_t k = 0; k < K; ++k) {
-          const auto b = g.sample<acc_t>(h, w, k, off[g.offset_index(n, k, 0, t, hw)],
-                                         off[g.offset_index(n, k, 1, t, hw)]);
+          const auto b = g.tap<acc_t>(off, n, k, t, hw);
           acc_t off_y = 0, off_x = 0;  // offsets are shared by all groups: their gradients add up
           for (int64_t grp = 0; grp < g.groups; ++grp) {
             const int64_t c0 = grp * Cg, c1 = c0 + Cg;

@@ -35,10 +35,9 @@ __global__ void defcor_forward_kernel(const scalar_t* __restrict__ x, const scal
   const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
   SIFA_KERNEL_LOOP(i, total) {
     const int64_t hw = i % HW, t = (i / HW) % g.T, grp = (i / (HW * g.T)) % g.groups, n = i / (HW * g.T * g.groups);
-    const int64_t h = hw / g.W, w = hw % g.W, tp = g.prev_frame(t);
+    const int64_t tp = g.prev_frame(t);
     for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.sample<acc_t>(h, w, k, acc_t(off[g.offset_index(n, k, 0, t, hw)]),
-                                     acc_t(off[g.offset_index(n, k, 1, t, hw)]));
+      const auto b = g.tap<acc_t>(off, n, k, t, hw);
       acc_t acc = 0;
       for (int64_t c = grp * Cg; c < (grp + 1) * Cg; ++c) {
         const scalar_t* video = x + (n * g.C + c) * g.T * HW;
@@ -58,12 +57,11 @@ __global__ void defagg_forward_kernel(const scalar_t* __restrict__ x, const scal
   const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
   SIFA_KERNEL_LOOP(i, total) {
     const int64_t hw = i % HW, t = (i / HW) % g.T, c = (i / (HW * g.T)) % g.C, n = i / (HW * g.T * g.C);
-    const int64_t h = hw / g.W, w = hw % g.W, grp = c / Cg;
+    const int64_t grp = c / Cg;
     const scalar_t* plane = x + ((n * g.C + c) * g.T + t) * HW;
     acc_t acc = 0;
     for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.sample<acc_t>(h, w, k, acc_t(off[g.offset_index(n, k, 0, t, hw)]),
-                                     acc_t(off[g.offset_index(n, k, 1, t, hw)]));
+      const auto b = g.tap<acc_t>(off, n, k, t, hw);
       acc += acc_t(sc[g.score_index(n, grp, k, t, hw)]) * math::interpolate(b, plane, 1);
     }
     out[i] = static_cast<scalar_t>(acc);
@@ -87,13 +85,12 @@ __global__ void defcor_backward_input_kernel(const scalar_t* __restrict__ grad, 
   const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
   SIFA_KERNEL_LOOP(i, total) {
     const int64_t hw = i % HW, t = (i / HW) % g.T, c = (i / (HW * g.T)) % g.C, n = i / (HW * g.T * g.C);
-    const int64_t h = hw / g.W, w = hw % g.W, grp = c / Cg;
+    const int64_t grp = c / Cg;
     const scalar_t* video = x + (n * g.C + c) * g.T * HW;
     const acc_t q = video[g.prev_frame(t) * HW + hw];
     acc_t gq = 0;
     for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.sample<acc_t>(h, w, k, acc_t(off[g.offset_index(n, k, 0, t, hw)]),
-                                     acc_t(off[g.offset_index(n, k, 1, t, hw)]));
+      const auto b = g.tap<acc_t>(off, n, k, t, hw);
       const acc_t gk = grad[g.score_index(n, grp, k, t, hw)];
       const acc_t wk = wt[(c * g.T + t) * K + k];
       const acc_t s = math::interpolate(b, video + t * HW, 1);
@@ -114,10 +111,9 @@ __global__ void defcor_backward_offset_kernel(const scalar_t* __restrict__ grad,
   const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
   SIFA_KERNEL_LOOP(i, total) {
     const int64_t hw = i % HW, t = (i / HW) % g.T, n = i / (HW * g.T);
-    const int64_t h = hw / g.W, w = hw % g.W, tp = g.prev_frame(t);
+    const int64_t tp = g.prev_frame(t);
     for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.sample<acc_t>(h, w, k, acc_t(off[g.offset_index(n, k, 0, t, hw)]),
-                                     acc_t(off[g.offset_index(n, k, 1, t, hw)]));
+      const auto b = g.tap<acc_t>(off, n, k, t, hw);
       acc_t gy = 0, gx = 0;
       for (int64_t grp = 0; grp < g.groups; ++grp) {
         const acc_t gk = grad[g.score_index(n, grp, k, t, hw)];
@@ -146,12 +142,11 @@ __global__ void defagg_backward_input_kernel(const scalar_t* __restrict__ grad, 
   const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
   SIFA_KERNEL_LOOP(i, total) {
     const int64_t hw = i % HW, t = (i / HW) % g.T, c = (i / (HW * g.T)) % g.C, n = i / (HW * g.T * g.C);
-    const int64_t h = hw / g.W, w = hw % g.W, grp = c / Cg;
+    const int64_t grp = c / Cg;
     const acc_t go = grad[i];
     acc_t* plane = grad_x + (i - hw);
     for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.sample<acc_t>(h, w, k, acc_t(off[g.offset_index(n, k, 0, t, hw)]),
-                                     acc_t(off[g.offset_index(n, k, 1, t, hw)]));
+      const auto b = g.tap<acc_t>(off, n, k, t, hw);
       scatter(plane, b, go * acc_t(sc[g.score_index(n, grp, k, t, hw)]));
     }
   }
@@ -168,10 +163,8 @@ __global__ void defagg_backward_scores_offset_kernel(const scalar_t* __restrict_
   const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
   SIFA_KERNEL_LOOP(i, total) {
     const int64_t hw = i % HW, t = (i / HW) % g.T, n = i / (HW * g.T);
-    const int64_t h = hw / g.W, w = hw % g.W;
     for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.sample<acc_t>(h, w, k, acc_t(off[g.offset_index(n, k, 0, t, hw)]),
-                                     acc_t(off[g.offset_index(n, k, 1, t, hw)]));
+      const auto b = g.tap<acc_t>(off, n, k, t, hw);
       acc_t gy = 0, gx = 0;
       for (int64_t grp = 0; grp < g.groups; ++grp) {
         acc_t as = 0, ay = 0, ax = 0;
