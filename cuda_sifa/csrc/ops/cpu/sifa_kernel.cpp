@@ -132,6 +132,7 @@ void defcor_backward(const at::Tensor& grad, const at::Tensor& x_cl, const at::T
             }
             if (goff) {
               acc_t ay = 0, ax = 0;
+#pragma omp simd reduction(+ : ay, ax)
               for (int64_t c = c0; c < c1; ++c) {
                 const auto sg = math::interpolate_with_grad(b, frame + c, C);
                 const acc_t wq = acc_t(wk[c]) * acc_t(q[c]);
@@ -195,6 +196,7 @@ void defagg_backward(const at::Tensor& grad_cl, const at::Tensor& x_cl, const at
             }
             if (goff || gsc) {
               acc_t as = 0, ay = 0, ax = 0;
+#pragma omp simd reduction(+ : as, ay, ax)
               for (int64_t c = c0; c < c1; ++c) {
                 const auto sg = math::interpolate_with_grad(b, frame + c, C);
                 const acc_t gc = go[c];
