@@ -103,6 +103,7 @@ void defcor_backward(const at::Tensor& grad, const at::Tensor& x_cl, const at::T
   acc_t* gw = mask[2] ? grad_weight_ntkc.data_ptr<acc_t>() : nullptr;
   const int64_t C = g.C, Cg = g.group_channels(), K = g.taps(), HW = g.plane();
   at::parallel_for(0, g.N * g.T, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(C);
     for (int64_t nt = begin; nt < end; ++nt) {
       const int64_t n = nt / g.T, t = nt % g.T;
       const scalar_t* frame = x + nt * HW * C;
@@ -117,38 +118,34 @@ void defcor_backward(const at::Tensor& grad, const at::Tensor& x_cl, const at::T
             const acc_t gk = gr[g.score_index(n, grp, k, t, hw)];
             const int64_t c0 = grp * Cg, c1 = c0 + Cg;
             if (gx) {
-              acc_t* gq_px = gq + (nt * HW + hw) * C;
               acc_t* gx_frame = gx + nt * HW * C;
               for (int i = 0; i < 4; ++i) {
+                if (b.weight[i] == acc_t(0)) continue;  // outside the image, or an integer position
                 acc_t* dst = gx_frame + b.index[i] * C;
                 const acc_t a = gk * b.weight[i];
 #pragma omp simd
                 for (int64_t c = c0; c < c1; ++c) dst[c] += a * acc_t(wk[c]) * acc_t(q[c]);
               }
-#pragma omp simd
-              for (int64_t c = c0; c < c1; ++c) {
-                gq_px[c] += gk * acc_t(wk[c]) * math::interpolate(b, frame + c, C);
-              }
             }
-            if (goff) {
-              acc_t ay = 0, ax = 0;
+            // one pass over the corners serves the query and offset gradients (without an input
+            // gradient the query's goes to a scratch row: a branch here would stop vectorisation)
+            acc_t* gq_px = gx ? gq + (nt * HW + hw) * C : scratch.data();
+            acc_t ay = 0, ax = 0;
 #pragma omp simd reduction(+ : ay, ax)
-              for (int64_t c = c0; c < c1; ++c) {
-                const auto sg = math::interpolate_with_grad(b, frame + c, C);
-                const acc_t wq = acc_t(wk[c]) * acc_t(q[c]);
-                ay += wq * sg.dy;
-                ax += wq * sg.dx;
-              }
-              off_y += gk * ay;
-              off_x += gk * ax;
+            for (int64_t c = c0; c < c1; ++c) {
+              const auto sg = math::interpolate_with_grad(b, frame + c, C);
+              const acc_t wc = wk[c], qc = q[c];
+              gq_px[c] += gk * wc * sg.value;
+              ay += wc * qc * sg.dy;
+              ax += wc * qc * sg.dx;
             }
             if (gw) {
-              acc_t* gw_tk = gw + ((nt)*K + k) * C;
+              acc_t* gw_tk = gw + (nt * K + k) * C;
 #pragma omp simd
-              for (int64_t c = c0; c < c1; ++c) {
-                gw_tk[c] += gk * acc_t(q[c]) * math::interpolate(b, frame + c, C);
-              }
+              for (int64_t c = c0; c < c1; ++c) gw_tk[c] += gk * acc_t(q[c]) * math::interpolate(b, frame + c, C);
             }
+            off_y += gk * ay;
+            off_x += gk * ax;
           }
           if (goff) {
             goff[g.offset_index(n, k, 0, t, hw)] = static_cast<scalar_t>(off_y);
@@ -188,6 +185,7 @@ void defagg_backward(const at::Tensor& grad_cl, const at::Tensor& x_cl, const at
             if (gx) {
               acc_t* gx_frame = gx + nt * HW * C;
               for (int i = 0; i < 4; ++i) {
+                if (b.weight[i] == acc_t(0)) continue;  // outside the image, or an integer position
                 acc_t* dst = gx_frame + b.index[i] * C;
                 const acc_t ai = a * b.weight[i];
 #pragma omp simd
