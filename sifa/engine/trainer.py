@@ -113,6 +113,51 @@ def build_model(cfg: SimpleNamespace, num_segments: int) -> torch.nn.Module:
                              sifa_kernel=cfg.sifa_kernel)
 
 
+SHOWN_KEYS = 8  # keys named in a mismatch message before "(and N more)"
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose entries do not fit the configured network."""
+
+
+def _key_summary(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f" (and {len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
+
+
+def load_network(cfg: SimpleNamespace, checkpoint: str, device: torch.device) -> torch.nn.Module:
+    """The configured network (at eva_num_segments) with the checkpoint's weights, in eval mode."""
+    raw = load_weights_file(checkpoint)
+    state = model_state_from(raw)
+    if cfg.remove_defcor_weight:
+        state = remove_defcor_weight(cfg.net_name, state)
+    model = build_model(cfg, cfg.eva_num_segments)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state
+               and not (cfg.remove_defcor_weight and k.endswith("def_cor.weight"))]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                   if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {_key_summary(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {_key_summary(unexpected)}")
+        if wrong_shape:
+            problems.append(f"shape mismatches (checkpoint vs network): {_key_summary(wrong_shape)}")
+        trained = raw.get("config", {}) if isinstance(raw.get("config"), dict) else {}
+        hint = ""
+        if trained.get("net_name") not in (None, cfg.net_name):
+            hint = f"; the checkpoint was trained as {trained['net_name']}"
+        elif any("def_cor.weight" in entry for entry in wrong_shape):
+            hint = "; def_cor.weight depends on the clip length: set remove_defcor_weight=true to drop it"
+        raise CheckpointMismatchError(f"checkpoint {checkpoint} does not fit {cfg.net_name} "
+                                      f"(num_classes={cfg.num_classes}): " + "; ".join(problems) + hint)
+    model.load_state_dict(state, strict=False)
+    return model.to(device).eval()
+
+
 def load_pretrained(model: torch.nn.Module, cfg: SimpleNamespace, logger: logging.Logger) -> None:
     state = model_state_from(load_weights_file(cfg.pretrained_model))
     if cfg.transfer_weights:
@@ -178,15 +223,7 @@ class Trainer:
         if not path:
             raise ValueError("--eval_only needs a checkpoint: pass a path or set eva_model")
         dataset = eval_dataset(cfg, final=True)
-        model = build_model(cfg, cfg.eva_num_segments)
-        state = model_state_from(load_weights_file(path))
-        if cfg.remove_defcor_weight:
-            state = remove_defcor_weight(cfg.net_name, state)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not (cfg.remove_defcor_weight and k.endswith("def_cor.weight"))]
-        if missing or unexpected:
-            raise RuntimeError(f"{path} does not match {cfg.net_name}: missing {missing}, unexpected {unexpected}")
-        model.to(ctx.device)
+        model = load_network(cfg, path, ctx.device)
         self.logger.info(f"evaluating {path}: {dataset.num_videos} videos x {cfg.eva_num_clips} clips x "
                          f"{cfg.eva_num_crop} crops at {cfg.eva_crop_size}px on {ctx.world_size} process(es)")
         tic = time.time()

@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import lmdb
 import numpy as np
@@ -26,23 +26,16 @@ from ..config import ConfigError, load_config
 from ..data import FrameReadError, ListFileError, VideoDataset, read_class_names
 from ..data.prepare import count_video_frames
 from ..data.storage import frame_file_name
-from ..engine.checkpoint import model_state_from
 from ..engine.distributed import DistContext
 from ..engine.evaluate import evaluate
-from ..engine.trainer import amp_dtype, build_model, eval_dataset, load_weights_file
-from ..models import remove_defcor_weight
+from ..engine.trainer import CheckpointMismatchError, amp_dtype, eval_dataset, load_network
 
 TOP_K = 5
 # Mismatching keys listed in an error message; the rest are counted.
-SHOWN_KEYS = 8
 
 
 class InputError(ValueError):
     """An input video that cannot be read or is too short for the configured views."""
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint whose entries do not fit the configured network."""
 
 
 def storage_of(path: str) -> Tuple[str, int]:
@@ -91,44 +84,6 @@ def input_views(cfg: SimpleNamespace, path: str) -> VideoDataset:
                                       "format": storage_format})
         # The dataset reads the list when built, so the temporary file may go afterwards.
         return eval_dataset(view_cfg, final=True)
-
-
-def _key_summary(keys: Sequence[str]) -> str:
-    shown = ", ".join(keys[:SHOWN_KEYS])
-    return shown + (f" (and {len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
-
-
-def load_network(cfg: SimpleNamespace, checkpoint: str, device: torch.device) -> torch.nn.Module:
-    """The configured network (at eva_num_segments) with the checkpoint's weights, in eval mode."""
-    raw = load_weights_file(checkpoint)
-    state = model_state_from(raw)
-    if cfg.remove_defcor_weight:
-        state = remove_defcor_weight(cfg.net_name, state)
-    model = build_model(cfg, cfg.eva_num_segments)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state
-               and not (cfg.remove_defcor_weight and k.endswith("def_cor.weight"))]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                   if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {_key_summary(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {_key_summary(unexpected)}")
-        if wrong_shape:
-            problems.append(f"shape mismatches (checkpoint vs network): {_key_summary(wrong_shape)}")
-        trained = raw.get("config", {}) if isinstance(raw.get("config"), dict) else {}
-        hint = ""
-        if trained.get("net_name") not in (None, cfg.net_name):
-            hint = f"; the checkpoint was trained as {trained['net_name']}"
-        elif any("def_cor.weight" in entry for entry in wrong_shape):
-            hint = "; def_cor.weight depends on the clip length: set remove_defcor_weight=true to drop it"
-        raise CheckpointMismatchError(f"checkpoint {checkpoint} does not fit {cfg.net_name} "
-                                      f"(num_classes={cfg.num_classes}): " + "; ".join(problems) + hint)
-    model.load_state_dict(state, strict=False)
-    return model.to(device).eval()
 
 
 def class_names_for(cfg: SimpleNamespace, class_name_file: Optional[str]) -> Optional[List[str]]:
