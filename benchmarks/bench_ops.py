@@ -1,9 +1,14 @@
 """Time and peak memory of the SIFA ops, compiled extension vs pure-PyTorch reference.
 
 Shapes are SIFA-Net's SIFA layers for a 16-frame 224² clip (N=8, T=4); timing and peak memory as
-benchmarks/harness.py measures them.
+benchmarks/harness.py measures them. Ops: `separate` = defcor then defagg (two ops, the scores
+between them in memory), `fused` = sifa_attention (what the SIFA blocks call). The reference
+computes both the same way (its sifa_attention is the composition). On a GPU the last column is
+the extension's achieved memory bandwidth against the device's peak, counting the bytes a pass
+must move at least once: features in and out, offsets, scores (and their gradients in backward).
 
-    python benchmarks/bench_ops.py [--device cpu|cuda] [--shapes 128 256 512] [--repeat 3]
+    python benchmarks/bench_ops.py [--device cpu|cuda] [--shapes 128 256 512] [--ops separate fused]
+        [--dtype float32|float16|bfloat16] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -12,23 +17,29 @@ import argparse
 from harness import measure
 
 SHAPES = {128: 28, 256: 14, 512: 7}  # channels -> map size
+N, T, K = 8, 4, 3
 
 
-def build(device: str, mode: str, C: int):
-    """One SIFA step (defcor then defagg, and backward for fwd+bwd) at SIFA-Net's layer shape."""
+def build(device: str, mode: str, C: int, op: str, dtype: str):
+    """One SIFA step at SIFA-Net's layer shape (and its backward for fwd+bwd)."""
     import torch
     import sifa.ops as ops
 
     S = SHAPES[C]
-    N, T, K = 8, 4, 3
+    dt = getattr(torch, dtype)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, C, T, S, S, generator=g).to(device).requires_grad_()
-    off = (torch.randn(N, 2 * K * K, T, S, S, generator=g) * 2).to(device).requires_grad_()
-    w = torch.full((C, T, K, K), 1.0 / C, device=device)
+    x = torch.randn(N, C, T, S, S, generator=g).to(device, dt).requires_grad_()
+    off = (torch.randn(N, 2 * K * K, T, S, S, generator=g) * 2).to(device, dt).requires_grad_()
+    w = torch.full((C, T, K, K), 1.0 / C, device=device, dtype=dt)  # frozen, as in the networks
+
+    def forward():
+        if op == "fused":
+            return ops.sifa_attention(x, off, w, 1, 1, 1, 1)
+        return ops.defagg(x, off, ops.defcor(x, off, w, 1, 1, 1, 1), K, 1, 1, 1, 1)
 
     def step():
         with torch.set_grad_enabled(mode == "fwd+bwd"):
-            out = ops.defagg(x, off, ops.defcor(x, off, w, 1, 1, 1, 1), K, 1, 1, 1, 1)
+            out = forward()
             if mode == "fwd+bwd":
                 out.backward(torch.ones_like(out))
                 x.grad = off.grad = None
@@ -36,26 +47,56 @@ def build(device: str, mode: str, C: int):
     return step
 
 
+def min_bytes(C: int, mode: str, element: int) -> int:
+    """Bytes a pass moves at least once: x, output, offsets, scores; backward adds their gradients."""
+    S = SHAPES[C]
+    features, offsets, scores = N * C * T * S * S, N * 2 * K * K * T * S * S, N * K * K * T * S * S
+    forward = 2 * features + offsets + scores
+    return element * (forward if mode == "fwd" else forward + 3 * features + 2 * offsets)
+
+
+def peak_bandwidth_gbs() -> float:
+    """The device's peak DRAM bandwidth: double data rate × bus width."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return 2 * props.memory_clock_rate * 1e3 * props.memory_bus_width / 8 / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--shapes", type=int, nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--ops", nargs="+", default=["separate", "fused"], choices=["separate", "fused"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     import torch
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"N=8 T=4 K=3 float32")
-    print("| shape | pass | reference ms | extension ms | speed-up | reference peak MiB | extension peak MiB | memory ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+
+    if args.device == "cpu" and args.dtype != "float32":
+        parser.error("the CPU kernels compute in float32 (autocast casts to it); use --dtype float32")
+    gpu = args.device == "cuda"
+    header = f"torch {torch.__version__}, device {args.device}"
+    if gpu:
+        header += f" ({torch.cuda.get_device_name(0)}, peak {peak_bandwidth_gbs():.0f} GB/s)"
+    print(f"{header}, threads {torch.get_num_threads()}, N={N} T={T} K={K} {args.dtype}")
+    columns = ["shape", "op", "pass", "reference ms", "extension ms", "speed-up", "reference peak MiB",
+               "extension peak MiB", "memory ratio"] + (["extension GB/s (of peak)"] if gpu else [])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    element = torch.empty((), dtype=getattr(torch, args.dtype)).element_size()
     for C in args.shapes:
-        for mode in ("fwd", "fwd+bwd"):
-            ref_ms, ref_mem = measure(build, (args.device, mode, C), args.device, args.repeat,
-                                      {"SIFA_OPS_BACKEND": "reference"})
-            ext_ms, ext_mem = measure(build, (args.device, mode, C), args.device, args.repeat,
-                                      {"SIFA_OPS_BACKEND": "extension"})
-            S = SHAPES[C]
-            print(f"| C={C} {S}² | {mode} | {ref_ms:.1f} | {ext_ms:.1f} | {ref_ms / ext_ms:.1f}× | "
-                  f"{ref_mem:.0f} | {ext_mem:.0f} | {ext_mem / max(ref_mem, 1e-9):.2f} |")
+        for op in args.ops:
+            for mode in ("fwd", "fwd+bwd"):
+                workload = (args.device, mode, C, op, args.dtype)
+                ref_ms, ref_mem = measure(build, workload, args.device, args.repeat, {"SIFA_OPS_BACKEND": "reference"})
+                ext_ms, ext_mem = measure(build, workload, args.device, args.repeat, {"SIFA_OPS_BACKEND": "extension"})
+                row = [f"C={C} {SHAPES[C]}²", op, mode, f"{ref_ms:.1f}", f"{ext_ms:.1f}", f"{ref_ms / ext_ms:.1f}×",
+                       f"{ref_mem:.0f}", f"{ext_mem:.0f}", f"{ext_mem / max(ref_mem, 1e-9):.2f}"]
+                if gpu:
+                    gbs = min_bytes(C, mode, element) / (ext_ms * 1e-3) / 1e9
+                    row.append(f"{gbs:.0f} ({100 * gbs / peak_bandwidth_gbs():.0f} %)")
+                print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":

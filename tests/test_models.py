@@ -11,6 +11,7 @@ import torch
 
 from sifa.models import get_model_by_name, list_models
 from sifa.models.sifa_resnet import SIFABottleneck
+from sifa.models.temporal import previous_frame
 from sifa.models.sifa_swin import SIFASwinBlock, SwinBlock
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -101,6 +102,32 @@ def test_sifa_step_closed_form() -> None:
     expected = f.clone()
     expected[:, :, :-1] += (corr * f)[:, :, 1:]
     torch.testing.assert_close(block.inter_frame(f), expected)
+
+
+def test_sifa_blocks_equal_the_unfused_def_cor_then_def_agg() -> None:
+    """The blocks run correlation and aggregation fused; SPEC §2/§5 write them as def_agg(f, o, def_cor(f, o))."""
+    torch.manual_seed(0)
+    block = SIFABottleneck(16, 8, times=4, kernel_size=3)
+    torch.nn.init.normal_(block.conv_offset.weight, std=0.3)
+    f = torch.randn(2, 8, 4, 6, 5, requires_grad=True)
+    offset = block.conv_offset(torch.sigmoid(f - previous_frame(f)) * f + f)
+    agg = block.def_agg(f, offset, block.def_cor(f, offset))
+    expected = f + torch.cat([agg[:, :, 1:], torch.zeros_like(agg[:, :, :1])], dim=2)
+    got = block.inter_frame(f)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    gout = torch.randn_like(got)
+    params = (f, block.conv_offset.weight)
+    for a, b in zip(torch.autograd.grad(got, params, gout), torch.autograd.grad(expected, params, gout)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+    swin = SIFASwinBlock(16, (6, 5), 2, 0, 0.0, times=4)
+    tokens = torch.randn(2 * 4, 6, 5, 16)
+    v = tokens.reshape(2, 4, 6, 5, 16).permute(0, 4, 1, 2, 3)
+    zeros = v.new_zeros(2, 18, 4, 6, 5)
+    agg = swin.def_agg(v, zeros, swin.def_cor(v, zeros))
+    agg = torch.cat([agg[:, :, 1:], torch.zeros_like(agg[:, :, :1])], dim=2)
+    expected = tokens + swin.tda_norm(agg.permute(0, 2, 3, 4, 1).reshape(8, 6, 5, 16))
+    torch.testing.assert_close(swin.inter_frame(tokens), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_sifa_swin_forward_backward() -> None:

@@ -116,6 +116,78 @@ def test_extension_matches_reference(case):
             torch.testing.assert_close(a, b, msg=lambda m: f"{fn.__name__} grad {name}: {m}")
 
 
+def check_fused_against_reference(x, off, w, pad, dil, groups, device_args=None, tol=None):
+    """sifa_attention (on `device_args`, default the same tensors) against the reference composition:
+    output, scores, and the gradients of (input, offset, weight) for a loss on the output alone and
+    on both outputs. `tol`: (rtol, atol) for low precision, results scaled by their magnitude."""
+    xd, offd, wd = device_args or (x, off, w)
+    ref_out, ref_scores = reference.sifa_attention(x, off, w, 1, pad, dil, groups)
+    out, scores = ops.sifa_attention(xd, offd, wd, 1, pad, dil, groups, return_scores=True)
+    kw = {} if tol is None else dict(rtol=tol[0], atol=tol[1])
+
+    def close(a, b, what):
+        scale = b.abs().max().item() + 1
+        torch.testing.assert_close(a.detach().to("cpu", b.dtype) / scale, b.detach() / scale, **kw,
+                                   msg=lambda m: f"sifa_attention {what}: {m}")
+
+    close(out, ref_out, "output")
+    close(scores, ref_scores, "scores")
+    g = torch.Generator().manual_seed(1)
+    gout = torch.randn(ref_out.shape, generator=g, dtype=ref_out.dtype)
+    gscores = torch.randn(ref_scores.shape, generator=g, dtype=ref_out.dtype)
+    for name, with_scores in (("output loss", False), ("output+scores loss", True)):
+        ref_loss = (ref_out * gout).sum() + ((ref_scores * gscores).sum() if with_scores else 0)
+        loss = (out * gout.to(out)).sum() + ((scores * gscores.to(scores)).sum() if with_scores else 0)
+        want = torch.autograd.grad(ref_loss, (x, off, w), retain_graph=True)
+        got = torch.autograd.grad(loss, (xd, offd, wd), retain_graph=True)
+        for which, a, b in zip(("input", "offset", "weight"), got, want):
+            close(a, b, f"grad {which} ({name})")
+
+
+@needs_ext
+@pytest.mark.parametrize("case", CASES)
+def test_fused_matches_reference(case):
+    N, C, T, H, W, k, dil, groups, scale = case
+    x, off, w, _ = make_case(N, C, T, H, W, k, dil, groups, scale)
+    check_fused_against_reference(x, off, w, (dil * (k - 1) + 1) // 2, dil, groups)
+
+
+@needs_ext
+def test_fused_equals_separate_ops_and_frozen_weight():
+    x, off, w, _ = make_case(2, 8, 3, 5, 6, 3, 1, 2, 1.5, dtype=torch.float32)
+    w = w.detach()  # frozen, as in the networks: no weight gradient is computed
+    fused = ops.sifa_attention(x, off, w, 1, 1, 1, 2)
+    separate = ops.defagg(x, off, ops.defcor(x, off, w, 1, 1, 1, 2), 3, 1, 1, 1, 2)
+    torch.testing.assert_close(fused, separate, rtol=1e-5, atol=1e-5)
+    gout = torch.randn_like(fused)
+    for a, b in zip(torch.autograd.grad(fused, (x, off), gout), torch.autograd.grad(separate, (x, off), gout)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    m = ops.DefCorFixW(8, 3, 3, 1, 1, defcor_groups=2)
+    torch.testing.assert_close(m.attend(x, off), ops.defagg(x, off, m(x, off), 3, 1, 1, 1, 2), rtol=1e-5, atol=1e-6)
+
+
+@needs_ext
+@pytest.mark.parametrize("op", ["defagg", "sifa_attention"])
+def test_channels_last_in_channels_last_out(op):
+    x, off, w, scores = make_case(2, 8, 3, 5, 6, 3, 1, 2, 1.5)
+    x_cl = x.detach().to(memory_format=torch.channels_last_3d).requires_grad_()
+    assert not x_cl.is_contiguous()
+    third = w if op == "sifa_attention" else scores
+    args = (1, 1, 1, 2) if op == "sifa_attention" else (3, 1, 1, 1, 2)
+    out = getattr(ops, op)(x_cl, off, third, *args)
+    ref = getattr(reference, op)(x, off, third, *args)
+    if op == "sifa_attention":
+        ref = ref[0]
+    assert out.is_contiguous(memory_format=torch.channels_last_3d) and not out.is_contiguous()
+    assert getattr(ops, op)(x, off, third, *args).is_contiguous()  # contiguous in, contiguous out
+    torch.testing.assert_close(out, ref)
+    gout = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (x_cl, off, third), gout)
+    assert got[0].is_contiguous(memory_format=torch.channels_last_3d)
+    for a, b in zip(got, torch.autograd.grad(ref, (x, off, third), gout)):
+        torch.testing.assert_close(a, b)
+
+
 @needs_ext
 def test_extension_float32_and_non_contiguous():
     x, off, w, scores = make_case(2, 8, 3, 6, 5, 3, 1, 2, 1.5, dtype=torch.float32)
@@ -136,7 +208,8 @@ def test_gradcheck_extension():
     x, off, w, scores = make_case(1, 4, 3, 4, 5, 3, 1, 2, 1.3, seed=3)
     assert torch.autograd.gradcheck(lambda a, b, c: ops.defcor(a, b, c, 1, 1, 1, 2), (x, off, w))
     assert torch.autograd.gradcheck(lambda a, b, c: ops.defagg(a, b, c, 3, 1, 1, 1, 2), (x, off, scores))
-
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: ops.sifa_attention(a, b, c, 1, 1, 1, 2, return_scores=True), (x, off, w))
 
 def test_modules_shapes_and_frozen_weight():
     m = ops.DefCorFixW(8, 4, 3, 1, 1)
@@ -166,10 +239,14 @@ def test_modules_shapes_and_frozen_weight():
     ("defagg", dict(weight=torch.zeros(2, 9, 3, 5, 5), groups=2), "weight \\(scores\\) must be"),
     ("defagg", dict(stride=(1, 2)), "only stride 1"),
     ("defagg", dict(groups=0), "groups \\(0\\)"),
+    ("sifa_attention", dict(weight=torch.zeros(8, 2, 3, 3)), "sifa_attention: weight must be C×T×kh×kw"),
+    ("sifa_attention", dict(offset=torch.zeros(2, 8, 3, 5, 5)), "sifa_attention: offset must have 2·kh·kw = 18"),
+    ("sifa_attention", dict(stride=2), "sifa_attention: only stride 1"),
+    ("sifa_attention", dict(input=torch.zeros(2, 8, 3, 5, 5, dtype=torch.int64)), "sifa_attention: .*dtype"),
 ])
 def test_input_checks(fn, args, pattern):
     base = dict(input=torch.zeros(2, 8, 3, 5, 5), offset=torch.zeros(2, 18, 3, 5, 5),
-                weight=torch.zeros(8, 3, 3, 3) if fn == "defcor" else torch.zeros(2, 9, 3, 5, 5))
+                weight=torch.zeros(2, 9, 3, 5, 5) if fn == "defagg" else torch.zeros(8, 3, 3, 3))
     base.update(args)
     with pytest.raises((ValueError, TypeError), match=pattern):
         getattr(ops, fn)(**base)
@@ -211,6 +288,10 @@ def test_autocast_cpu_runs_in_float32():
     torch.testing.assert_close(corr, reference.defcor(x.bfloat16().float(), off, w, 1, 1, 1, 1))
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = ops.sifa_attention(x.bfloat16(), off, w, 1, 1, 1, 1)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, reference.sifa_attention(x.bfloat16().float(), off, w, 1, 1, 1, 1)[0])
 
 
 class TinySifa(torch.nn.Module):
@@ -222,14 +303,15 @@ class TinySifa(torch.nn.Module):
 
     def forward(self, x):
         off = self.conv_offset(x)
-        return x + self.def_agg(x, off, self.def_cor(x, off))
+        return x + self.def_agg(x, off, self.def_cor(x, off)) + self.def_cor.attend(x, off)
 
 
 @needs_ext
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last_3d])
+def test_torch_compile_fullgraph(memory_format):
     torch.manual_seed(0)
     model = TinySifa()
-    x = torch.randn(2, 8, 3, 6, 6, requires_grad=True)
+    x = torch.randn(2, 8, 3, 6, 6).to(memory_format=memory_format).requires_grad_()
     eager = model(x)
     eager.sum().backward()
     g_eager = model.conv_offset.weight.grad.clone()
@@ -266,10 +348,26 @@ def test_cuda_matches_reference(case):
 
 
 @needs_cuda
+@pytest.mark.parametrize("case", CASES)
+def test_cuda_fused_matches_reference(case):
+    N, C, T, H, W, k, dil, groups, scale = case
+    pad = (dil * (k - 1) + 1) // 2
+    for dtype, tol in ((torch.float64, None), (torch.float32, (1e-4, 1e-3)), (torch.float16, (2e-2, 2e-2)),
+                       (torch.bfloat16, (8e-2, 8e-2))):
+        for memory_format in (torch.contiguous_format, torch.channels_last_3d):
+            x, off, w, _ = make_case(N, C, T, H, W, k, dil, groups, scale)
+            gpu = (x.detach().to("cuda", dtype).to(memory_format=memory_format).requires_grad_(),
+                   off.detach().to("cuda", dtype).requires_grad_(), w.detach().to("cuda", dtype).requires_grad_())
+            check_fused_against_reference(x, off, w, pad, dil, groups, device_args=gpu, tol=tol)
+
+
+@needs_cuda
 def test_cuda_gradcheck_and_compile():
     x, off, w, scores = [t.detach().cuda().requires_grad_() for t in make_case(1, 4, 3, 4, 5, 3, 1, 2, 1.3)]
     assert torch.autograd.gradcheck(lambda a, b, c: ops.defcor(a, b, c, 1, 1, 1, 2), (x, off, w))
     assert torch.autograd.gradcheck(lambda a, b, c: ops.defagg(a, b, c, 3, 1, 1, 1, 2), (x, off, scores))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: ops.sifa_attention(a, b, c, 1, 1, 1, 2, return_scores=True), (x, off, w))
     model = TinySifa().cuda()
     xx = torch.randn(2, 8, 3, 6, 6, device="cuda")
     torch.testing.assert_close(torch.compile(model, fullgraph=True)(xx), model(xx), rtol=1e-4, atol=1e-4)
@@ -290,3 +388,8 @@ def test_cuda_indexing_beyond_int32():
     torch.testing.assert_close(out[..., -2:, :], x[..., -2:, :] * scores[..., -2:, :])
     corr = ops.defcor(x, off, torch.ones(1, 1, 1, 1, device="cuda", dtype=torch.float16), 1, 0, 1, 1)
     torch.testing.assert_close(corr[..., -2:, :], x[..., -2:, :] * x[..., -2:, :])
+    del out
+    fused, corr = ops.sifa_attention(x, off, torch.ones(1, 1, 1, 1, device="cuda", dtype=torch.float16), 1, 0, 1, 1,
+                                     return_scores=True)
+    tail = x[..., -2:, :].float()
+    torch.testing.assert_close(fused[..., -2:, :].float(), tail * tail * tail, rtol=2e-2, atol=2e-2)

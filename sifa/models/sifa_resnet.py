@@ -88,8 +88,8 @@ class SIFABottleneck(Bottleneck):
         # under autocast the conv and the scores may come out in another precision than f;
         # the SIFA ops need matching dtypes
         offset = self.conv_offset(guide).to(f.dtype)
-        corr = self.def_cor(f, offset).to(f.dtype)
-        return f + shift_back(self.def_agg(f, offset, corr))
+        # = def_agg(f, offset, def_cor(f, offset)), fused into one op
+        return f + shift_back(self.def_cor.attend(f, offset))
 
 
 def _init_weights(net: nn.Module) -> None:

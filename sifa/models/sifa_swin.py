@@ -76,10 +76,10 @@ class SIFASwinBlock(SwinBlock):
         if self.shifted:
             v = x.reshape(N, T, H * W, C).permute(0, 3, 2, 1)  # N×C×(h·w)×T: convolve along time
             return x + self.conv(v).permute(0, 3, 2, 1).reshape(B, H, W, C)
-        v = x.reshape(N, T, H, W, C).permute(0, 4, 1, 2, 3).contiguous()  # N×C×T×h×w
+        v = x.reshape(N, T, H, W, C).permute(0, 4, 1, 2, 3)  # N×C×T×h×w in channels_last_3d: no copy
         offset = v.new_zeros((N, 2 * self.kernel_size ** 2, T, H, W))
-        corr = self.def_cor(v, offset).to(v.dtype)  # autocast may return the scores in float32
-        agg = self.def_agg(v, offset, corr)
+        # = def_agg(v, offset, def_cor(v, offset)), fused into one op
+        agg = self.def_cor.attend(v, offset)
         agg = shift_back(agg).permute(0, 2, 3, 4, 1).reshape(B, H, W, C)
         return x + self.tda_norm(agg)
 

@@ -1,8 +1,8 @@
 """The SIFA operator: deformable correlation and deformable aggregation (SPEC §1)."""
 from . import reference
-from .functional import backend, defagg, defcor
+from .functional import backend, defagg, defcor, sifa_attention
 from .modules import DefAgg, DefCorFixW
 
 backend()  # choose (and load) the kernels now, not inside a torch.compile trace
 
-__all__ = ["backend", "defagg", "defcor", "DefAgg", "DefCorFixW", "reference"]
+__all__ = ["backend", "defagg", "defcor", "DefAgg", "DefCorFixW", "reference", "sifa_attention"]

@@ -70,20 +70,37 @@ def _kernel_len(w: torch.Tensor) -> int:
     return w.shape[2] * w.shape[3]
 
 
+def _like_features(input: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """A new tensor shaped and laid out as the kernels return feature maps: channels_last_3d when
+    ``input`` is in that format (and not also contiguous), else contiguous (sifa.h, keeps_channels_last)."""
+    channels_last = not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last_3d)
+    return torch.empty(input.shape, dtype=dtype or input.dtype, device=input.device,
+                       memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+
+
 def _register_python_side() -> None:
     lib = "sifa::"
 
-    @torch.library.register_fake(lib + "defcor")
-    def _(input, offset, weight, stride, padding, dilation, groups):
+    def _scores_fake(input, weight, groups):
         N, C, T, H, W = input.shape
         return input.new_empty((N, groups * _kernel_len(weight), T, H, W))
 
+    @torch.library.register_fake(lib + "defcor")
+    def _(input, offset, weight, stride, padding, dilation, groups):
+        return _scores_fake(input, weight, groups)
+
     @torch.library.register_fake(lib + "defagg")
     def _(input, offset, weight, kernel_size, stride, padding, dilation, groups):
-        return torch.empty_like(input, memory_format=torch.contiguous_format)
+        return _like_features(input)
+
+    @torch.library.register_fake(lib + "sifa_attention")
+    def _(input, offset, weight, stride, padding, dilation, groups):
+        return _like_features(input), _scores_fake(input, weight, groups)
 
     def _grads_fake(input, offset, weight, mask):
-        return tuple(t.new_empty(t.shape if m else (0,)) for t, m in zip((input, offset, weight), mask))
+        return (_like_features(input) if mask[0] else input.new_empty((0,)),
+                offset.new_empty(offset.shape if mask[1] else (0,)),
+                weight.new_empty(weight.shape if mask[2] else (0,)))
 
     @torch.library.register_fake(lib + "_defcor_backward")
     def _(grad, input, offset, weight, stride, padding, dilation, groups, mask):
@@ -91,6 +108,10 @@ def _register_python_side() -> None:
 
     @torch.library.register_fake(lib + "_defagg_backward")
     def _(grad, input, offset, weight, kernel_size, stride, padding, dilation, groups, mask):
+        return _grads_fake(input, offset, weight, mask)
+
+    @torch.library.register_fake(lib + "_sifa_attention_backward")
+    def _(grad_out, grad_scores, input, offset, weight, scores, stride, padding, dilation, groups, mask):
         return _grads_fake(input, offset, weight, mask)
 
     def _setup(ctx, inputs, output):
@@ -109,5 +130,19 @@ def _register_python_side() -> None:
         mask = list(ctx.needs_input_grad[:3])
         return _grads(ctx, torch.ops.sifa._defagg_backward(grad, *ctx.saved_tensors, *ctx.args, mask))
 
+    def _attention_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:3], output[1])  # the scores: the backward needs them, they are small
+        ctx.args = inputs[3:]
+        ctx.set_materialize_grads(False)  # unused scores then send None, not a tensor of zeros
+
+    def _attention_backward(ctx, grad_out, grad_scores):
+        mask = list(ctx.needs_input_grad[:3])
+        input, offset, weight, scores = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(input)
+        return _grads(ctx, torch.ops.sifa._sifa_attention_backward(
+            grad_out, grad_scores, input, offset, weight, scores, *ctx.args, mask))
+
     torch.library.register_autograd(lib + "defcor", _defcor_backward, setup_context=_setup)
     torch.library.register_autograd(lib + "defagg", _defagg_backward, setup_context=_setup)
+    torch.library.register_autograd(lib + "sifa_attention", _attention_backward, setup_context=_attention_setup)

@@ -1,11 +1,11 @@
 """The SIFA operator's Python surface (SPEC §1): typed wrappers with input checks.
 
-Both functions dispatch to the compiled extension (``torch.ops.sifa``) when it is loaded, else to
+All functions dispatch to the compiled extension (``torch.ops.sifa``) when it is loaded, else to
 the pure-PyTorch reference; ``sifa.ops.backend()`` tells which.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -66,6 +66,17 @@ def _cast_for_autocast(*tensors: Tensor) -> Tuple[Tensor, ...]:
     return tensors if dtype is None else tuple(t.to(dtype) for t in tensors)
 
 
+def _check_correlation(input: Tensor, offset: Tensor, weight: Tensor, stride: Tuple[int, int],
+                       padding: Tuple[int, int], dilation: Tuple[int, int], groups: int, op: str) -> None:
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: weight must be 4-D (C×T×kh×kw), got shape {_shape(weight)}")
+    kernel = (weight.shape[2], weight.shape[3])
+    _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, op)
+    if tuple(weight.shape[:2]) != (input.shape[1], input.shape[2]):
+        raise ValueError(f"{op}: weight must be C×T×kh×kw = {input.shape[1]}×{input.shape[2]}×kh×kw, "
+                         f"got {_shape(weight)}")
+
+
 def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 1,
            dilation: IntPair = 1, groups: int = 1) -> Tensor:
     """Deformable correlation (SPEC §1).
@@ -76,13 +87,7 @@ def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, p
     weight C×T×kh×kw (the kernel size is read from it). Returns N×(G·K)×T×H×W.
     """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    if weight.dim() != 4:
-        raise ValueError(f"defcor: weight must be 4-D (C×T×kh×kw), got shape {_shape(weight)}")
-    kernel = (weight.shape[2], weight.shape[3])
-    _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, "defcor")
-    if input.dim() == 5 and tuple(weight.shape[:2]) != (input.shape[1], input.shape[2]):
-        raise ValueError(f"defcor: weight must be C×T×kh×kw = {input.shape[1]}×{input.shape[2]}×kh×kw, "
-                         f"got {_shape(weight)}")
+    _check_correlation(input, offset, weight, stride, padding, dilation, groups, "defcor")
     if _extension.use_extension():
         return torch.ops.sifa.defcor(input, offset, weight, stride, padding, dilation, groups)
     input, offset, weight = _cast_for_autocast(input, offset, weight)
@@ -109,3 +114,23 @@ def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair =
         return torch.ops.sifa.defagg(input, offset, weight, kernel, stride, padding, dilation, groups)
     input, offset, weight = _cast_for_autocast(input, offset, weight)
     return reference.defagg(input, offset, weight, kernel, stride, padding, dilation, groups)
+
+
+def sifa_attention(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 1,
+                   dilation: IntPair = 1, groups: int = 1,
+                   return_scores: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """The SIFA step, fused: ``defagg(input, offset, defcor(input, offset, weight), ...)``.
+
+    One pass samples the deformed taps once for both the correlation and the aggregation, and the
+    backward computes all gradients together; arguments as :func:`defcor`. Returns the N×C×T×H×W
+    aggregation, and with ``return_scores`` also the N×(G·K)×T×H×W scores (differentiable too).
+    An input in ``torch.channels_last_3d`` memory format gets its output in that format, copy-free.
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    _check_correlation(input, offset, weight, stride, padding, dilation, groups, "sifa_attention")
+    if _extension.use_extension():
+        out, scores = torch.ops.sifa.sifa_attention(input, offset, weight, stride, padding, dilation, groups)
+    else:
+        input, offset, weight = _cast_for_autocast(input, offset, weight)
+        out, scores = reference.sifa_attention(input, offset, weight, stride, padding, dilation, groups)
+    return (out, scores) if return_scores else out

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import defagg, defcor
+from .functional import defagg, defcor, sifa_attention
 from .reference import IntPair, _pair
 
 
@@ -23,6 +23,12 @@ class DefCorFixW(nn.Module):
     def forward(self, input: Tensor, offset: Tensor) -> Tensor:
         return defcor(input, offset, self.weight.to(input.dtype), self.stride, self.padding, self.dilation,
                       self.groups)
+
+    def attend(self, input: Tensor, offset: Tensor) -> Tensor:
+        """The SIFA step with this module's weight and sampling: ``defagg(input, offset, self(input, offset))``
+        computed by the fused :func:`sifa_attention` (the scores are not kept)."""
+        return sifa_attention(input, offset, self.weight.to(input.dtype), self.stride, self.padding,
+                              self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         C, T, kh, kw = self.weight.shape

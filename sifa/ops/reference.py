@@ -89,3 +89,11 @@ def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair =
     corr = weight.reshape(N, groups, 1, K, T, H, W)
     out = (s.view(N, groups, C // groups, K, T, H, W) * corr).sum(3)
     return out.reshape(N, C, T, H, W)
+
+
+def sifa_attention(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 1,
+                   dilation: IntPair = 1, groups: int = 1) -> Tuple[Tensor, Tensor]:
+    """defagg(input, offset, defcor(input, offset, weight)) and the scores."""
+    scores = defcor(input, offset, weight, stride, padding, dilation, groups)
+    kernel = tuple(weight.shape[2:])
+    return defagg(input, offset, scores, kernel, stride, padding, dilation, groups), scores

@@ -5,8 +5,9 @@
 
 One test view of the video (view V of the evaluation's clips x crops, default the first) goes
 through the network with forward hooks on the chosen SIFA bottlenecks (default: all of them),
-capturing the block's input, its offsets (``conv_offset`` output) and correlation scores
-(``def_cor`` output). In a SIFA bottleneck frame t aggregates the K×K deformed neighbourhood of
+capturing the block's input, its offsets (``conv_offset`` output) and correlation scores. The
+block computes its scores inside the fused ``sifa_attention`` op, so they are recomputed from the
+captured features f = relu(bn2(...)) (SPEC §2) with the block's own ``def_cor``. In a SIFA bottleneck frame t aggregates the K×K deformed neighbourhood of
 frame t+1, sampled with the offsets and weighted by the scores of frame t+1 (SPEC §2). For N query
 pixels of feature frame t, DIR/<block>_t<t>.png shows the query pixels on frame t and their taps on
 frame t+1, coloured and sized by score; DIR/<block>_t<t>.json holds the plotted coordinates
@@ -54,7 +55,7 @@ QUERY_COLOURS = plt.get_cmap("tab10").colors
 class BlockCapture:
     input: Tensor   # the block's input, N×C_in×T×H×W
     offset: Tensor  # conv_offset output, N×2K²×T×h×w
-    scores: Tensor  # def_cor output, N×(G·K²)×T×h×w
+    scores: Tensor  # def_cor(f, offset), N×(G·K²)×T×h×w
 
 
 def sifa_blocks(model: nn.Module) -> Dict[str, SIFABottleneck]:
@@ -68,17 +69,22 @@ def capture_blocks(model: nn.Module, clip: Tensor, blocks: Dict[str, SIFABottlen
     for name, block in blocks.items():
         store = found[name]
         handles.append(block.register_forward_pre_hook(
-            lambda module, args, store=store: store.__setitem__("input", args[0].detach().float().cpu())))
+            lambda module, args, store=store: store.__setitem__("input", args[0].detach())))
+        handles.append(block.bn2.register_forward_hook(
+            lambda module, args, out, store=store: store.__setitem__("features", torch.relu(out).detach())))
         handles.append(block.conv_offset.register_forward_hook(
-            lambda module, args, out, store=store: store.__setitem__("offset", out.detach().float().cpu())))
-        handles.append(block.def_cor.register_forward_hook(
-            lambda module, args, out, store=store: store.__setitem__("scores", out.detach().float().cpu())))
+            lambda module, args, out, store=store: store.__setitem__("offset", out.detach())))
     try:
         with torch.no_grad():
             model(clip)
+            for name, block in blocks.items():
+                store = found[name]
+                features = store.pop("features")
+                store["scores"] = block.def_cor(features, store["offset"].to(features.dtype))
     finally:
         for handle in handles:
             handle.remove()
+    found = {name: {key: t.float().cpu() for key, t in tensors.items()} for name, tensors in found.items()}
     return {name: BlockCapture(**tensors) for name, tensors in found.items()}
 
 

@@ -1,7 +1,13 @@
-// Host-side declarations shared by the op registration and the CPU/CUDA kernels.
+// Host side of the SIFA ops, shared by the CPU and CUDA kernel files: shape checks, the kernels'
+// working layout and the op entry points. The three ops are one computation with two parts —
+// correlation (scores from the query and the sampled keys) and aggregation (the sampled values
+// weighted by the scores) — so each device implements one forward and one backward kernel,
+// templated on which parts run: defcor = correlate, defagg = aggregate, sifa_attention = both.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <type_traits>
 
 #include "sifa_math.h"
 
@@ -15,6 +21,7 @@ inline math::Geometry make_geometry(const at::Tensor& input, const at::Tensor& o
                                     at::IntArrayRef dilation, int64_t groups, bool weight_is_scores) {
   TORCH_CHECK(input.dim() == 5, "sifa: input must be N×C×T×H×W, got ", input.sizes());
   TORCH_CHECK(offset.dim() == 5, "sifa: offset must be N×2K×T×H×W, got ", offset.sizes());
+  TORCH_CHECK(weight.dim() == (weight_is_scores ? 5 : 4), "sifa: weight has ", weight.dim(), " dimensions");
   TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
               "sifa: kernel_size, stride, padding and dilation take two values");
   TORCH_CHECK(stride[0] == 1 && stride[1] == 1, "sifa: only stride 1 is supported, got ", stride);
@@ -41,5 +48,206 @@ inline math::Geometry make_geometry(const at::Tensor& input, const at::Tensor& o
   return g;
 }
 
+// The kernels' working layout: features channels-last (N×T×H×W×C, so channel loops are contiguous
+// on the CPU and coalesced on the GPU), offsets and scores NCTHW, the correlation weight T×K×C.
+// Undefined tensors are parts a call does not run or gradients nobody asked for.
+struct ForwardTensors {
+  at::Tensor x;       // N×T×H×W×C
+  at::Tensor offset;  // N×2K×T×H×W
+  at::Tensor weight;  // T×K×C, when correlating
+  at::Tensor scores;  // N×G·K×T×H×W: written when correlating, read otherwise
+  at::Tensor out;     // N×T×H×W×C, when aggregating
+};
+
+struct BackwardTensors {
+  at::Tensor grad_out;     // N×T×H×W×C, when aggregating
+  at::Tensor grad_scores;  // N×G·K×T×H×W: gradient arriving at the scores (correlating; optional when fused)
+  at::Tensor x, offset, weight, scores;  // as in ForwardTensors; scores read when aggregating
+  // outputs; the float/double ones accumulate and are cast by the host
+  at::Tensor grad_x;            // N×T×H×W×C accumulator: keys and values (bilinear scatter inside frame t)
+  at::Tensor grad_query;        // N×T×H×W×C accumulator: frame t's query gradient, folded onto prev(t)
+  at::Tensor grad_offset;       // N×2K×T×H×W, every element written
+  at::Tensor grad_weight;       // N×T×K×C accumulator of per-sample partials, when correlating
+  at::Tensor grad_scores_out;   // N×G·K×T×H×W, every element written (defagg's score gradient)
+};
+
+// Which parts of the attention a call runs.
+struct Parts {
+  bool correlate, aggregate;
+};
+
+// Calls f(correlate, aggregate) with the parts as compile-time constants (std::bool_constant).
+template <typename F>
+void with_parts(Parts parts, F&& f) {
+  if (parts.correlate && parts.aggregate) {
+    f(std::true_type{}, std::true_type{});
+  } else if (parts.correlate) {
+    f(std::true_type{}, std::false_type{});
+  } else {
+    f(std::false_type{}, std::true_type{});
+  }
+}
+
+inline at::Tensor to_channels_last(const at::Tensor& x) { return x.permute({0, 2, 3, 4, 1}).contiguous(); }
+
+// Channels-last in, channels-last out: an input already in channels_last_3d memory format gets its
+// feature-shaped results in that format without a copy (sifa/ops/_extension.py fakes the same rule).
+inline bool keeps_channels_last(const at::Tensor& input) {
+  return !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast3d);
+}
+
+inline at::Tensor from_channels_last(const at::Tensor& x_cl, const at::Tensor& like) {
+  const auto view = x_cl.permute({0, 4, 1, 2, 3});
+  const auto format = keeps_channels_last(like) ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
+  return view.to(view.options().dtype(like.scalar_type()), false, false, format);
+}
+
+inline at::Tensor accumulator(const at::Tensor& like, at::IntArrayRef sizes) {
+  return at::zeros(sizes, like.options().dtype(like.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+}
+
+// weight C×T×kh×kw -> T×K×C, the layout the channel loops read contiguously
+inline at::Tensor weight_tkc(const at::Tensor& weight) {
+  return weight.reshape({weight.size(0), weight.size(1), -1}).permute({1, 2, 0}).contiguous();
+}
+
+// The op entry points of one device. `Kernels` provides
+//   static void forward(const ForwardTensors&, const math::Geometry&, Parts);
+//   static void backward(const BackwardTensors&, const math::Geometry&, Parts);
+// (the kernels see only non-empty problems).
+template <class Kernels>
+struct Ops {
+  using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+  static std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& input, const at::Tensor& offset,
+                                                    const at::Tensor& weight_or_scores, const math::Geometry& g,
+                                                    Parts parts) {
+    ForwardTensors ts;
+    ts.x = to_channels_last(input);
+    ts.offset = offset.contiguous();
+    if (parts.correlate) {
+      ts.weight = weight_tkc(weight_or_scores);
+      ts.scores = at::empty({g.N, g.groups * g.taps(), g.T, g.H, g.W}, input.options());
+    } else {
+      ts.scores = weight_or_scores.contiguous();
+    }
+    if (parts.aggregate) ts.out = at::empty_like(ts.x);
+    if (input.numel() > 0) {
+      Kernels::forward(ts, g, parts);
+    } else if (parts.correlate) {
+      ts.scores.zero_();  // C = 0: empty sums
+    }
+    return {parts.aggregate ? from_channels_last(ts.out, input) : at::Tensor(), ts.scores};
+  }
+
+  // Gradients w.r.t. (input, offset, weight or scores); an entry whose mask is false comes back empty.
+  static Grads backward(const at::Tensor& grad_out, const at::Tensor& grad_scores, const at::Tensor& input,
+                        const at::Tensor& offset, const at::Tensor& weight, const at::Tensor& scores,
+                        const math::Geometry& g, Parts parts, std::array<bool, 3> mask) {
+    BackwardTensors ts;
+    ts.x = to_channels_last(input);
+    ts.offset = offset.contiguous();
+    if (parts.aggregate) {
+      ts.grad_out = to_channels_last(grad_out);
+      ts.scores = scores.contiguous();
+    }
+    if (parts.correlate) {
+      ts.weight = weight_tkc(weight);
+      if (grad_scores.defined()) ts.grad_scores = grad_scores.contiguous();
+    }
+    if (mask[0]) ts.grad_x = accumulator(input, ts.x.sizes());
+    if (mask[0] && parts.correlate) ts.grad_query = accumulator(input, ts.x.sizes());
+    if (mask[1]) ts.grad_offset = at::zeros_like(ts.offset);
+    if (mask[2] && parts.correlate) ts.grad_weight = accumulator(input, {g.N, g.T, g.taps(), g.C});
+    if (mask[2] && !parts.correlate) ts.grad_scores_out = at::zeros_like(ts.scores);
+    if (input.numel() > 0) Kernels::backward(ts, g, parts);
+
+    at::Tensor grad_input = input.new_empty({0}), grad_third = weight.new_empty({0});
+    if (mask[0]) {
+      if (parts.correlate) {
+        // frame t's query is frame prev(t): t−1, or 0 for t = 0
+        ts.grad_x.narrow(1, 0, 1).add_(ts.grad_query.narrow(1, 0, 1));
+        ts.grad_x.narrow(1, 0, g.T - 1).add_(ts.grad_query.narrow(1, 1, g.T - 1));
+      }
+      grad_input = from_channels_last(ts.grad_x, input);
+    }
+    if (mask[2] && parts.correlate) {
+      // N×T×K×C summed over the batch -> C×T×kh×kw
+      grad_third = ts.grad_weight.sum(0).permute({2, 0, 1}).reshape(weight.sizes()).to(weight.scalar_type())
+                       .contiguous();
+    } else if (mask[2]) {
+      grad_third = ts.grad_scores_out;
+    }
+    return {grad_input, mask[1] ? ts.grad_offset : offset.new_empty({0}), grad_third};
+  }
+
+  static math::Geometry correlation_geometry(const at::Tensor& input, const at::Tensor& offset,
+                                             const at::Tensor& weight, at::IntArrayRef stride,
+                                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+    TORCH_CHECK(weight.dim() == 4, "sifa: weight must be C×T×kh×kw, got ", weight.sizes());
+    return make_geometry(input, offset, weight, {weight.size(2), weight.size(3)}, stride, padding, dilation,
+                         groups, false);
+  }
+
+  static at::Tensor defcor(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           int64_t groups) {
+    const auto g = correlation_geometry(input, offset, weight, stride, padding, dilation, groups);
+    return std::get<1>(forward(input, offset, weight, g, {true, false}));
+  }
+
+  static at::Tensor defagg(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& scores,
+                           at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, int64_t groups) {
+    const auto g = make_geometry(input, offset, scores, kernel_size, stride, padding, dilation, groups, true);
+    return std::get<0>(forward(input, offset, scores, g, {false, true}));
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> sifa_attention(const at::Tensor& input, const at::Tensor& offset,
+                                                           const at::Tensor& weight, at::IntArrayRef stride,
+                                                           at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                           int64_t groups) {
+    const auto g = correlation_geometry(input, offset, weight, stride, padding, dilation, groups);
+    return forward(input, offset, weight, g, {true, true});
+  }
+
+  static Grads defcor_backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& offset,
+                               const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> mask) {
+    const auto g = correlation_geometry(input, offset, weight, stride, padding, dilation, groups);
+    return backward(at::Tensor(), grad, input, offset, weight, at::Tensor(), g, {true, false}, mask);
+  }
+
+  static Grads defagg_backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& offset,
+                               const at::Tensor& scores, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                               std::array<bool, 3> mask) {
+    const auto g = make_geometry(input, offset, scores, kernel_size, stride, padding, dilation, groups, true);
+    return backward(grad, at::Tensor(), input, offset, scores, scores, g, {false, true}, mask);
+  }
+
+  static Grads sifa_attention_backward(const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_scores,
+                                       const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                                       const at::Tensor& scores, at::IntArrayRef stride, at::IntArrayRef padding,
+                                       at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> mask) {
+    const auto g = correlation_geometry(input, offset, weight, stride, padding, dilation, groups);
+    make_geometry(input, offset, scores, {g.kh, g.kw}, stride, padding, dilation, groups, true);
+    return backward(grad_out, grad_scores.value_or(at::Tensor()), input, offset, weight, scores, g,
+                    {true, true}, mask);
+  }
+};
+
 }  // namespace ops
 }  // namespace sifa
+
+// Registers one device's kernels for every SIFA op.
+#define SIFA_REGISTER_KERNELS(DEVICE, KERNELS)                                           \
+  TORCH_LIBRARY_IMPL(sifa, DEVICE, m) {                                                  \
+    using DeviceOps = ::sifa::ops::Ops<KERNELS>;                                         \
+    m.impl("defcor", TORCH_FN(DeviceOps::defcor));                                       \
+    m.impl("defagg", TORCH_FN(DeviceOps::defagg));                                       \
+    m.impl("sifa_attention", TORCH_FN(DeviceOps::sifa_attention));                       \
+    m.impl("_defcor_backward", TORCH_FN(DeviceOps::defcor_backward));                    \
+    m.impl("_defagg_backward", TORCH_FN(DeviceOps::defagg_backward));                    \
+    m.impl("_sifa_attention_backward", TORCH_FN(DeviceOps::sifa_attention_backward));    \
+  }

@@ -1,7 +1,10 @@
-// CUDA kernels of the SIFA ops on NCTHW tensors: one thread per output element, neighbouring
-// threads on neighbouring pixels so feature reads coalesce along W. Math in float (double for
-// double) for every storage dtype; gradients scattered by bilinear sampling are accumulated with
-// atomics in a float (double) buffer and cast at the end.
+// CUDA kernels of the SIFA ops on the channels-last working layout (sifa.h). One warp per pixel:
+// its 32 lanes stride over the channels, so every feature read (query, the four bilinear corners,
+// the output gradient) is a coalesced run of consecutive channels, and the channel dot products are
+// reduced with warp shuffles. The pixel's K taps (corners, weights, their derivatives) are computed
+// once per warp into shared memory. Math in float (double for double) for every storage dtype; the
+// only atomics are the bilinear scatter of the input gradient (and the frozen weight's gradient,
+// when asked for), into float (double) accumulators cast at the end.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/cuda/Atomic.cuh>
@@ -15,306 +18,250 @@ namespace sifa {
 namespace ops {
 namespace {
 
+using math::Bilinear;
 using math::Geometry;
 
-constexpr int kThreads = 256;
+constexpr int kWarp = 32;
+constexpr int kMaxWarpsPerBlock = 8;
+constexpr int64_t kSharedLimit = 48 * 1024;  // the default dynamic shared memory per block
 
-inline dim3 grid_for(int64_t n) {
-  return dim3(static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20)));
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int lane_mask = kWarp / 2; lane_mask > 0; lane_mask >>= 1) v += __shfl_xor_sync(0xffffffffu, v, lane_mask);
+  return v;
 }
 
-#define SIFA_KERNEL_LOOP(i, n) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
+// A warp's slice of shared memory: the pixel's K taps and its G·K scores.
+template <typename acc_t>
+struct WarpShared {
+  Bilinear<acc_t>* taps;
+  acc_t* scores;
 
-// corr[n, grp·K+k, t, hw] = Σ_{c∈grp} weight[c,t,k] · x[n,c,prev(t),hw] · S(x[n,c,t], p_k)
-template <typename scalar_t>
-__global__ void defcor_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
-                                      const scalar_t* __restrict__ wt, scalar_t* __restrict__ corr, Geometry g,
-                                      int64_t total) {
-  using acc_t = at::acc_type<scalar_t, true>;
-  const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
-  SIFA_KERNEL_LOOP(i, total) {
-    const int64_t hw = i % HW, t = (i / HW) % g.T, grp = (i / (HW * g.T)) % g.groups, n = i / (HW * g.T * g.groups);
-    const int64_t tp = g.prev_frame(t);
-    for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.tap<acc_t>(off, n, k, t, hw);
-      acc_t acc = 0;
-      for (int64_t c = grp * Cg; c < (grp + 1) * Cg; ++c) {
-        const scalar_t* video = x + (n * g.C + c) * g.T * HW;
-        acc += acc_t(wt[(c * g.T + t) * K + k]) * acc_t(video[tp * HW + hw]) * math::interpolate(b, video + t * HW, 1);
-      }
-      corr[g.score_index(n, grp, k, t, hw)] = static_cast<scalar_t>(acc);
-    }
+  static __host__ __device__ int64_t bytes(const Geometry& g) {
+    return g.taps() * int64_t(sizeof(Bilinear<acc_t>)) + g.groups * g.taps() * int64_t(sizeof(acc_t));
   }
-}
-
-// out[n, c, t, hw] = Σ_k scores[n, g(c)·K+k, t, hw] · S(x[n,c,t], p_k)
-template <typename scalar_t>
-__global__ void defagg_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
-                                      const scalar_t* __restrict__ sc, scalar_t* __restrict__ out, Geometry g,
-                                      int64_t total) {
-  using acc_t = at::acc_type<scalar_t, true>;
-  const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
-  SIFA_KERNEL_LOOP(i, total) {
-    const int64_t hw = i % HW, t = (i / HW) % g.T, c = (i / (HW * g.T)) % g.C, n = i / (HW * g.T * g.C);
-    const int64_t grp = c / Cg;
-    const scalar_t* plane = x + ((n * g.C + c) * g.T + t) * HW;
-    acc_t acc = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.tap<acc_t>(off, n, k, t, hw);
-      acc += acc_t(sc[g.score_index(n, grp, k, t, hw)]) * math::interpolate(b, plane, 1);
-    }
-    out[i] = static_cast<scalar_t>(acc);
-  }
-}
+};
 
 template <typename acc_t>
-__device__ __forceinline__ void scatter(acc_t* plane, const math::Bilinear<acc_t>& b, acc_t v) {
+__device__ __forceinline__ WarpShared<acc_t> warp_shared(unsigned char* smem, const Geometry& g) {
+  const int warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  WarpShared<acc_t> s;
+  s.taps = reinterpret_cast<Bilinear<acc_t>*>(smem) + warp * g.taps();
+  s.scores = reinterpret_cast<acc_t*>(reinterpret_cast<Bilinear<acc_t>*>(smem) + warps * g.taps()) +
+             warp * g.groups * g.taps();
+  return s;
+}
+
+// Grid-stride loop over pixels (n, t, hw), one per warp; `lane` is the thread's channel offset.
+#define SIFA_WARP_PIXEL_LOOP(p, pixels)                                                              \
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x / kWarp) + threadIdx.x / kWarp; p < (pixels); \
+       p += int64_t(gridDim.x) * (blockDim.x / kWarp))
+
+template <typename scalar_t, bool kCorrelate, bool kAggregate>
+__global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+                               const scalar_t* __restrict__ wt, scalar_t* __restrict__ sc,
+                               scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const auto shared = warp_shared<acc_t>(smem, g);
+  const int lane = threadIdx.x % kWarp;
+  const int64_t C = g.C, Cg = g.group_channels(), K = g.taps(), HW = g.plane();
+  SIFA_WARP_PIXEL_LOOP(p, pixels) {
+    const int64_t n = p / (g.T * HW), t = (p / HW) % g.T, hw = p % HW;
+    const scalar_t* frame = x + (n * g.T + t) * HW * C;
+    for (int64_t k = lane; k < K; k += kWarp) shared.taps[k] = g.tap<acc_t>(off, n, k, t, hw);
+    if constexpr (!kCorrelate) {
+      for (int64_t j = lane; j < g.groups * K; j += kWarp)
+        shared.scores[j] = sc[g.score_index(n, j / K, j % K, t, hw)];
+    }
+    __syncwarp();
+    if constexpr (kCorrelate) {
+      const scalar_t* q = x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C;
+      for (int64_t k = 0; k < K; ++k) {
+        const Bilinear<acc_t>& b = shared.taps[k];
+        const scalar_t* wk = wt + (t * K + k) * C;
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
+          acc_t partial = 0;
+          for (int64_t c = grp * Cg + lane; c < (grp + 1) * Cg; c += kWarp)
+            partial += acc_t(wk[c]) * acc_t(q[c]) * math::interpolate(b, frame + c, C);
+          const acc_t score = warp_sum(partial);
+          if (lane == 0) {
+            sc[g.score_index(n, grp, k, t, hw)] = static_cast<scalar_t>(score);
+            shared.scores[grp * K + k] = score;
+          }
+        }
+      }
+      __syncwarp();
+    }
+    if constexpr (kAggregate) {
+      // the corners were just read for the scores: this second sweep hits L1/L2
+      scalar_t* o = out + p * C;
+      for (int64_t c = lane; c < C; c += kWarp) {
+        const acc_t* scores = shared.scores + (c / Cg) * K;
+        acc_t acc = 0;
+        for (int64_t k = 0; k < K; ++k) acc += scores[k] * math::interpolate(shared.taps[k], frame + c, C);
+        o[c] = static_cast<scalar_t>(acc);
+      }
+    }
+    __syncwarp();  // the shared taps are rewritten for the next pixel
+  }
+}
+
+// Per pixel, tap and group: one sweep over the channels reduces the aggregation's score gradient
+// and both parts' offset gradients; the score gradient (aggregation's plus what arrives at the
+// scores) then drives a second sweep with the query and weight gradients and one bilinear scatter
+// serving both parts.
+template <typename scalar_t, bool kCorrelate, bool kAggregate>
+__global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t* __restrict__ gsc_in,
+                                const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+                                const scalar_t* __restrict__ wt, const scalar_t* __restrict__ sc,
+                                at::acc_type<scalar_t, true>* gx, at::acc_type<scalar_t, true>* __restrict__ gq,
+                                scalar_t* __restrict__ goff, at::acc_type<scalar_t, true>* gw,
+                                scalar_t* __restrict__ gsc_out, Geometry g, int64_t pixels) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const auto shared = warp_shared<acc_t>(smem, g);
+  const int lane = threadIdx.x % kWarp;
+  const int64_t C = g.C, Cg = g.group_channels(), K = g.taps(), HW = g.plane();
+  SIFA_WARP_PIXEL_LOOP(p, pixels) {
+    const int64_t n = p / (g.T * HW), t = (p / HW) % g.T, hw = p % HW;
+    const int64_t nt = n * g.T + t;
+    const scalar_t* frame = x + nt * HW * C;
+    const scalar_t* q = x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C;
+    const scalar_t* gop = kAggregate ? go + p * C : nullptr;
+    for (int64_t k = lane; k < K; k += kWarp) shared.taps[k] = g.tap<acc_t>(off, n, k, t, hw);
+    __syncwarp();
+    for (int64_t k = 0; k < K; ++k) {
+      const Bilinear<acc_t>& b = shared.taps[k];
+      const scalar_t* wk = kCorrelate ? wt + (t * K + k) * C : nullptr;
+      acc_t off_y = 0, off_x = 0;  // offsets are shared by all groups: their gradients add up
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const int64_t c0 = grp * Cg, c1 = c0 + Cg;
+        const int64_t si = g.score_index(n, grp, k, t, hw);
+        const acc_t score = kAggregate ? acc_t(sc[si]) : acc_t(0);
+        // agg_*: Σ grad_out·(S, ∂S/∂y, ∂S/∂x); cor_*: Σ weight·query·(∂S/∂y, ∂S/∂x)
+        acc_t agg_s = 0, agg_y = 0, agg_x = 0, cor_y = 0, cor_x = 0;
+        for (int64_t c = c0 + lane; c < c1; c += kWarp) {
+          const auto sg = math::interpolate_with_grad(b, frame + c, C);
+          if constexpr (kAggregate) {
+            const acc_t gc = gop[c];
+            agg_s += gc * sg.value;
+            agg_y += gc * sg.dy;
+            agg_x += gc * sg.dx;
+          }
+          if constexpr (kCorrelate) {
+            const acc_t wq = acc_t(wk[c]) * acc_t(q[c]);
+            cor_y += wq * sg.dy;
+            cor_x += wq * sg.dx;
+          }
+        }
+        if constexpr (kAggregate) {
+          agg_s = warp_sum(agg_s);
+          agg_y = warp_sum(agg_y);
+          agg_x = warp_sum(agg_x);
+        }
+        if constexpr (kCorrelate) {
+          cor_y = warp_sum(cor_y);
+          cor_x = warp_sum(cor_x);
+        }
+        const acc_t grad_score = kCorrelate ? agg_s + (gsc_in ? acc_t(gsc_in[si]) : acc_t(0)) : acc_t(0);
+        if (gsc_out && lane == 0) gsc_out[si] = static_cast<scalar_t>(agg_s);
+        off_y += score * agg_y + grad_score * cor_y;
+        off_x += score * agg_x + grad_score * cor_x;
+        if (gx || gw) {
+          acc_t* gx_frame = gx ? gx + nt * HW * C : nullptr;
+          for (int64_t c = c0 + lane; c < c1; c += kWarp) {
+            const acc_t qc = kCorrelate ? acc_t(q[c]) : acc_t(0);
+            const acc_t wc = kCorrelate ? acc_t(wk[c]) : acc_t(0);
+            if constexpr (kCorrelate) {
+              const acc_t s = math::interpolate(b, frame + c, C);
+              if (gq) gq[p * C + c] += grad_score * wc * s;  // this warp owns the pixel: no atomics
+              if (gw) gpuAtomicAdd(gw + (nt * K + k) * C + c, grad_score * qc * s);
+            }
+            if (gx_frame) {
+              acc_t v = 0;  // the value each corner receives, times its bilinear weight
+              if constexpr (kAggregate) v += score * acc_t(gop[c]);
+              if constexpr (kCorrelate) v += grad_score * wc * qc;
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
-    if (b.weight[j] != acc_t(0)) gpuAtomicAdd(plane + b.index[j], v * b.weight[j]);
-}
-
-// defcor's gradients w.r.t. x (keys: scattered; query: written per frame t into grad_query, folded
-// onto prev(t) by the host) and w.r.t. weight, one thread per (n, c, t, hw).
-template <typename scalar_t, typename acc_t>
-__global__ void defcor_backward_input_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                                             const scalar_t* __restrict__ off, const scalar_t* __restrict__ wt,
-                                             acc_t* grad_x, acc_t* __restrict__ grad_query, acc_t* grad_w, Geometry g,
-                                             int64_t total) {
-  const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
-  SIFA_KERNEL_LOOP(i, total) {
-    const int64_t hw = i % HW, t = (i / HW) % g.T, c = (i / (HW * g.T)) % g.C, n = i / (HW * g.T * g.C);
-    const int64_t grp = c / Cg;
-    const scalar_t* video = x + (n * g.C + c) * g.T * HW;
-    const acc_t q = video[g.prev_frame(t) * HW + hw];
-    acc_t gq = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.tap<acc_t>(off, n, k, t, hw);
-      const acc_t gk = grad[g.score_index(n, grp, k, t, hw)];
-      const acc_t wk = wt[(c * g.T + t) * K + k];
-      const acc_t s = math::interpolate(b, video + t * HW, 1);
-      gq += gk * wk * s;
-      if (grad_x) scatter(grad_x + ((n * g.C + c) * g.T + t) * HW, b, gk * wk * q);
-      if (grad_w) gpuAtomicAdd(grad_w + (c * g.T + t) * K + k, gk * q * s);
-    }
-    if (grad_query) grad_query[i] = gq;
-  }
-}
-
-// defcor's gradient w.r.t. the offsets, one thread per (n, t, hw): offsets are shared by all groups.
-template <typename scalar_t>
-__global__ void defcor_backward_offset_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                                              const scalar_t* __restrict__ off, const scalar_t* __restrict__ wt,
-                                              scalar_t* __restrict__ grad_off, Geometry g, int64_t total) {
-  using acc_t = at::acc_type<scalar_t, true>;
-  const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
-  SIFA_KERNEL_LOOP(i, total) {
-    const int64_t hw = i % HW, t = (i / HW) % g.T, n = i / (HW * g.T);
-    const int64_t tp = g.prev_frame(t);
-    for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.tap<acc_t>(off, n, k, t, hw);
-      acc_t gy = 0, gx = 0;
-      for (int64_t grp = 0; grp < g.groups; ++grp) {
-        const acc_t gk = grad[g.score_index(n, grp, k, t, hw)];
-        acc_t ay = 0, ax = 0;
-        for (int64_t c = grp * Cg; c < (grp + 1) * Cg; ++c) {
-          const scalar_t* video = x + (n * g.C + c) * g.T * HW;
-          const acc_t wq = acc_t(wt[(c * g.T + t) * K + k]) * acc_t(video[tp * HW + hw]);
-          const auto sg = math::interpolate_with_grad(b, video + t * HW, 1);
-          ay += wq * sg.dy;
-          ax += wq * sg.dx;
+              for (int i = 0; i < 4; ++i)
+                if (b.weight[i] != acc_t(0)) gpuAtomicAdd(gx_frame + b.index[i] * C + c, b.weight[i] * v);
+            }
+          }
         }
-        gy += gk * ay;
-        gx += gk * ax;
       }
-      grad_off[g.offset_index(n, k, 0, t, hw)] = static_cast<scalar_t>(gy);
-      grad_off[g.offset_index(n, k, 1, t, hw)] = static_cast<scalar_t>(gx);
+      if (goff && lane == 0) {
+        goff[g.offset_index(n, k, 0, t, hw)] = static_cast<scalar_t>(off_y);
+        goff[g.offset_index(n, k, 1, t, hw)] = static_cast<scalar_t>(off_x);
+      }
     }
+    __syncwarp();  // the shared taps are rewritten for the next pixel
   }
 }
 
-// defagg's gradient w.r.t. x: each output element scatters into its K taps.
-template <typename scalar_t, typename acc_t>
-__global__ void defagg_backward_input_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ off,
-                                             const scalar_t* __restrict__ sc, acc_t* grad_x, Geometry g,
-                                             int64_t total) {
-  const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
-  SIFA_KERNEL_LOOP(i, total) {
-    const int64_t hw = i % HW, t = (i / HW) % g.T, c = (i / (HW * g.T)) % g.C, n = i / (HW * g.T * g.C);
-    const int64_t grp = c / Cg;
-    const acc_t go = grad[i];
-    acc_t* plane = grad_x + (i - hw);
-    for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.tap<acc_t>(off, n, k, t, hw);
-      scatter(plane, b, go * acc_t(sc[g.score_index(n, grp, k, t, hw)]));
-    }
-  }
+// Warps per block and bytes of shared memory for a geometry (a warp needs its taps and scores).
+template <typename acc_t>
+std::pair<int, int64_t> launch_shape(const Geometry& g) {
+  const int64_t per_warp = WarpShared<acc_t>::bytes(g);
+  TORCH_CHECK(per_warp <= kSharedLimit, "sifa (CUDA): a ", g.kh, "×", g.kw, " kernel with ", g.groups,
+              " groups needs ", per_warp, " bytes of shared memory per warp, over the ", kSharedLimit, " available");
+  const int warps = static_cast<int>(std::min<int64_t>(kMaxWarpsPerBlock, kSharedLimit / per_warp));
+  return {warps, warps * per_warp};
 }
 
-// defagg's gradients w.r.t. the scores and the offsets, one thread per (n, t, hw).
-template <typename scalar_t>
-__global__ void defagg_backward_scores_offset_kernel(const scalar_t* __restrict__ grad,
-                                                     const scalar_t* __restrict__ x,
-                                                     const scalar_t* __restrict__ off,
-                                                     const scalar_t* __restrict__ sc, scalar_t* grad_off,
-                                                     scalar_t* grad_sc, Geometry g, int64_t total) {
-  using acc_t = at::acc_type<scalar_t, true>;
-  const int64_t HW = g.plane(), K = g.taps(), Cg = g.group_channels();
-  SIFA_KERNEL_LOOP(i, total) {
-    const int64_t hw = i % HW, t = (i / HW) % g.T, n = i / (HW * g.T);
-    for (int64_t k = 0; k < K; ++k) {
-      const auto b = g.tap<acc_t>(off, n, k, t, hw);
-      acc_t gy = 0, gx = 0;
-      for (int64_t grp = 0; grp < g.groups; ++grp) {
-        acc_t as = 0, ay = 0, ax = 0;
-        for (int64_t c = grp * Cg; c < (grp + 1) * Cg; ++c) {
-          const int64_t plane = ((n * g.C + c) * g.T + t) * HW;
-          const acc_t go = grad[plane + hw];
-          const auto sg = math::interpolate_with_grad(b, x + plane, 1);
-          as += go * sg.value;
-          ay += go * sg.dy;
-          ax += go * sg.dx;
-        }
-        const acc_t a = sc[g.score_index(n, grp, k, t, hw)];
-        if (grad_sc) grad_sc[g.score_index(n, grp, k, t, hw)] = static_cast<scalar_t>(as);
-        gy += a * ay;
-        gx += a * ax;
-      }
-      if (grad_off) {
-        grad_off[g.offset_index(n, k, 0, t, hw)] = static_cast<scalar_t>(gy);
-        grad_off[g.offset_index(n, k, 1, t, hw)] = static_cast<scalar_t>(gx);
-      }
-    }
-  }
+inline unsigned blocks_for(int64_t pixels, int warps) {
+  return static_cast<unsigned>(std::min<int64_t>((pixels + warps - 1) / warps, int64_t(1) << 20));
 }
 
-at::Tensor acc_zeros(const at::Tensor& like, at::IntArrayRef sizes) {
-  const auto dtype = like.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  return at::zeros(sizes, like.options().dtype(dtype));
+template <typename T>
+T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-at::Tensor defcor_cuda(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const auto g = make_geometry(input, offset, weight, {weight.size(2), weight.size(3)}, stride, padding,
-                               dilation, groups, false);
-  const c10::cuda::CUDAGuard guard(input.device());
-  auto corr = at::empty({g.N, groups * g.taps(), g.T, g.H, g.W}, input.options());
-  const int64_t total = g.N * groups * g.T * g.plane();
-  if (total == 0) return corr;
-  const auto x = input.contiguous(), off = offset.contiguous(), wt = weight.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "defcor_cuda", [&] {
-    defcor_forward_kernel<scalar_t><<<grid_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), corr.data_ptr<scalar_t>(), g,
-        total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return corr;
-}
-
-at::Tensor defagg_cuda(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& scores,
-                       at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                       at::IntArrayRef dilation, int64_t groups) {
-  const auto g = make_geometry(input, offset, scores, kernel_size, stride, padding, dilation, groups, true);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const auto x = input.contiguous(), off = offset.contiguous(), sc = scores.contiguous();
-  auto out = at::empty_like(x);
-  const int64_t total = x.numel();
-  if (total == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "defagg_cuda", [&] {
-    defagg_forward_kernel<scalar_t><<<grid_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g,
-        total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> defcor_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    std::array<bool, 3> mask) {
-  const auto g = make_geometry(input, offset, weight, {weight.size(2), weight.size(3)}, stride, padding,
-                               dilation, groups, false);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const auto gr = grad.contiguous(), x = input.contiguous(), off = offset.contiguous(), wt = weight.contiguous();
-  auto grad_x = mask[0] ? acc_zeros(x, x.sizes()) : at::Tensor();
-  auto grad_query = mask[0] ? acc_zeros(x, x.sizes()) : at::Tensor();
-  auto grad_w = mask[2] ? acc_zeros(x, wt.sizes()) : at::Tensor();
-  auto grad_off = mask[1] ? at::empty_like(off) : offset.new_empty({0});
-  const int64_t per_channel = x.numel(), per_pixel = g.N * g.T * g.plane();
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  if (per_channel > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "defcor_backward_cuda", [&] {
+struct CudaKernels {
+  static void forward(const ForwardTensors& ts, const Geometry& g, Parts parts) {
+    const c10::cuda::CUDAGuard guard(ts.x.device());
+    const int64_t pixels = g.N * g.T * g.plane();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_forward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
-      if (mask[0] || mask[2]) {
-        defcor_backward_input_kernel<scalar_t, acc_t><<<grid_for(per_channel), kThreads, 0, stream>>>(
-            gr.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
-            mask[0] ? grad_x.data_ptr<acc_t>() : nullptr, mask[0] ? grad_query.data_ptr<acc_t>() : nullptr,
-            mask[2] ? grad_w.data_ptr<acc_t>() : nullptr, g, per_channel);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      if (mask[1]) {
-        defcor_backward_offset_kernel<scalar_t><<<grid_for(per_pixel), kThreads, 0, stream>>>(
-            gr.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
-            grad_off.data_ptr<scalar_t>(), g, per_pixel);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
-  } else if (mask[1]) {
-    grad_off.zero_();
-  }
-  at::Tensor grad_input = input.new_empty({0});
-  if (mask[0]) {
-    // frame t's query is frame prev(t): t−1, or 0 for t = 0
-    grad_x.narrow(2, 0, 1).add_(grad_query.narrow(2, 0, 1));
-    grad_x.narrow(2, 0, g.T - 1).add_(grad_query.narrow(2, 1, g.T - 1));
-    grad_input = grad_x.to(input.scalar_type());
-  }
-  return {grad_input, grad_off, mask[2] ? grad_w.to(weight.scalar_type()) : weight.new_empty({0})};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> defagg_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& scores,
-    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, std::array<bool, 3> mask) {
-  const auto g = make_geometry(input, offset, scores, kernel_size, stride, padding, dilation, groups, true);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const auto gr = grad.contiguous(), x = input.contiguous(), off = offset.contiguous(), sc = scores.contiguous();
-  auto grad_x = mask[0] ? acc_zeros(x, x.sizes()) : at::Tensor();
-  auto grad_off = mask[1] ? at::zeros_like(off) : offset.new_empty({0});
-  auto grad_sc = mask[2] ? at::zeros_like(sc) : scores.new_empty({0});
-  const int64_t per_channel = x.numel(), per_pixel = g.N * g.T * g.plane();
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  if (per_channel > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "defagg_backward_cuda", [&] {
-      using acc_t = at::acc_type<scalar_t, true>;
-      if (mask[0]) {
-        defagg_backward_input_kernel<scalar_t, acc_t><<<grid_for(per_channel), kThreads, 0, stream>>>(
-            gr.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(), grad_x.data_ptr<acc_t>(),
-            g, per_channel);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      if (mask[1] || mask[2]) {
-        defagg_backward_scores_offset_kernel<scalar_t><<<grid_for(per_pixel), kThreads, 0, stream>>>(
-            gr.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), off.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(),
-            mask[1] ? grad_off.data_ptr<scalar_t>() : nullptr, mask[2] ? grad_sc.data_ptr<scalar_t>() : nullptr, g,
-            per_pixel);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
+      const auto launch = launch_shape<acc_t>(g);
+      const int warps = launch.first;
+      const int64_t shared_bytes = launch.second;
+      with_parts(parts, [&](auto cor, auto agg) {
+        forward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value>
+            <<<blocks_for(pixels, warps), warps * kWarp, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
+                ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.weight),
+                ts.scores.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.out), g, pixels);
+      });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return {mask[0] ? grad_x.to(input.scalar_type()) : input.new_empty({0}), grad_off, grad_sc};
-}
+
+  static void backward(const BackwardTensors& ts, const Geometry& g, Parts parts) {
+    const c10::cuda::CUDAGuard guard(ts.x.device());
+    const int64_t pixels = g.N * g.T * g.plane();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_backward_cuda", [&] {
+      using acc_t = at::acc_type<scalar_t, true>;
+      const auto launch = launch_shape<acc_t>(g);
+      const int warps = launch.first;
+      const int64_t shared_bytes = launch.second;
+      with_parts(parts, [&](auto cor, auto agg) {
+        backward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value>
+            <<<blocks_for(pixels, warps), warps * kWarp, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
+                ptr_or_null<scalar_t>(ts.grad_out), ptr_or_null<scalar_t>(ts.grad_scores),
+                ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.weight),
+                ptr_or_null<scalar_t>(ts.scores), ptr_or_null<acc_t>(ts.grad_x), ptr_or_null<acc_t>(ts.grad_query),
+                ptr_or_null<scalar_t>(ts.grad_offset), ptr_or_null<acc_t>(ts.grad_weight),
+                ptr_or_null<scalar_t>(ts.grad_scores_out), g, pixels);
+      });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sifa, CUDA, m) {
-  m.impl("defcor", TORCH_FN(defcor_cuda));
-  m.impl("defagg", TORCH_FN(defagg_cuda));
-  m.impl("_defcor_backward", TORCH_FN(defcor_backward_cuda));
-  m.impl("_defagg_backward", TORCH_FN(defagg_backward_cuda));
-}
+SIFA_REGISTER_KERNELS(CUDA, CudaKernels)
 
 }  // namespace ops
 }  // namespace sifa
