@@ -3,7 +3,8 @@
 Convention (FLOPs = 2 × multiply-adds, as FlopCounterMode counts convolutions and matmuls): for an
 input N×C×T×H×W and a kh×kw kernel (K = kh·kw taps) each of ``sifa.defcor`` and ``sifa.defagg``
 costs 10·N·C·T·H·W·K FLOPs — per channel and tap one bilinear sample (4 multiply-adds = 8 FLOPs)
-plus one multiply-add (2 FLOPs) for the correlation product resp. the aggregation. Coordinate
+plus one multiply-add (2 FLOPs) for the correlation product resp. the aggregation. ``sifa.sifa_attention``
+(both parts, fused) counts as the two ops, so fusing changes no complexity figure. Coordinate
 arithmetic, the frozen weight's scaling and the backward ops are not counted.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ def sifa_op_flops(input_shape: Sequence[int], kernel_size: Sequence[int]) -> int
 
 
 def register_flop_formulas() -> None:
-    """Register the formulas on ``torch.ops.sifa.defcor``/``defagg`` (idempotent; needs the extension).
+    """Register the formulas on ``torch.ops.sifa.*`` (idempotent; needs the extension).
 
     Register before creating the FlopCounterMode: it copies the registry when constructed.
     """
@@ -42,3 +43,7 @@ def register_flop_formulas() -> None:
     @register_flop_formula(torch.ops.sifa.defagg)
     def defagg_flops(input_shape, offset_shape, weight_shape, kernel_size, *args, out_shape=None, **kwargs) -> int:
         return sifa_op_flops(input_shape, kernel_size)
+
+    @register_flop_formula(torch.ops.sifa.sifa_attention)
+    def sifa_attention_flops(input_shape, offset_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * sifa_op_flops(input_shape, weight_shape[2:])  # correlation + aggregation
