@@ -8,7 +8,7 @@ the extension's achieved memory bandwidth against the device's peak, counting th
 must move at least once: features in and out, offsets, scores (and their gradients in backward).
 
     python benchmarks/bench_ops.py [--device cpu|cuda] [--shapes 128 256 512] [--ops separate fused]
-        [--dtype float32|float16|bfloat16] [--repeat 3]
+        [--dtype float32|float16|bfloat16] [--channels-last] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ SHAPES = {128: 28, 256: 14, 512: 7}  # channels -> map size
 N, T, K = 8, 4, 3
 
 
-def build(device: str, mode: str, C: int, op: str, dtype: str):
+def build(device: str, mode: str, C: int, op: str, dtype: str, channels_last: bool):
     """One SIFA step at SIFA-Net's layer shape (and its backward for fwd+bwd)."""
     import torch
     import sifa.ops as ops
@@ -28,7 +28,10 @@ def build(device: str, mode: str, C: int, op: str, dtype: str):
     S = SHAPES[C]
     dt = getattr(torch, dtype)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, C, T, S, S, generator=g).to(device, dt).requires_grad_()
+    x = torch.randn(N, C, T, S, S, generator=g).to(device, dt)
+    if channels_last:  # the kernels' working layout: no conversion copies in or out
+        x = x.to(memory_format=torch.channels_last_3d)
+    x.requires_grad_()
     off = (torch.randn(N, 2 * K * K, T, S, S, generator=g) * 2).to(device, dt).requires_grad_()
     w = torch.full((C, T, K, K), 1.0 / C, device=device, dtype=dt)  # frozen, as in the networks
 
@@ -69,6 +72,8 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--ops", nargs="+", default=["separate", "fused"], choices=["separate", "fused"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--channels-last", action="store_true",
+                        help="features in torch.channels_last_3d memory format (as the Swin blocks pass them)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     import torch
@@ -79,7 +84,8 @@ def main() -> None:
     header = f"torch {torch.__version__}, device {args.device}"
     if gpu:
         header += f" ({torch.cuda.get_device_name(0)}, peak {peak_bandwidth_gbs():.0f} GB/s)"
-    print(f"{header}, threads {torch.get_num_threads()}, N={N} T={T} K={K} {args.dtype}")
+    layout = "channels_last_3d" if args.channels_last else "contiguous"
+    print(f"{header}, threads {torch.get_num_threads()}, N={N} T={T} K={K} {args.dtype}, {layout} features")
     columns = ["shape", "op", "pass", "reference ms", "extension ms", "speed-up", "reference peak MiB",
                "extension peak MiB", "memory ratio"] + (["extension GB/s (of peak)"] if gpu else [])
     print("| " + " | ".join(columns) + " |")
@@ -88,7 +94,7 @@ def main() -> None:
     for C in args.shapes:
         for op in args.ops:
             for mode in ("fwd", "fwd+bwd"):
-                workload = (args.device, mode, C, op, args.dtype)
+                workload = (args.device, mode, C, op, args.dtype, args.channels_last)
                 ref_ms, ref_mem = measure(build, workload, args.device, args.repeat, {"SIFA_OPS_BACKEND": "reference"})
                 ext_ms, ext_mem = measure(build, workload, args.device, args.repeat, {"SIFA_OPS_BACKEND": "extension"})
                 row = [f"C={C} {SHAPES[C]}²", op, mode, f"{ref_ms:.1f}", f"{ext_ms:.1f}", f"{ref_ms / ext_ms:.1f}×",
