@@ -93,6 +93,38 @@ SIFA_HOST_DEVICE SampleGrad<acc_t> interpolate_with_grad(const Bilinear<acc_t>& 
   return r;
 }
 
+// Backward of one tap, per channel: the terms the first sweep reduces over the channels — the
+// aggregation's Σ grad_out·(S, ∂S/∂y, ∂S/∂x) and the correlation's Σ weight·query·(∂S/∂y, ∂S/∂x) —
+// and what the channel then sends to the tap's bilinear corners (before their weights): the
+// aggregation's score·grad_out plus the correlation's grad_score·weight·query.
+template <typename acc_t>
+struct ChannelTerms {
+  acc_t agg_s, agg_y, agg_x, cor_y, cor_x;
+};
+
+template <bool kCorrelate, bool kAggregate, typename acc_t>
+SIFA_HOST_DEVICE ChannelTerms<acc_t> channel_terms(const SampleGrad<acc_t>& sg, acc_t grad_out, acc_t weight_query) {
+  ChannelTerms<acc_t> r{acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+  if constexpr (kAggregate) {
+    r.agg_s = grad_out * sg.value;
+    r.agg_y = grad_out * sg.dy;
+    r.agg_x = grad_out * sg.dx;
+  }
+  if constexpr (kCorrelate) {
+    r.cor_y = weight_query * sg.dy;
+    r.cor_x = weight_query * sg.dx;
+  }
+  return r;
+}
+
+template <bool kCorrelate, bool kAggregate, typename acc_t>
+SIFA_HOST_DEVICE acc_t corner_value(acc_t score, acc_t grad_out, acc_t grad_score, acc_t weight_query) {
+  acc_t v = 0;
+  if constexpr (kAggregate) v += score * grad_out;
+  if constexpr (kCorrelate) v += grad_score * weight_query;
+  return v;
+}
+
 // Shape and hyper-parameters of one call, with the index arithmetic of the NCTHW tensors
 // that cross the op boundary (offsets N×2K×T×H×W, scores N×G·K×T×H×W, weight C×T×K).
 struct Geometry {

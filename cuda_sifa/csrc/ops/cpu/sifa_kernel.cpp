@@ -109,23 +109,18 @@ void backward_kernel(const BackwardTensors& ts, const Geometry& g) {
             const int64_t c0 = grp * Cg, c1 = c0 + Cg;
             const int64_t si = g.score_index(n, grp, k, t, hw);
             const acc_t score = kAggregate ? acc_t(sc[si]) : acc_t(0);
-            // agg_*: Σ grad_out·(S, ∂S/∂y, ∂S/∂x); cor_*: Σ weight·query·(∂S/∂y, ∂S/∂x)
-            acc_t agg_s = 0, agg_y = 0, agg_x = 0, cor_y = 0, cor_x = 0;
+            acc_t agg_s = 0, agg_y = 0, agg_x = 0, cor_y = 0, cor_x = 0;  // math::ChannelTerms, reduced
 #pragma omp simd reduction(+ : agg_s, agg_y, agg_x, cor_y, cor_x)
             for (int64_t c = c0; c < c1; ++c) {
               const auto sg = math::interpolate_with_grad(b, frame + c, C);
-              if constexpr (kAggregate) {
-                const acc_t gc = gop[c];
-                agg_s += gc * sg.value;
-                agg_y += gc * sg.dy;
-                agg_x += gc * sg.dx;
-              }
-              if constexpr (kCorrelate) {
-                const acc_t wq = acc_t(wk[c]) * acc_t(q[c]);
-                cor_y += wq * sg.dy;
-                cor_x += wq * sg.dx;
-                sample[c] = sg.value;
-              }
+              const auto terms = math::channel_terms<kCorrelate, kAggregate>(
+                  sg, kAggregate ? acc_t(gop[c]) : acc_t(0), kCorrelate ? acc_t(wk[c]) * acc_t(q[c]) : acc_t(0));
+              agg_s += terms.agg_s;
+              agg_y += terms.agg_y;
+              agg_x += terms.agg_x;
+              cor_y += terms.cor_y;
+              cor_x += terms.cor_x;
+              if constexpr (kCorrelate) sample[c] = sg.value;
             }
             // the gradient reaching the score: from the aggregation and from the score output
             const acc_t grad_score = kCorrelate ? agg_s + (gsc_in ? acc_t(gsc_in[si]) : acc_t(0)) : acc_t(0);
@@ -148,10 +143,9 @@ void backward_kernel(const BackwardTensors& ts, const Geometry& g) {
               // the value each corner receives, times its bilinear weight
 #pragma omp simd
               for (int64_t c = c0; c < c1; ++c) {
-                acc_t v = 0;
-                if constexpr (kAggregate) v += score * acc_t(gop[c]);
-                if constexpr (kCorrelate) v += grad_score * acc_t(wk[c]) * acc_t(q[c]);
-                coef[c] = v;
+                coef[c] = math::corner_value<kCorrelate, kAggregate>(
+                    score, kAggregate ? acc_t(gop[c]) : acc_t(0), grad_score,
+                    kCorrelate ? acc_t(wk[c]) * acc_t(q[c]) : acc_t(0));
               }
               acc_t* gx_frame = gx + nt * HW * C;
               for (int i = 0; i < 4; ++i) {

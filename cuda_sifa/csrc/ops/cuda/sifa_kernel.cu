@@ -53,6 +53,19 @@ __device__ __forceinline__ WarpShared<acc_t> warp_shared(unsigned char* smem, co
   return s;
 }
 
+// The pixel p = (n·T + t)·H·W + hw of a warp; its lanes fill the shared taps.
+struct Pixel {
+  int64_t n, t, hw;
+};
+
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ Pixel load_pixel(int64_t p, const Geometry& g, const scalar_t* off,
+                                            const WarpShared<acc_t>& shared, int lane) {
+  const Pixel px{p / (g.T * g.plane()), (p / g.plane()) % g.T, p % g.plane()};
+  for (int64_t k = lane; k < g.taps(); k += kWarp) shared.taps[k] = g.tap<acc_t>(off, px.n, k, px.t, px.hw);
+  return px;
+}
+
 // Grid-stride loop over pixels (n, t, hw), one per warp; `lane` is the thread's channel offset.
 #define SIFA_WARP_PIXEL_LOOP(p, pixels)                                                              \
   for (int64_t p = blockIdx.x * int64_t(blockDim.x / kWarp) + threadIdx.x / kWarp; p < (pixels); \
@@ -68,9 +81,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
   const int lane = threadIdx.x % kWarp;
   const int64_t C = g.C, Cg = g.group_channels(), K = g.taps(), HW = g.plane();
   SIFA_WARP_PIXEL_LOOP(p, pixels) {
-    const int64_t n = p / (g.T * HW), t = (p / HW) % g.T, hw = p % HW;
+    const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
     const scalar_t* frame = x + (n * g.T + t) * HW * C;
-    for (int64_t k = lane; k < K; k += kWarp) shared.taps[k] = g.tap<acc_t>(off, n, k, t, hw);
     if constexpr (!kCorrelate) {
       for (int64_t j = lane; j < g.groups * K; j += kWarp)
         shared.scores[j] = sc[g.score_index(n, j / K, j % K, t, hw)];
@@ -125,13 +137,12 @@ __global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t*
   const int lane = threadIdx.x % kWarp;
   const int64_t C = g.C, Cg = g.group_channels(), K = g.taps(), HW = g.plane();
   SIFA_WARP_PIXEL_LOOP(p, pixels) {
-    const int64_t n = p / (g.T * HW), t = (p / HW) % g.T, hw = p % HW;
+    const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
+    __syncwarp();
     const int64_t nt = n * g.T + t;
     const scalar_t* frame = x + nt * HW * C;
     const scalar_t* q = x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C;
     const scalar_t* gop = kAggregate ? go + p * C : nullptr;
-    for (int64_t k = lane; k < K; k += kWarp) shared.taps[k] = g.tap<acc_t>(off, n, k, t, hw);
-    __syncwarp();
     for (int64_t k = 0; k < K; ++k) {
       const Bilinear<acc_t>& b = shared.taps[k];
       const scalar_t* wk = kCorrelate ? wt + (t * K + k) * C : nullptr;
@@ -140,35 +151,31 @@ __global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t*
         const int64_t c0 = grp * Cg, c1 = c0 + Cg;
         const int64_t si = g.score_index(n, grp, k, t, hw);
         const acc_t score = kAggregate ? acc_t(sc[si]) : acc_t(0);
-        // agg_*: Σ grad_out·(S, ∂S/∂y, ∂S/∂x); cor_*: Σ weight·query·(∂S/∂y, ∂S/∂x)
-        acc_t agg_s = 0, agg_y = 0, agg_x = 0, cor_y = 0, cor_x = 0;
+        math::ChannelTerms<acc_t> sums{acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
         for (int64_t c = c0 + lane; c < c1; c += kWarp) {
-          const auto sg = math::interpolate_with_grad(b, frame + c, C);
-          if constexpr (kAggregate) {
-            const acc_t gc = gop[c];
-            agg_s += gc * sg.value;
-            agg_y += gc * sg.dy;
-            agg_x += gc * sg.dx;
-          }
-          if constexpr (kCorrelate) {
-            const acc_t wq = acc_t(wk[c]) * acc_t(q[c]);
-            cor_y += wq * sg.dy;
-            cor_x += wq * sg.dx;
-          }
+          const auto terms = math::channel_terms<kCorrelate, kAggregate>(
+              math::interpolate_with_grad(b, frame + c, C), kAggregate ? acc_t(gop[c]) : acc_t(0),
+              kCorrelate ? acc_t(wk[c]) * acc_t(q[c]) : acc_t(0));
+          sums.agg_s += terms.agg_s;
+          sums.agg_y += terms.agg_y;
+          sums.agg_x += terms.agg_x;
+          sums.cor_y += terms.cor_y;
+          sums.cor_x += terms.cor_x;
         }
-        if constexpr (kAggregate) {
-          agg_s = warp_sum(agg_s);
-          agg_y = warp_sum(agg_y);
-          agg_x = warp_sum(agg_x);
+        if constexpr (kAggregate) {  // every lane gets the warp's totals
+          sums.agg_s = warp_sum(sums.agg_s);
+          sums.agg_y = warp_sum(sums.agg_y);
+          sums.agg_x = warp_sum(sums.agg_x);
         }
         if constexpr (kCorrelate) {
-          cor_y = warp_sum(cor_y);
-          cor_x = warp_sum(cor_x);
+          sums.cor_y = warp_sum(sums.cor_y);
+          sums.cor_x = warp_sum(sums.cor_x);
         }
-        const acc_t grad_score = kCorrelate ? agg_s + (gsc_in ? acc_t(gsc_in[si]) : acc_t(0)) : acc_t(0);
-        if (gsc_out && lane == 0) gsc_out[si] = static_cast<scalar_t>(agg_s);
-        off_y += score * agg_y + grad_score * cor_y;
-        off_x += score * agg_x + grad_score * cor_x;
+        // the gradient reaching the score: from the aggregation and from the score output
+        const acc_t grad_score = kCorrelate ? sums.agg_s + (gsc_in ? acc_t(gsc_in[si]) : acc_t(0)) : acc_t(0);
+        if (gsc_out && lane == 0) gsc_out[si] = static_cast<scalar_t>(sums.agg_s);
+        off_y += score * sums.agg_y + grad_score * sums.cor_y;
+        off_x += score * sums.agg_x + grad_score * sums.cor_x;
         if (gx || gw) {
           acc_t* gx_frame = gx ? gx + nt * HW * C : nullptr;
           for (int64_t c = c0 + lane; c < c1; c += kWarp) {
@@ -180,9 +187,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t*
               if (gw) gpuAtomicAdd(gw + (nt * K + k) * C + c, grad_score * qc * s);
             }
             if (gx_frame) {
-              acc_t v = 0;  // the value each corner receives, times its bilinear weight
-              if constexpr (kAggregate) v += score * acc_t(gop[c]);
-              if constexpr (kCorrelate) v += grad_score * wc * qc;
+              const acc_t v = math::corner_value<kCorrelate, kAggregate>(
+                  score, kAggregate ? acc_t(gop[c]) : acc_t(0), grad_score, wc * qc);
 #pragma unroll
               for (int i = 0; i < 4; ++i)
                 if (b.weight[i] != acc_t(0)) gpuAtomicAdd(gx_frame + b.index[i] * C + c, b.weight[i] * v);
