@@ -189,6 +189,29 @@ def test_channels_last_in_channels_last_out(op):
 
 
 @needs_ext
+@pytest.mark.parametrize("shape", [(0, 4, 2, 3, 3), (2, 0, 2, 3, 3)], ids=["no samples", "no channels"])
+def test_empty_inputs(shape):
+    N, C, T, H, W = shape
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    off = torch.randn(N, 18, T, H, W, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(C, T, 3, 3, dtype=torch.float64, requires_grad=True)
+    out, scores = ops.sifa_attention(x, off, w, return_scores=True)
+    ref_out, ref_scores = reference.sifa_attention(x, off, w)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(scores, ref_scores)  # empty channel sums are 0
+    got = torch.autograd.grad((out.sum() + scores.sum()), (x, off, w))
+    want = torch.autograd.grad((ref_out.sum() + ref_scores.sum()), (x, off, w))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    s = torch.randn(N, 9, T, H, W, dtype=torch.float64, requires_grad=True)
+    agg = ops.defagg(x, off, s)
+    assert agg.shape == x.shape
+    for a, b in zip(torch.autograd.grad(agg.sum(), (off, s), allow_unused=True),
+                    torch.autograd.grad(reference.defagg(x, off, s).sum(), (off, s), allow_unused=True)):
+        torch.testing.assert_close(a, b if b is not None else torch.zeros_like(a))
+
+
+@needs_ext
 def test_extension_float32_and_non_contiguous():
     x, off, w, scores = make_case(2, 8, 3, 6, 5, 3, 1, 2, 1.5, dtype=torch.float32)
     xt = x.detach().transpose(3, 4).contiguous().transpose(3, 4)  # same values, non-contiguous strides

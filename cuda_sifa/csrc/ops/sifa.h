@@ -108,7 +108,8 @@ inline at::Tensor accumulator(const at::Tensor& like, at::IntArrayRef sizes) {
 
 // weight C×T×kh×kw -> T×K×C, the layout the channel loops read contiguously
 inline at::Tensor weight_tkc(const at::Tensor& weight) {
-  return weight.reshape({weight.size(0), weight.size(1), -1}).permute({1, 2, 0}).contiguous();
+  const auto taps = weight.size(2) * weight.size(3);  // not -1: C may be 0
+  return weight.reshape({weight.size(0), weight.size(1), taps}).permute({1, 2, 0}).contiguous();
 }
 
 // The op entry points of one device. `Kernels` provides
@@ -155,12 +156,15 @@ struct Ops {
       ts.weight = weight_tkc(weight);
       if (grad_scores.defined()) ts.grad_scores = grad_scores.contiguous();
     }
+    const bool runs = input.numel() > 0;
+    // the kernels write every offset and score gradient; with no channels they are empty sums
+    const auto written = [runs](const at::Tensor& like) { return runs ? at::empty_like(like) : at::zeros_like(like); };
     if (mask[0]) ts.grad_x = accumulator(input, ts.x.sizes());
     if (mask[0] && parts.correlate) ts.grad_query = accumulator(input, ts.x.sizes());
-    if (mask[1]) ts.grad_offset = at::zeros_like(ts.offset);
+    if (mask[1]) ts.grad_offset = written(ts.offset);
     if (mask[2] && parts.correlate) ts.grad_weight = accumulator(input, {g.N, g.T, g.taps(), g.C});
-    if (mask[2] && !parts.correlate) ts.grad_scores_out = at::zeros_like(ts.scores);
-    if (input.numel() > 0) Kernels::backward(ts, g, parts);
+    if (mask[2] && !parts.correlate) ts.grad_scores_out = written(ts.scores);
+    if (runs) Kernels::backward(ts, g, parts);
 
     at::Tensor grad_input = input.new_empty({0}), grad_third = weight.new_empty({0});
     if (mask[0]) {
