@@ -100,6 +100,15 @@ SIFA_HOST_DEVICE SampleGrad<acc_t> interpolate_with_grad(const Bilinear<acc_t>& 
 template <typename acc_t>
 struct ChannelTerms {
   acc_t agg_s, agg_y, agg_x, cor_y, cor_x;
+
+  SIFA_HOST_DEVICE ChannelTerms& operator+=(const ChannelTerms& o) {
+    agg_s += o.agg_s;
+    agg_y += o.agg_y;
+    agg_x += o.agg_x;
+    cor_y += o.cor_y;
+    cor_x += o.cor_x;
+    return *this;
+  }
 };
 
 template <bool kCorrelate, bool kAggregate, typename acc_t>

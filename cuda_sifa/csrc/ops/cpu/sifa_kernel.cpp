@@ -109,7 +109,8 @@ void backward_kernel(const BackwardTensors& ts, const Geometry& g) {
             const int64_t c0 = grp * Cg, c1 = c0 + Cg;
             const int64_t si = g.score_index(n, grp, k, t, hw);
             const acc_t score = kAggregate ? acc_t(sc[si]) : acc_t(0);
-            acc_t agg_s = 0, agg_y = 0, agg_x = 0, cor_y = 0, cor_x = 0;  // math::ChannelTerms, reduced
+            // math::ChannelTerms summed as five scalars: omp simd reduces scalars, not structs
+            acc_t agg_s = 0, agg_y = 0, agg_x = 0, cor_y = 0, cor_x = 0;
 #pragma omp simd reduction(+ : agg_s, agg_y, agg_x, cor_y, cor_x)
             for (int64_t c = c0; c < c1; ++c) {
               const auto sg = math::interpolate_with_grad(b, frame + c, C);

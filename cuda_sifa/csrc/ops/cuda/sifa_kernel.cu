@@ -153,14 +153,9 @@ __global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t*
         const acc_t score = kAggregate ? acc_t(sc[si]) : acc_t(0);
         math::ChannelTerms<acc_t> sums{acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
         for (int64_t c = c0 + lane; c < c1; c += kWarp) {
-          const auto terms = math::channel_terms<kCorrelate, kAggregate>(
+          sums += math::channel_terms<kCorrelate, kAggregate>(
               math::interpolate_with_grad(b, frame + c, C), kAggregate ? acc_t(gop[c]) : acc_t(0),
               kCorrelate ? acc_t(wk[c]) * acc_t(q[c]) : acc_t(0));
-          sums.agg_s += terms.agg_s;
-          sums.agg_y += terms.agg_y;
-          sums.agg_x += terms.agg_x;
-          sums.cor_y += terms.cor_y;
-          sums.cor_x += terms.cor_x;
         }
         if constexpr (kAggregate) {  // every lane gets the warp's totals
           sums.agg_s = warp_sum(sums.agg_s);
@@ -205,18 +200,22 @@ __global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t*
   }
 }
 
-// Warps per block and bytes of shared memory for a geometry (a warp needs its taps and scores).
+// Launch configuration of the pixel kernels: as many warps per block (up to 8) as the shared
+// memory allows, each needing its pixel's taps and scores; the grid-stride loop covers the rest.
+struct LaunchConfig {
+  unsigned blocks;
+  int threads;
+  int64_t shared_bytes;
+};
+
 template <typename acc_t>
-std::pair<int, int64_t> launch_shape(const Geometry& g) {
+LaunchConfig launch_config(const Geometry& g, int64_t pixels) {
   const int64_t per_warp = WarpShared<acc_t>::bytes(g);
   TORCH_CHECK(per_warp <= kSharedLimit, "sifa (CUDA): a ", g.kh, "×", g.kw, " kernel with ", g.groups,
               " groups needs ", per_warp, " bytes of shared memory per warp, over the ", kSharedLimit, " available");
   const int warps = static_cast<int>(std::min<int64_t>(kMaxWarpsPerBlock, kSharedLimit / per_warp));
-  return {warps, warps * per_warp};
-}
-
-inline unsigned blocks_for(int64_t pixels, int warps) {
-  return static_cast<unsigned>(std::min<int64_t>((pixels + warps - 1) / warps, int64_t(1) << 20));
+  const auto blocks = std::min<int64_t>((pixels + warps - 1) / warps, int64_t(1) << 20);
+  return {static_cast<unsigned>(blocks), warps * kWarp, warps * per_warp};
 }
 
 template <typename T>
@@ -230,12 +229,10 @@ struct CudaKernels {
     const int64_t pixels = g.N * g.T * g.plane();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_forward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
-      const auto launch = launch_shape<acc_t>(g);
-      const int warps = launch.first;
-      const int64_t shared_bytes = launch.second;
+      const auto cfg = launch_config<acc_t>(g, pixels);
       with_parts(parts, [&](auto cor, auto agg) {
         forward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value>
-            <<<blocks_for(pixels, warps), warps * kWarp, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
+            <<<cfg.blocks, cfg.threads, cfg.shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
                 ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.weight),
                 ts.scores.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.out), g, pixels);
       });
@@ -248,12 +245,10 @@ struct CudaKernels {
     const int64_t pixels = g.N * g.T * g.plane();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_backward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
-      const auto launch = launch_shape<acc_t>(g);
-      const int warps = launch.first;
-      const int64_t shared_bytes = launch.second;
+      const auto cfg = launch_config<acc_t>(g, pixels);
       with_parts(parts, [&](auto cor, auto agg) {
         backward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value>
-            <<<blocks_for(pixels, warps), warps * kWarp, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
+            <<<cfg.blocks, cfg.threads, cfg.shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
                 ptr_or_null<scalar_t>(ts.grad_out), ptr_or_null<scalar_t>(ts.grad_scores),
                 ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.weight),
                 ptr_or_null<scalar_t>(ts.scores), ptr_or_null<acc_t>(ts.grad_x), ptr_or_null<acc_t>(ts.grad_query),
