@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops.reference import previous_frame  # noqa: F401  (the query frame of the SIFA operator, SPEC §1-2)
+from ..ops._utils import previous_frame
+
+__all__ = ["previous_frame", "shift_back", "check_clip_length", "check_video"]
 
 
 def shift_back(x: Tensor) -> Tensor:

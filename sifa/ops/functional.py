@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _extension, reference
-from .reference import IntPair, _pair
+from ._utils import IntPair, pair
 
 
 def backend() -> str:
@@ -86,7 +86,7 @@ def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, p
     Args: input N×C×T×H×W; offset N×2K×T×H×W (channel 2k vertical, 2k+1 horizontal);
     weight C×T×kh×kw (the kernel size is read from it). Returns N×(G·K)×T×H×W.
     """
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
     _check_correlation(input, offset, weight, stride, padding, dilation, groups, "defcor")
     if _extension.use_extension():
         return torch.ops.sifa.defcor(input, offset, weight, stride, padding, dilation, groups)
@@ -103,7 +103,7 @@ def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair =
     Args: input N×C×T×H×W; offset N×2K×T×H×W; weight (the scores, e.g. defcor's output)
     N×(G·K)×T×H×W. Returns N×C×T×H×W.
     """
-    kernel, stride, padding, dilation = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
+    kernel, stride, padding, dilation = pair(kernel_size), pair(stride), pair(padding), pair(dilation)
     _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, "defagg")
     N, C, T, H, W = input.shape
     expected = (N, groups * kernel[0] * kernel[1], T, H, W)
@@ -126,7 +126,7 @@ def sifa_attention(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPai
     aggregation, and with ``return_scores`` also the N×(G·K)×T×H×W scores (differentiable too).
     An input in ``torch.channels_last_3d`` memory format gets its output in that format, copy-free.
     """
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
     _check_correlation(input, offset, weight, stride, padding, dilation, groups, "sifa_attention")
     if _extension.use_extension():
         out, scores = torch.ops.sifa.sifa_attention(input, offset, weight, stride, padding, dilation, groups)

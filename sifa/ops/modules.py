@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import defagg, defcor, sifa_attention
-from .reference import IntPair, _pair
+from ._utils import IntPair, pair
 
 
 class DefCorFixW(nn.Module):
@@ -14,8 +14,8 @@ class DefCorFixW(nn.Module):
     def __init__(self, in_channels: int, times: int, kernel_size: IntPair, stride: IntPair, padding: IntPair,
                  dilation: IntPair = 1, defcor_groups: int = 1):
         super().__init__()
-        kh, kw = _pair(kernel_size)
-        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        kh, kw = pair(kernel_size)
+        self.stride, self.padding, self.dilation = pair(stride), pair(padding), pair(dilation)
         self.groups = defcor_groups
         self.weight = nn.Parameter(torch.full((in_channels, times, kh, kw), 1.0 / in_channels),
                                    requires_grad=False)
@@ -42,8 +42,8 @@ class DefAgg(nn.Module):
                  dilation: IntPair = 1, defagg_groups: int = 1):
         super().__init__()
         self.in_channels, self.times = in_channels, times
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
+        self.padding, self.dilation = pair(padding), pair(dilation)
         self.groups = defagg_groups
 
     def forward(self, input: Tensor, offset: Tensor, weight: Tensor) -> Tensor:

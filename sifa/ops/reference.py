@@ -6,16 +6,12 @@ autograd differentiates it exactly as the kernels do.
 """
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
-IntPair = Union[int, Tuple[int, int]]
-
-
-def _pair(v: IntPair) -> Tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+from ._utils import IntPair, pair, previous_frame
 
 
 def _bilinear_sample(img: Tensor, py: Tensor, px: Tensor) -> Tensor:
@@ -61,18 +57,13 @@ def _sample_taps(x: Tensor, offset: Tensor, kernel: Tuple[int, int], stride: Tup
     return s.permute(0, 2, 3, 1, 4, 5)
 
 
-def previous_frame(x: Tensor) -> Tensor:
-    """x[:, :, prev(t)] with prev(t) = t−1 and prev(0) = 0 (time on dim 2)."""
-    return torch.cat([x[:, :, :1], x[:, :, :-1]], dim=2)
-
-
 def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 1,
            dilation: IntPair = 1, groups: int = 1) -> Tensor:
     """Deformable correlation: N×(G·K)×T×H×W scores of frame prev(t) against frame t's taps."""
     N, C, T, H, W = input.shape
     kernel = tuple(weight.shape[2:])
     K = kernel[0] * kernel[1]
-    s = _sample_taps(input, offset, kernel, _pair(stride), _pair(padding), _pair(dilation))
+    s = _sample_taps(input, offset, kernel, pair(stride), pair(padding), pair(dilation))
     q = previous_frame(input).unsqueeze(2)                                # N×C×1×T×H×W
     wgt = weight.reshape(C, T, K).permute(0, 2, 1)[None, :, :, :, None, None]  # 1×C×K×T×1×1
     prod = (s * q * wgt).view(N, groups, C // groups, K, T, H, W).sum(2)
@@ -83,9 +74,9 @@ def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair =
            padding: IntPair = 1, dilation: IntPair = 1, groups: int = 1) -> Tensor:
     """Deformable aggregation: frame t's taps weighted by the scores ``weight`` (N×G·K×T×H×W)."""
     N, C, T, H, W = input.shape
-    kernel = _pair(kernel_size)
+    kernel = pair(kernel_size)
     K = kernel[0] * kernel[1]
-    s = _sample_taps(input, offset, kernel, _pair(stride), _pair(padding), _pair(dilation))
+    s = _sample_taps(input, offset, kernel, pair(stride), pair(padding), pair(dilation))
     corr = weight.reshape(N, groups, 1, K, T, H, W)
     out = (s.view(N, groups, C // groups, K, T, H, W) * corr).sum(3)
     return out.reshape(N, C, T, H, W)
