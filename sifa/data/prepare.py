@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from .storage import write_frame_folder, write_lmdb
+from .storage import count_video_frames, write_frame_folder, write_lmdb
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
@@ -44,17 +44,6 @@ def decode_video(path: str, short_side: Optional[int]) -> List[np.ndarray]:
     finally:
         capture.release()
     return frames
-
-
-def count_video_frames(path: str) -> int:
-    capture = cv2.VideoCapture(path)
-    count = 0
-    try:
-        while capture.grab():
-            count += 1
-    finally:
-        capture.release()
-    return count
 
 
 def _convert(job: Tuple[str, str, str, Optional[int]]) -> Tuple[str, int]:

@@ -93,6 +93,18 @@ def read_video_file(video: str, frame_ids: Sequence[int]) -> List[np.ndarray]:
     return [decoded[i] for i in frame_ids]
 
 
+def count_video_frames(video: str) -> int:
+    """The number of frames OpenCV decodes from a video file; 0 when it cannot read the file."""
+    capture = cv2.VideoCapture(video)
+    count = 0
+    try:
+        while capture.grab():
+            count += 1
+    finally:
+        capture.release()
+    return count
+
+
 _READERS: Dict[str, Callable[[str, Sequence[int]], List[np.ndarray]]] = {
     "FRAME": read_frame_folder,
     "LMDB": read_lmdb,

@@ -24,8 +24,7 @@ import torch
 
 from ..config import ConfigError, load_config
 from ..data import FrameReadError, ListFileError, VideoDataset, read_class_names
-from ..data.prepare import count_video_frames
-from ..data.storage import frame_file_name
+from ..data.storage import count_video_frames, frame_file_name
 from ..engine.distributed import DistContext
 from ..engine.evaluate import evaluate
 from ..engine.trainer import CheckpointMismatchError, amp_dtype, eval_dataset, load_network
