@@ -1,4 +1,4 @@
-"""Train and evaluate a video network (SPEC §10).
+"""Train and evaluate a video network (docs/training.md).
 
     python -m torch.distributed.launch --nproc_per_node=K train_val_3d.py --config_file=X.yml
     torchrun --nproc_per_node=K train_val_3d.py --config_file=X.yml
@@ -6,7 +6,7 @@
 """
 import argparse
 
-from sifa.config import load_config
+from sifa.config import check_run_inputs, load_config
 from sifa.engine.distributed import cleanup, init_distributed
 from sifa.engine.trainer import Trainer
 
@@ -26,6 +26,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     cfg = load_config(args.config_file, args.opts)
+    check_run_inputs(cfg, eval_checkpoint=args.eval_only)  # before the process group: fail fast
     ctx = init_distributed(args.local_rank)
     trainer = Trainer(cfg, ctx, eval_only=args.eval_only is not None)
     try:

@@ -22,9 +22,9 @@ SIZES = {  # device -> family -> (batch, frames, crop)
 def build(net_name: str, device: str, mode: str, amp: bool):
     """One training step (SGD) or inference forward of ``net_name`` at the device's input size."""
     import torch
-    from sifa.models import get_model_by_name
+    from sifa.models import get_model_by_name, model_entry
 
-    batch, frames, crop = SIZES[device]["swin" if "swin" in net_name else "resnet"]
+    batch, frames, crop = SIZES[device][model_entry(net_name).family]
     model = get_model_by_name(net_name, num_classes=400, clip_length=frames).to(device)
     x = torch.randn(batch, 3, frames, crop, crop, device=device)
     labels = torch.randint(0, 400, (batch,), device=device)
@@ -35,9 +35,7 @@ def build(net_name: str, device: str, mode: str, amp: bool):
     def step():
         if mode == "train":
             with autocast:
-                out = model(x)
-                outs = out if isinstance(out, list) else [out]
-                loss = sum(torch.nn.functional.cross_entropy(o.float(), labels) for o in outs)
+                loss = sum(torch.nn.functional.cross_entropy(head.float(), labels) for head in model(x))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -57,12 +55,13 @@ def main() -> None:
     args = parser.parse_args()
     import torch
     import sifa.ops
+    from sifa.models import model_entry
     print(f"torch {torch.__version__}, device {args.device}, ops backend {sifa.ops.backend()}, "
           f"threads {torch.get_num_threads()}, amp {args.amp}")
     print("| network | input | pass | ms | baseline ms | time ratio | peak MiB | baseline peak MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for sifa_net, base_net in PAIRS:
-        family = "swin" if "swin" in sifa_net else "resnet"
+        family = model_entry(sifa_net).family
         if args.only and args.only != family:
             continue
         batch, frames, crop = SIZES[args.device][family]

@@ -1,24 +1,32 @@
 """YAML configuration: `base_config/default.yml` <- the experiment's `base:` file <- the experiment.
 
-Sections (`dataset`, `sampler`, ...) only group keys; the merged leaves form one flat namespace.
-Every key must be declared in the default file, and a value must have the type of its default
-(an int is accepted where a float is expected). Errors name the key, the file that set it and the
-closest known key.
+Sections (`dataset`, `sampler`, ...) only group keys; the merged leaves form one flat namespace,
+as in the original (whose own settings file `resume` and `eva_model` under `network:`). Every key
+must be declared in the default file, and a value must have the type of its default (an int is
+accepted where a float is expected); the original's keys that nothing here reads are accepted,
+dropped and warned about (IGNORED_KEYS). Errors name the key, the file that set it and the closest
+known key. `check_run_inputs` adds what a run needs beyond valid values, before any work starts.
 """
 from __future__ import annotations
 
 import difflib
 import json
 import os
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "base_config" / "default.yml"
 
+# The original's keys that nothing reads here: accepted in its files, dropped with a warning.
+IGNORED_KEYS: Dict[str, str] = {
+    "val_video_num": "the evaluation counts the videos of eva_list_file",
+    "num_gpu": "the number of processes is the launcher's (--nproc_per_node); scale base_learning_rate by hand",
+}
 # Keys whose values may take more than the type of their default.
 _EXTRA_TYPES: Dict[str, Tuple[type, ...]] = {
     "resume": (bool, str),
@@ -148,6 +156,9 @@ def load_config(config_file: str | os.PathLike, overrides: Iterable[str] = (),
     sources = {key: str(default_path) for key in defaults}
     for source, flat in layers:
         for key, value in flat.items():
+            if key in IGNORED_KEYS:
+                warnings.warn(f"{source}: key '{key}' is ignored: {IGNORED_KEYS[key]}", stacklevel=2)
+                continue
             if key not in defaults:
                 raise ConfigError(f"{source}: unknown key '{key}'{_closest(key, defaults)}")
             merged[key] = _check_type(key, value, defaults[key], source)
@@ -179,6 +190,25 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
     kernel = cfg["sifa_kernel"]
     if kernel is not None and (not kernel or not all(isinstance(k, int) and k > 0 for k in kernel)):
         fail("sifa_kernel", f"must be null or a list of positive ints, got {kernel!r}")
+
+
+def check_run_inputs(cfg: SimpleNamespace, eval_checkpoint: Optional[str] = None) -> None:
+    """What a run reads, checked before any process group or data loading: training (``eval_checkpoint``
+    None) needs list_file, and eva_list_file when eva_inter; evaluation needs eva_list_file and a
+    checkpoint (``eval_checkpoint``, or eva_model when that is empty)."""
+    def fail(message: str) -> None:
+        raise ConfigError(f"{cfg.config_file}: {message}")
+
+    if eval_checkpoint is None:
+        if not cfg.list_file:
+            fail("list_file is empty: training needs a list of videos")
+        if cfg.eva_inter and not cfg.eva_list_file:
+            fail("eva_inter is true but eva_list_file is empty")
+        return
+    if not cfg.eva_list_file:
+        fail("eva_list_file is empty: evaluation needs a list of videos")
+    if not (eval_checkpoint or cfg.eva_model):
+        fail("--eval_only needs a checkpoint: pass a path or set eva_model")
 
 
 def config_to_dict(cfg: SimpleNamespace) -> Dict[str, Any]:

@@ -1,12 +1,13 @@
 """Configuration: three-layer merge, flat namespace, overrides and their errors."""
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
-from sifa.config import DEFAULT_CONFIG, REPO_ROOT, ConfigError, load_config, parse_override, save_config_json
+from sifa.config import DEFAULT_CONFIG, IGNORED_KEYS, REPO_ROOT, ConfigError, load_config, parse_override, save_config_json
 
-SPEC_KEYS = """time_dim crop_size eva_crop_size eva_num_crop num_workers no_horizontal_flip rand_augment ra_n ra_m
+ORIGINAL_KEYS = """time_dim crop_size eva_crop_size eva_num_crop num_workers no_horizontal_flip rand_augment ra_n ra_m
 use_flow dataset_class format list_file root_path num_classes eva_list_file eva_root_path val_video_num
 warmup_multiplier lr_scheduler lr_decay_rate lr_decay_epochs weight_decay momentum nesterov clip_gradient
 loss_weight num_gpu label_smooth eva_inter eva_inter_freq base_learning_rate warmup_epoch epochs num_clips
@@ -20,10 +21,27 @@ def write(path: Path, data) -> Path:
     return path
 
 
-def test_default_declares_every_spec_key_and_the_new_ones():
+def test_default_declares_every_original_key_but_the_ignored_ones_and_the_new_ones():
     cfg = vars(load_config(DEFAULT_CONFIG))
-    missing = [k for k in SPEC_KEYS + ["class_name_file", "loop_pad"] if k not in cfg]
-    assert missing == []
+    missing = [k for k in ORIGINAL_KEYS + ["class_name_file", "loop_pad"] if k not in cfg and k not in IGNORED_KEYS]
+    assert missing == [] and not set(IGNORED_KEYS) & set(cfg)
+
+
+def test_ignored_original_keys_load_with_a_warning(tmp_path):
+    exp = write(tmp_path / "exp.yml", {"dataset": {"val_video_num": 19881}, "optimizer": {"num_gpu": 8}})
+    with pytest.warns(UserWarning) as caught:
+        cfg = load_config(exp)
+    messages = [str(w.message) for w in caught]
+    assert any("'val_video_num' is ignored" in m and str(exp) in m for m in messages)
+    assert any("'num_gpu' is ignored" in m for m in messages)
+    assert not hasattr(cfg, "val_video_num") and not hasattr(cfg, "num_gpu")
+
+
+def test_the_originals_network_section_holds_resume_and_eva_model(tmp_path):
+    exp = write(tmp_path / "exp.yml", {"network": {"net_name": "c2d_sifa_resnet50", "resume": True,
+                                                   "eva_model": "output/ckpt_epoch_64.pth"}})
+    cfg = load_config(exp)
+    assert (cfg.resume, cfg.eva_model) == (True, "output/ckpt_epoch_64.pth")
 
 
 def test_three_layers_merge_later_wins(tmp_path):
@@ -132,8 +150,10 @@ SHIPPED = sorted((REPO_ROOT / "settings").glob("*.yml"))
 
 
 @pytest.mark.parametrize("setting", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_shipped_settings_load(setting):
-    load_config(setting)
+def test_shipped_settings_load_without_warnings(setting):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(setting)
 
 
 def test_shipped_settings_match_the_spec():

@@ -1,11 +1,11 @@
-"""Data: list files, clip sampling (SPEC §8 formulas), storage formats, transforms, Dataset, synthetic set."""
+"""Data: list files, clip sampling (the formulas of docs/design.md), storage formats, transforms, Dataset, synthetic set."""
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from sifa.data import (ClipTooShortError, FrameReadError, ListFileError, VideoDataset, clip_frame_ids,
+from sifa.data import (ClipTooShortError, FrameReadError, ListFileError, VideoDataset, VideoRecord, clip_frame_ids,
                        read_class_names, read_list_file, eval_offsets, train_offsets)
 from sifa.data import synthetic
 from sifa.data.storage import (frame_file_name, lmdb_key, make_reader, write_frame_folder, write_lmdb,
@@ -269,6 +269,16 @@ def test_dataset_train_items_and_too_short_videos(tiny_set):
     padded = VideoDataset(str(tiny_set / "FRAME.txt"), str(tiny_set / "FRAME"), "FRAME", 8, 2, 1,
                           EvalClipTransform(16), train=False, loop_pad=True)
     assert padded[0][0].shape == (3, 8, 16, 16)
+
+
+def test_dataset_of_records_equals_that_of_their_list_file(tiny_set):
+    records = read_list_file(tiny_set / "FRAME.txt")
+    given = [VideoRecord(r.path, r.num_frames, r.label) for r in records]
+    from_file, from_records = (VideoDataset(videos, str(tiny_set / "FRAME"), "FRAME", 4, 2, 1, EvalClipTransform(16),
+                                            train=False) for videos in (str(tiny_set / "FRAME.txt"), given))
+    assert torch.equal(from_file[1][0], from_records[1][0]) and from_records.labels().tolist() == [0, 1, 2]
+    with pytest.raises(ClipTooShortError, match=r"^video 'class 0/video 0' has 12 frames"):
+        VideoDataset(given, str(tiny_set / "FRAME"), "FRAME", 8, 2, 1, EvalClipTransform(16), train=False)
 
 
 # ------------------------------------------------------------------------------------------ synthetic

@@ -1,4 +1,4 @@
-"""Tools of tracker issue 6: predict, visualize and plot_log on a checkpoint trained here."""
+"""Tools: predict, visualize and plot_log on a checkpoint trained here."""
 import json
 import os
 
@@ -66,7 +66,7 @@ def wide_video(run):
 
 
 def independent_scores(model, video_path):
-    """Softmax of both heads averaged over 2 clips x 3 crops, views built from the SPEC §8 formulas."""
+    """Softmax of both heads averaged over 2 clips x 3 crops, views placed by the test-clip formula (docs/design.md)."""
     capture = cv2.VideoCapture(video_path)
     decoded = []
     while True:

@@ -1,6 +1,7 @@
-"""ImageNet weight transfer (SPEC §7): torchvision ResNet and Swin (official and timm layouts)."""
+"""ImageNet weight transfer (torchvision ResNet, Swin in the official and timm layouts) and checkpoint loading."""
 from __future__ import annotations
 
+import copy
 import re
 from typing import Dict, Set
 
@@ -10,8 +11,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from sifa.models import (get_model_by_name, load_state_dict_logged, remove_defcor_weight, remove_fc,
-                         transfer_weights)
+from sifa.models import (CheckpointMismatchError, get_model_by_name, load_weights, remove_defcor_weight, remove_fc,
+                         state_dict_of, transfer_weights)
 
 
 def keys_matching(model: torch.nn.Module, pattern: str) -> Set[str]:
@@ -45,7 +46,7 @@ def test_resnet_transfer_sifa(resnet50_2d: torchvision.models.ResNet) -> None:
     sd2d = resnet50_2d.state_dict()
     sd = remove_fc("c2d_sifa_resnet50", transfer_weights("c2d_sifa_resnet50", sd2d))
     model = get_model_by_name("c2d_sifa_resnet50")
-    missing, unexpected = load_state_dict_logged(model, sd)
+    missing, unexpected = load_weights(model, sd, strict=False)
     expected_missing = keys_matching(model, r"(\.fc[12]\.|conv_offset\.weight|def_cor\.weight|^fc\.|^fc_dual\.)")
     assert set(missing) == expected_missing and unexpected == []
     state = model.state_dict()
@@ -59,13 +60,12 @@ def test_resnet_transfer_sifa(resnet50_2d: torchvision.models.ResNet) -> None:
 
 def test_plain_c2d_on_a_static_clip_equals_the_2d_network(resnet50_2d: torchvision.models.ResNet) -> None:
     model = get_model_by_name("c2d_resnet50", num_classes=1000, clip_length=4).eval()
-    missing, unexpected = load_state_dict_logged(model, transfer_weights("c2d_resnet50", resnet50_2d.state_dict()))
+    missing, unexpected = load_weights(model, transfer_weights("c2d_resnet50", resnet50_2d.state_dict()))
     assert missing == [] and unexpected == []
     frame = torch.randn(2, 3, 96, 96, dtype=torch.float64)  # double: 2-D and 3-D convs sum in other orders
     with torch.no_grad():
-        video_logits = model.double()(frame.unsqueeze(2).expand(-1, -1, 4, -1, -1))
-        torch.testing.assert_close(video_logits, resnet50_2d.double()(frame))
-    resnet50_2d.float()
+        (video_logits,) = model.double()(frame.unsqueeze(2).expand(-1, -1, 4, -1, -1))
+        torch.testing.assert_close(video_logits, copy.deepcopy(resnet50_2d).double()(frame))
 
 
 def test_remove_defcor_weight_allows_another_clip_length() -> None:
@@ -73,10 +73,35 @@ def test_remove_defcor_weight_allows_another_clip_length() -> None:
     model32 = get_model_by_name("c2d_sifa_resnet50", num_classes=10, clip_length=32)
     with pytest.raises(RuntimeError, match="def_cor.weight"):
         model32.load_state_dict(sd16, strict=False)
-    missing, unexpected = load_state_dict_logged(model32, remove_defcor_weight("c2d_sifa_resnet50", sd16))
+    missing, unexpected = load_weights(model32, remove_defcor_weight("c2d_sifa_resnet50", sd16), strict=False)
     assert set(missing) == keys_matching(model32, r"def_cor\.weight$") and unexpected == []
+    with pytest.raises(CheckpointMismatchError, match="def_cor.weight depends on the clip length"):
+        load_weights(model32, sd16)
+    assert load_weights(model32, sd16, skip=("def_cor.weight",)) == ([], [])
     no_fc = remove_fc("c2d_sifa_resnet50", {"model": sd16})
     assert set(sd16) - set(no_fc) == {"fc.weight", "fc.bias", "fc_dual.weight", "fc_dual.bias"}
+
+
+def test_checkpoint_layouts_unwrap_alike() -> None:
+    sd = {"fc.weight": torch.zeros(2, 3)}
+    prefixed = {"module.fc.weight": sd["fc.weight"]}
+    for checkpoint in (sd, {"model": sd}, {"state_dict": sd}, {"model": prefixed, "epoch": 3}):
+        assert state_dict_of(checkpoint) == sd
+
+
+def test_strict_loading_names_missing_unexpected_and_misshaped_keys() -> None:
+    model = get_model_by_name("c2d_resnet50", num_classes=3, clip_length=4)
+    state = model.state_dict()
+    del state["layer1.0.conv1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    state["fc.weight"] = torch.zeros(7, 2048)
+    checkpoint = {"model": state, "config": {"net_name": "c2d_sifa_resnet50"}}
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_weights(model, checkpoint, source="checkpoint x.pth")
+    assert str(err.value) == (
+        "checkpoint x.pth does not fit c2d_resnet50: missing keys: layer1.0.conv1.weight; unexpected keys: "
+        "extra.weight; shape mismatches (checkpoint vs network): fc.weight (7, 2048) vs (3, 2048); "
+        "the checkpoint was trained as c2d_sifa_resnet50")
 
 
 def timm_to_official(sd: Dict[str, torch.Tensor], timm_model: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -102,7 +127,7 @@ def test_swin_transfer_sifa(swin_base_2d: torch.nn.Module, layout: str) -> None:
     checkpoint = {"model": timm_to_official(sd2d, swin_base_2d)} if layout == "official" else sd2d
     sd = remove_fc("c2d_sifa_swin_vit_b_p4_w7", transfer_weights("c2d_sifa_swin_vit_b_p4_w7", checkpoint))
     model = get_model_by_name("c2d_sifa_swin_vit_b_p4_w7", clip_length=8)
-    missing, unexpected = load_state_dict_logged(model, sd)
+    missing, unexpected = load_weights(model, sd, strict=False)
     expected = r"(def_cor\.weight|tda_norm\.|^fc\.)"
     if layout == "timm":  # timm does not save the derived constant buffers; ours are computed at build
         expected = r"(def_cor\.weight|tda_norm\.|^fc\.|relative_position_index|attn_mask)"
@@ -115,15 +140,16 @@ def test_swin_transfer_sifa(swin_base_2d: torch.nn.Module, layout: str) -> None:
 
 
 def test_plain_c2d_swin_on_a_static_clip_equals_the_2d_swin(swin_base_2d: torch.nn.Module) -> None:
-    swin_base_2d.patch_embed.norm = torch.nn.Identity()  # the C2D Swin has no patch norm
+    swin_2d = copy.deepcopy(swin_base_2d)
+    swin_2d.patch_embed.norm = torch.nn.Identity()  # the C2D Swin has no patch norm
     model = get_model_by_name("c2d_swin_vit_b_p4_w7", num_classes=1000, clip_length=4).eval()
-    missing, unexpected = load_state_dict_logged(
-        model, transfer_weights("c2d_swin_vit_b_p4_w7", swin_base_2d.state_dict()))
+    missing, unexpected = load_weights(model, transfer_weights("c2d_swin_vit_b_p4_w7", swin_2d.state_dict()),
+                                       strict=False)
     assert set(missing) == keys_matching(model, r"(relative_position_index|attn_mask)") and unexpected == []
     frame = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(model(frame.unsqueeze(2).expand(-1, -1, 4, -1, -1)), swin_base_2d(frame),
-                                   rtol=1e-4, atol=1e-4)
+        (video_logits,) = model(frame.unsqueeze(2).expand(-1, -1, 4, -1, -1))
+        torch.testing.assert_close(video_logits, swin_2d(frame), rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_network_is_rejected() -> None:

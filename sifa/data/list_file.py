@@ -18,7 +18,12 @@ class VideoRecord:
     path: str
     num_frames: int
     label: int
-    line: int  # 1-based line in the list file, for error messages
+    line: int = 0  # 1-based line in list_file; both only name a listed video in error messages
+    list_file: str = ""
+
+    def where(self) -> str:
+        """``'<list file>, line <n>: '`` for a listed video, ``''`` for one given directly."""
+        return f"{self.list_file}, line {self.line}: " if self.list_file else ""
 
 
 def read_list_file(list_file: str | os.PathLike, num_classes: Optional[int] = None) -> List[VideoRecord]:
@@ -44,7 +49,7 @@ def read_list_file(list_file: str | os.PathLike, num_classes: Optional[int] = No
                                 f"got {num_frames}")
         if label < 0 or (num_classes is not None and label >= num_classes):
             raise ListFileError(f"{list_file}, line {number}: label {label} outside [0, {num_classes})")
-        records.append(VideoRecord(path, num_frames, label, number))
+        records.append(VideoRecord(path, num_frames, label, number, str(list_file)))
     if not records:
         raise ListFileError(f"list file is empty: {list_file}")
     return records

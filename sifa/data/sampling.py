@@ -1,4 +1,4 @@
-"""Clip offsets (SPEC §8).
+"""Clip offsets (docs/design.md, "Clip sampling").
 
 A clip has `clip_length` frames taken every `num_steps` frames, in each of `num_segments` equal
 segments. E = clip_length * num_steps is the extent of one clip, A = duration // num_segments the
@@ -15,13 +15,14 @@ class ClipTooShortError(ValueError):
     """A video shorter than the extent of one clip (and loop padding is off)."""
 
 
-def _check_length(duration: int, extent: int, video: str, loop_pad: bool) -> bool:
-    """True when the video is long enough; False when loop padding takes over."""
+def check_clip_fits(duration: int, extent: int, video: str, loop_pad: bool, where: str = "") -> bool:
+    """True when a clip of ``extent`` frames fits in the video; False when it does not and loop padding
+    wraps it around; else a ClipTooShortError names the video (after ``where``, e.g. its list-file line)."""
     if duration >= extent:
         return True
     if loop_pad:
         return False
-    raise ClipTooShortError(f"video '{video}' has {duration} frames, fewer than clip_length x num_steps = "
+    raise ClipTooShortError(f"{where}video '{video}' has {duration} frames, fewer than clip_length x num_steps = "
                             f"{extent}; set loop_pad: true to wrap such videos around")
 
 
@@ -34,7 +35,7 @@ def train_offsets(duration: int, clip_length: int, num_steps: int, num_segments:
                   loop_pad: bool = False, generator: Optional[torch.Generator] = None) -> List[int]:
     extent = clip_length * num_steps
     segment = duration // num_segments
-    if not _check_length(duration, extent, video, loop_pad):
+    if not check_clip_fits(duration, extent, video, loop_pad):
         return [0] * num_segments
     if segment >= extent:
         return [_randint(0, segment - extent, generator) + s * segment for s in range(num_segments)]
@@ -47,7 +48,7 @@ def eval_offsets(duration: int, clip_length: int, num_steps: int, num_segments: 
                  num_clips: int, video: str = "", loop_pad: bool = False) -> List[int]:
     extent = clip_length * num_steps
     segment = duration // num_segments
-    if not _check_length(duration, extent, video, loop_pad):
+    if not check_clip_fits(duration, extent, video, loop_pad):
         return [0] * num_segments
     if segment >= extent:
         return [(segment - extent) * clip_index // num_clips + s * segment for s in range(num_segments)]

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .list_file import read_list_file
-from .sampling import ClipTooShortError, clip_frame_ids, eval_offsets, train_offsets
+from .list_file import VideoRecord, read_list_file
+from .sampling import check_clip_fits, clip_frame_ids, eval_offsets, train_offsets
 from .storage import make_reader
 
 
@@ -17,16 +17,15 @@ class VideoDataset(Dataset):
     """Training: one randomly placed clip per video. Testing: every (video, clip, crop) view.
 
     Items are (clip, label, video index); the video index lets evaluation merge the views of a
-    video after they were spread over processes.
+    video after they were spread over processes. ``videos`` is a list file or its records.
     """
 
-    def __init__(self, list_file: str, root_path: str, storage_format: str, clip_length: int,
-                 num_steps: int, num_segments: int, transform: Callable, train: bool,
+    def __init__(self, videos: str | os.PathLike | Sequence[VideoRecord], root_path: str, storage_format: str,
+                 clip_length: int, num_steps: int, num_segments: int, transform: Callable, train: bool,
                  num_clips: int = 1, num_crops: int = 1, loop_pad: bool = False,
                  num_classes: Optional[int] = None):
-        self.list_file = list_file
         self.root_path = root_path
-        self.records = read_list_file(list_file, num_classes)
+        self.records = read_list_file(videos, num_classes) if isinstance(videos, (str, os.PathLike)) else list(videos)
         self.read = make_reader(storage_format)
         self.clip_length = clip_length
         self.num_steps = num_steps
@@ -36,14 +35,8 @@ class VideoDataset(Dataset):
         self.num_clips = 1 if train else num_clips
         self.num_crops = 1 if train else num_crops
         self.loop_pad = loop_pad
-        extent = clip_length * num_steps
-        if not loop_pad:
-            for record in self.records:
-                if record.num_frames < extent:
-                    raise ClipTooShortError(
-                        f"{list_file}, line {record.line}: video '{record.path}' has {record.num_frames} "
-                        f"frames, fewer than clip_length x num_steps = {extent}; set loop_pad: true to wrap "
-                        f"such videos around")
+        for record in self.records:  # fail now, not in a data-loader worker
+            check_clip_fits(record.num_frames, clip_length * num_steps, record.path, loop_pad, record.where())
 
     @property
     def num_videos(self) -> int:

@@ -1,8 +1,8 @@
-"""Checkpoints: atomic writes, weights-only loading, and resumption with RNG states.
+"""Training checkpoints: atomic writes and resumption with RNG states.
 
-A checkpoint holds only tensors and plain Python data, so `torch.load(weights_only=True)` reads
-it without running pickled code. The RNG states of every rank are stored so that training
-continued from a checkpoint draws the same random numbers as an uninterrupted run.
+A checkpoint holds only tensors and plain Python data, so `sifa.models.load_checkpoint` reads it
+weights-only, without running pickled code. The RNG states of every rank are stored so that
+training continued from a checkpoint draws the same random numbers as an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -69,18 +69,6 @@ def save_checkpoint(output_dir: str, epoch: int, save_freq: int, model: torch.nn
         shutil.copyfile(current, kept + ".tmp")
         os.replace(kept + ".tmp", kept)
     return current
-
-
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def model_state_from(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """Network weights of a training checkpoint or of a bare state dict, without DDP's 'module.' prefix."""
-    state = checkpoint["model"] if "model" in checkpoint else checkpoint
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def resume_path(resume: Any, output_dir: str) -> Optional[str]:

@@ -1,4 +1,4 @@
-"""Multi-view evaluation, sharded over all ranks (SPEC §10, §11).
+"""Multi-view evaluation, sharded over all ranks (docs/training.md, "Evaluation").
 
 Every rank scores a strided share of the (video, clip, crop) views; the scores are gathered and
 each video's softmax scores are averaged over its views and over both heads of a dual-head
@@ -7,7 +7,7 @@ network. The number of videos comes from the list file.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Union
+from typing import List
 
 import numpy as np
 import torch
@@ -25,11 +25,9 @@ class EvalResult:
     labels: np.ndarray  # num_videos
 
 
-def view_probabilities(outputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
-    """Softmax of the logits; for a list of heads, the mean of their softmaxes."""
-    if isinstance(outputs, (list, tuple)):
-        return torch.stack([o.float().softmax(dim=1) for o in outputs]).mean(dim=0)
-    return outputs.float().softmax(dim=1)
+def view_probabilities(outputs: List[torch.Tensor]) -> torch.Tensor:
+    """The mean of the softmaxes of the network's heads."""
+    return torch.stack([o.float().softmax(dim=1) for o in outputs]).mean(dim=0)
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:

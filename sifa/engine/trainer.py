@@ -1,37 +1,31 @@
-"""Training and evaluation runs of `train_val_3d.py` (SPEC §10)."""
+"""The training loop and the evaluation runs of `train_val_3d.py` (docs/training.md)."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
-import logging
 import os
-import random
-import sys
 import time
 import warnings
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, List, Optional
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
-from ..config import config_to_dict, save_config_json
+from ..config import check_run_inputs, config_to_dict, save_config_json
 from ..data import VideoDataset, read_class_names
-from ..data.synthetic import generate as generate_synthetic
-from ..data.transforms import EvalClipTransform, TrainClipTransform
-from ..models import get_model_by_name, remove_defcor_weight, remove_fc, transfer_weights
-from .checkpoint import (capture_rng_state, load_checkpoint, model_state_from, restore_rng_state, resume_path,
-                         save_checkpoint)
+from ..data.build import build_eval_dataset, build_train_dataset, prepare_synthetic_data
+from ..models.build import build_model, freeze_bn, load_network, load_pretrained
+from ..models.weights import load_checkpoint, load_weights
+from .checkpoint import capture_rng_state, restore_rng_state, resume_path, save_checkpoint
 from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks
 from .evaluate import EvalResult, evaluate
 from .optim import build_optimizer, build_scheduler
+from .runtime import amp_dtype, seed_everything, setup_logger
 
-LOG_FILE = "log.txt"
 CONFIG_JSON = "config.json"
 EVAL_ONLY_CONFIG_JSON = "eval_only_config.json"
 VAL_JSON = "val_accuracy.json"
@@ -39,155 +33,9 @@ EVAL_ONLY_JSON = "eval_only_accuracy.json"
 EVAL_ONLY_SCORES = "eval_only_scores.pt"
 
 
-def setup_logger(output_dir: str, ctx: DistContext) -> logging.Logger:
-    """Rank 0 logs to the console and <output_dir>/log.txt; other ranks only print warnings."""
-    logger = logging.getLogger("sifa")
-    logger.handlers.clear()
-    logger.propagate = False
-    logger.setLevel(logging.INFO if ctx.is_main else logging.WARNING)
-    formatter = logging.Formatter(f"[%(asctime)s rank{ctx.rank}] %(message)s", "%m-%d %H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(formatter)
-    logger.addHandler(console)
-    if ctx.is_main:
-        file_handler = logging.FileHandler(os.path.join(output_dir, LOG_FILE))
-        file_handler.setFormatter(formatter)
-        logger.addHandler(file_handler)
-    return logger
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def load_weights_file(path: str) -> Dict[str, Any]:
-    """Weights-only load; the original's checkpoints also hold an argparse.Namespace of options."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return load_checkpoint(path)
-
-
-def amp_dtype(cfg: SimpleNamespace, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype, or None: mixed precision is used on GPU only."""
-    if device.type != "cuda" or cfg.amp == "none":
-        return None
-    return torch.float16 if cfg.amp == "fp16" else torch.bfloat16
-
-
-def prepare_synthetic_data(cfg: SimpleNamespace, ctx: DistContext, logger: logging.Logger) -> None:
-    """Generate the synthetic data set into synthetic_dir unless its list files already exist."""
-    if not cfg.synthetic_dir:
-        return
-    needed = [cfg.list_file, cfg.eva_list_file] + ([cfg.class_name_file] if cfg.class_name_file else [])
-    if ctx.is_main and not all(os.path.isfile(p) for p in needed):
-        tic = time.time()
-        generate_synthetic(cfg.synthetic_dir, cfg.num_classes, cfg.synthetic_videos_per_class,
-                           cfg.synthetic_val_videos_per_class, cfg.synthetic_frames, cfg.synthetic_size,
-                           cfg.synthetic_seed)
-        logger.info(f"generated the synthetic data set in {cfg.synthetic_dir} ({time.time() - tic:.1f}s)")
-    barrier(ctx)
-
-
-def train_dataset(cfg: SimpleNamespace) -> VideoDataset:
-    transform = TrainClipTransform(cfg.crop_size, cfg.no_horizontal_flip, cfg.rand_augment, cfg.ra_n, cfg.ra_m,
-                                   cfg.time_dim)
-    return VideoDataset(cfg.list_file, cfg.root_path, cfg.format, cfg.clip_length, cfg.num_steps, cfg.num_segments,
-                        transform, train=True, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes)
-
-
-def eval_dataset(cfg: SimpleNamespace, final: bool) -> VideoDataset:
-    """Between epochs: num_clips x 1 center crop at crop_size; final (--eval_only): the eva_* views."""
-    if final:
-        crop, crops, clips, segments = cfg.eva_crop_size, cfg.eva_num_crop, cfg.eva_num_clips, cfg.eva_num_segments
-    else:
-        crop, crops, clips, segments = cfg.crop_size, 1, cfg.num_clips, cfg.num_segments
-    return VideoDataset(cfg.eva_list_file, cfg.eva_root_path or cfg.root_path, cfg.format, cfg.clip_length,
-                        cfg.num_steps, segments, EvalClipTransform(crop, crops, cfg.time_dim), train=False,
-                        num_clips=clips, num_crops=crops, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes)
-
-
-def build_model(cfg: SimpleNamespace, num_segments: int) -> torch.nn.Module:
-    return get_model_by_name(cfg.net_name, pooling_arch=None, num_classes=cfg.num_classes,
-                             dropout_ratio=cfg.dropout_ratio, clip_length=num_segments * cfg.clip_length,
-                             sifa_kernel=cfg.sifa_kernel)
-
-
-SHOWN_KEYS = 8  # keys named in a mismatch message before "(and N more)"
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint whose entries do not fit the configured network."""
-
-
-def _key_summary(keys: Sequence[str]) -> str:
-    shown = ", ".join(keys[:SHOWN_KEYS])
-    return shown + (f" (and {len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
-
-
-def load_network(cfg: SimpleNamespace, checkpoint: str, device: torch.device) -> torch.nn.Module:
-    """The configured network (at eva_num_segments) with the checkpoint's weights, in eval mode."""
-    raw = load_weights_file(checkpoint)
-    state = model_state_from(raw)
-    if cfg.remove_defcor_weight:
-        state = remove_defcor_weight(cfg.net_name, state)
-    model = build_model(cfg, cfg.eva_num_segments)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state
-               and not (cfg.remove_defcor_weight and k.endswith("def_cor.weight"))]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                   if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {_key_summary(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {_key_summary(unexpected)}")
-        if wrong_shape:
-            problems.append(f"shape mismatches (checkpoint vs network): {_key_summary(wrong_shape)}")
-        trained = raw.get("config", {}) if isinstance(raw.get("config"), dict) else {}
-        hint = ""
-        if trained.get("net_name") not in (None, cfg.net_name):
-            hint = f"; the checkpoint was trained as {trained['net_name']}"
-        elif any("def_cor.weight" in entry for entry in wrong_shape):
-            hint = "; def_cor.weight depends on the clip length: set remove_defcor_weight=true to drop it"
-        raise CheckpointMismatchError(f"checkpoint {checkpoint} does not fit {cfg.net_name} "
-                                      f"(num_classes={cfg.num_classes}): " + "; ".join(problems) + hint)
-    model.load_state_dict(state, strict=False)
-    return model.to(device).eval()
-
-
-def load_pretrained(model: torch.nn.Module, cfg: SimpleNamespace, logger: logging.Logger) -> None:
-    state = model_state_from(load_weights_file(cfg.pretrained_model))
-    if cfg.transfer_weights:
-        state = transfer_weights(cfg.net_name, state)
-    if cfg.remove_fc:
-        state = remove_fc(cfg.net_name, state)
-    if cfg.remove_defcor_weight:
-        state = remove_defcor_weight(cfg.net_name, state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    logger.info(f"loaded pretrained weights from {cfg.pretrained_model}")
-    logger.info(f"missing keys ({len(missing)}): {missing}")
-    logger.info(f"unexpected keys ({len(unexpected)}): {unexpected}")
-
-
-def freeze_bn(model: torch.nn.Module) -> List[torch.nn.Module]:
-    """Freeze every BatchNorm but the first (statistics and affine parameters), as the original does."""
-    frozen = []
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for module in norms[1:]:
-        for parameter in module.parameters():
-            parameter.requires_grad = False
-        frozen.append(module)
-    return frozen
-
-
-def classification_loss(outputs: Union[torch.Tensor, Sequence[torch.Tensor]], labels: torch.Tensor,
-                        criterion: torch.nn.Module) -> torch.Tensor:
-    """Sum of the cross-entropies of all heads (main + dual for SIFA-Net)."""
-    heads = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    return sum(criterion(head.float(), labels) for head in heads)
+def classification_loss(outputs: List[torch.Tensor], labels: torch.Tensor, criterion: torch.nn.Module) -> torch.Tensor:
+    """Sum of the cross-entropies of the network's heads (main + dual for SIFA-Net)."""
+    return sum(criterion(head.float(), labels) for head in outputs)
 
 
 def _write_json(path: str, data: Any) -> None:
@@ -209,7 +57,11 @@ class Trainer:
         seed_everything(cfg.seed + ctx.rank)
         self.amp_dtype = amp_dtype(cfg, ctx.device)
         self.writer = SummaryWriter(log_dir=cfg.output_dir) if ctx.is_main else None
-        prepare_synthetic_data(cfg, ctx, self.logger)
+        if ctx.is_main:
+            tic = time.time()
+            if prepare_synthetic_data(cfg):
+                self.logger.info(f"generated the synthetic data set in {cfg.synthetic_dir} ({time.time() - tic:.1f}s)")
+        barrier(ctx)
         self.class_names = read_class_names(cfg.class_name_file, cfg.num_classes) if cfg.class_name_file else None
 
     def close(self) -> None:
@@ -219,10 +71,9 @@ class Trainer:
     # ----------------------------------------------------------------------------- evaluation only
     def evaluate_checkpoint(self, path: str) -> EvalResult:
         cfg, ctx = self.cfg, self.ctx
+        check_run_inputs(cfg, eval_checkpoint=path)
         path = path or cfg.eva_model
-        if not path:
-            raise ValueError("--eval_only needs a checkpoint: pass a path or set eva_model")
-        dataset = eval_dataset(cfg, final=True)
+        dataset = build_eval_dataset(cfg, final=True)
         model = load_network(cfg, path, ctx.device)
         self.logger.info(f"evaluating {path}: {dataset.num_videos} videos x {cfg.eva_num_clips} clips x "
                          f"{cfg.eva_num_crop} crops at {cfg.eva_crop_size}px on {ctx.world_size} process(es)")
@@ -242,10 +93,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------ training
     def train(self) -> Optional[EvalResult]:
         cfg, ctx, logger = self.cfg, self.ctx, self.logger
-        if cfg.eva_inter and not cfg.eva_list_file:
-            raise ValueError("eva_inter is true but eva_list_file is empty")
-        train_set = train_dataset(cfg)
-        val_set = eval_dataset(cfg, final=False) if cfg.eva_inter else None
+        check_run_inputs(cfg)
+        train_set = build_train_dataset(cfg)
+        val_set = build_eval_dataset(cfg, final=False) if cfg.eva_inter else None
         sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                      seed=cfg.seed)
         loader_generator = torch.Generator()
@@ -260,7 +110,7 @@ class Trainer:
 
         model = build_model(cfg, cfg.num_segments)
         if cfg.pretrained_model:
-            load_pretrained(model, cfg, logger)
+            load_pretrained(model, cfg)
         frozen_norms = freeze_bn(model) if cfg.frozen_bn else []
         model.to(ctx.device)
         optimizer = build_optimizer(model.parameters(), cfg)
@@ -300,8 +150,8 @@ class Trainer:
     def _resume(self, path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                 scaler: torch.amp.GradScaler) -> int:
         cfg, ctx = self.cfg, self.ctx
-        checkpoint = load_weights_file(path)
-        model.load_state_dict(model_state_from(checkpoint))
+        checkpoint = load_checkpoint(path)
+        load_weights(model, checkpoint, strict=True, source=f"checkpoint {path}")
         # `reverse`: checkpoints whose optimizer and scheduler entries were stored under each other's key.
         optimizer_key, scheduler_key = ("scheduler", "optimizer") if cfg.reverse else ("optimizer", "scheduler")
         optimizer.load_state_dict(checkpoint[optimizer_key])

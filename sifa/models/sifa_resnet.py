@@ -1,17 +1,18 @@
-"""C2D ResNets: SIFA-Net (SPEC §2-4) and the plain C2D baseline.
+"""C2D ResNets: SIFA-Net and the plain C2D baseline (docs/design.md, "SIFA-Net").
 
 Layout and attribute names follow the original so its checkpoints load unchanged.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..ops import DefAgg, DefCorFixW
+from ..ops import DefCorFixW
 from .registry import register_model
 from .temporal import check_clip_length, check_video, previous_frame, shift_back
+from .transfer import transfer_resnet, transfer_sifa_resnet
 
 EARLY_STRIDE = 4  # frames folded by the stem's temporal kernel/stride
 DEFAULT_SIFA_KERNEL = (1, 3, 3, 3)
@@ -56,7 +57,7 @@ class Bottleneck(nn.Module):
 
 
 class GBottleneck(Bottleneck):
-    """Bottleneck whose residual sum also adds a global-context vector (SPEC §3)."""
+    """Bottleneck whose residual sum also adds a global-context vector (docs/design.md, "Blocks")."""
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1):
         super().__init__(inplanes, planes, stride)
@@ -72,7 +73,11 @@ class GBottleneck(Bottleneck):
 
 
 class SIFABottleneck(Bottleneck):
-    """Bottleneck with the SIFA step after conv2 (SPEC §2): frame t attends to frame t+1."""
+    """Bottleneck with the SIFA step after conv2 (docs/design.md, "Blocks"): frame t attends to frame t+1.
+
+    The original also holds a ``def_agg`` module; it has no parameters or buffers, so the state dict
+    lacks it, and the fused op computes the aggregation: the block has none.
+    """
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, times: int = 4, kernel_size: int = 3,
                  dilation: int = 1, groups: int = 1):
@@ -81,7 +86,6 @@ class SIFABottleneck(Bottleneck):
         self.conv_offset = nn.Conv3d(planes, 2 * kernel_size * kernel_size, (1, 3, 3), padding=(0, 1, 1),
                                      bias=False)
         self.def_cor = DefCorFixW(planes, times, kernel_size, 1, pad, dilation, groups)
-        self.def_agg = DefAgg(planes, times, kernel_size, 1, pad, dilation, groups)
 
     def inter_frame(self, f: Tensor) -> Tensor:
         guide = torch.sigmoid(f - previous_frame(f)) * f + f
@@ -109,8 +113,9 @@ class C2DResNet(nn.Module):
     """Stem (4×7×7, temporal stride 4) and four stages of C2D bottlenecks.
 
     With ``sifa_kernel`` set, stages 2-4 alternate GBottleneck / SIFABottleneck and a dual branch
-    (``maxpool_dual`` + ``layer4_dual`` at half the frames) adds a second head; forward then
-    returns ``[logits_main, logits_dual]``, else a single logits tensor.
+    (``maxpool_dual`` + ``layer4_dual`` at half the frames) adds a second head. Every network
+    returns a list of per-head logits: ``[logits_main, logits_dual]`` here, ``[logits]`` for the
+    plain baseline.
     """
 
     def __init__(self, layers: Sequence[int], num_classes: int = 400, dropout_ratio: float = 0.5,
@@ -162,27 +167,35 @@ class C2DResNet(nn.Module):
                                           kernel_size=self.sifa_kernel[stage]))
         return nn.Sequential(*out)
 
-    def _head(self, x: Tensor, fc: nn.Linear) -> Tensor:
-        return fc(self.dropout(x.mean(dim=(2, 3, 4))))
-
-    def forward(self, x: Tensor) -> Union[Tensor, List[Tensor]]:
+    def forward_features(self, x: Tensor) -> List[Tensor]:
+        """N×3×L×H×W video -> the last feature map of each branch (main, then dual), N×2048×T×h×w."""
         if self.sifa:
             check_video(self.name, x, 2 * EARLY_STRIDE, frames=self.clip_length)
         else:
             check_video(self.name, x, EARLY_STRIDE)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer3(self.layer2(self.layer1(x)))
-        logits = self._head(self.layer4(x), self.fc)
         if not self.sifa:
-            return logits
-        return [logits, self._head(self.layer4_dual(self.maxpool_dual(x)), self.fc_dual)]
+            return [self.layer4(x)]
+        return [self.layer4(x), self.layer4_dual(self.maxpool_dual(x))]
+
+    def forward_head(self, features: List[Tensor], pre_logits: bool = False) -> List[Tensor]:
+        """Per branch: average over T×H×W, dropout, then its classifier (``fc``, ``fc_dual``) unless ``pre_logits``."""
+        pooled = [self.dropout(f.mean(dim=(2, 3, 4))) for f in features]
+        if pre_logits:
+            return pooled
+        classifiers = [self.fc, self.fc_dual] if self.sifa else [self.fc]
+        return [fc(p) for fc, p in zip(classifiers, pooled)]
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        return self.forward_head(self.forward_features(x))
 
 
 def _sifa_kernel(sifa_kernel: Optional[Sequence[int]]) -> List[int]:
     return list(DEFAULT_SIFA_KERNEL if sifa_kernel is None else sifa_kernel)
 
 
-@register_model
+@register_model("resnet", transfer_sifa_resnet)
 def c2d_sifa_resnet50(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                       sifa_kernel: Optional[Sequence[int]] = None) -> C2DResNet:
     """C2D-SIFA-ResNet-50 (blocks [3, 4, 6, 3])."""
@@ -190,7 +203,7 @@ def c2d_sifa_resnet50(num_classes: int = 400, dropout_ratio: float = 0.5, clip_l
                      name="c2d_sifa_resnet50")
 
 
-@register_model
+@register_model("resnet", transfer_sifa_resnet)
 def c2d_sifa_resnet101(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                        sifa_kernel: Optional[Sequence[int]] = None) -> C2DResNet:
     """C2D-SIFA-ResNet-101 (blocks [3, 4, 23, 3])."""
@@ -198,7 +211,7 @@ def c2d_sifa_resnet101(num_classes: int = 400, dropout_ratio: float = 0.5, clip_
                      name="c2d_sifa_resnet101")
 
 
-@register_model
+@register_model("resnet", transfer_resnet)
 def c2d_resnet50(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                  sifa_kernel: Optional[Sequence[int]] = None) -> C2DResNet:
     """Plain C2D ResNet-50 baseline; ``sifa_kernel`` is accepted (one config drives every network) and unused."""

@@ -1,20 +1,22 @@
-"""C2D Swin Transformers (patch 4, window 7, 224²) with and without SIFA (SPEC §5).
+"""C2D Swin Transformers (patch 4, window 7, 224²) with and without SIFA (docs/design.md, "SIFA-Transformer").
 
-Built from timm's Swin block, window attention and patch merging; the state-dict layout is the
-original's (official Swin naming, ``layers.i.downsample`` at the end of stage i, head ``fc``).
+Built from timm's Swin block, window attention and patch merging (public API only); the state-dict
+layout is the original's (official Swin naming, ``layers.i.downsample`` at the end of stage i,
+head ``fc``).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from timm.layers import trunc_normal_
-from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
+from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
 from torch import Tensor, nn
 
-from ..ops import DefAgg, DefCorFixW
+from ..ops import DefCorFixW
 from .registry import register_model
 from .temporal import check_clip_length, check_video, shift_back
+from .transfer import transfer_sifa_swin, transfer_swin
 
 EARLY_STRIDE = 4  # frames folded into one token by the patch embedding
 PATCH_SIZE = 4
@@ -46,9 +48,25 @@ class SwinBlock(SwinTransformerBlock):
         """Inter-frame step between the attention and the MLP residuals (none in the plain block)."""
         return x
 
+    def window_attention(self, x: Tensor) -> Tensor:
+        """(Shifted) window self-attention of B×H×W×C tokens, as timm's block computes it."""
+        B, H, W, C = x.shape
+        if self.shifted:
+            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        # maps not divisible by the window are padded at the bottom and right, as in timm
+        pad_h = (self.window_size[0] - H % self.window_size[0]) % self.window_size[0]
+        pad_w = (self.window_size[1] - W % self.window_size[1]) % self.window_size[1]
+        x = nn.functional.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        windows = window_partition(x, self.window_size).view(-1, self.window_area, C)
+        windows = self.attn(windows, mask=self.attn_mask).view(-1, *self.window_size, C)
+        x = window_reverse(windows, self.window_size, H + pad_h, W + pad_w)[:, :H, :W].contiguous()
+        if self.shifted:
+            x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
         B, H, W, C = x.shape
-        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        x = x + self.drop_path1(self.window_attention(self.norm1(x)))
         x = self.inter_frame(x)
         x = x.reshape(B, H * W, C)
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
@@ -57,7 +75,9 @@ class SwinBlock(SwinTransformerBlock):
 
 class SIFASwinBlock(SwinBlock):
     """Swin block with the inter-frame step: SIFA with zero offsets on non-shifted blocks, a
-    temporal 1×3 convolution on shifted ones (SPEC §5). Both modules exist in every block."""
+    temporal 1×3 convolution on shifted ones (docs/design.md, "Blocks"). Both paths' modules exist
+    in every block, as in the original's state dict; its parameter-free ``def_agg`` does not (the
+    fused op aggregates)."""
 
     def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int, shift_size: int,
                  drop_path: float, times: int, kernel_size: int = 3):
@@ -66,7 +86,6 @@ class SIFASwinBlock(SwinBlock):
         self.kernel_size = kernel_size
         pad = kernel_size // 2  # (dil·(K−1)+1)//2 at dilation 1
         self.def_cor = DefCorFixW(dim, times, kernel_size, 1, pad)
-        self.def_agg = DefAgg(dim, times, kernel_size, 1, pad)
         self.conv = nn.Conv2d(dim, dim, (1, 3), padding=(0, 1), bias=False)
         self.tda_norm = nn.LayerNorm(dim)
 
@@ -113,7 +132,10 @@ class PatchEmbed3D(nn.Module):
 
 
 class C2DSwin(nn.Module):
-    """Swin run on every group of 4 frames; the clips' logits are averaged. SIFA blocks when ``sifa_kernel`` is set."""
+    """Swin run on every group of 4 frames; the clips' logits are averaged. SIFA blocks when ``sifa_kernel`` is set.
+
+    Returns ``[logits]``: a list of per-head logits, like every network of the registry.
+    """
 
     def __init__(self, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], drop_path_rate: float,
                  num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
@@ -163,19 +185,28 @@ class C2DSwin(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> List[Tensor]:
+        """N×3×L×224×224 video -> [N×T'×7×7×D normalised tokens] of its T' = L/4 four-frame clips."""
         check_video(self.name, x, EARLY_STRIDE, frames=self.clip_length if self.sifa else None,
                     size=(IMG_SIZE, IMG_SIZE))
         N = x.shape[0]
         x = self.patch_embed(x)
         for stage in self.layers:
             x = stage(x)
-        x = self.norm(x).mean(dim=(1, 2))
-        logits = self.fc(self.dropout(x))
-        return logits.view(N, -1, logits.shape[-1]).mean(dim=1)
+        x = self.norm(x)
+        return [x.view(N, -1, *x.shape[1:])]
+
+    def forward_head(self, features: List[Tensor], pre_logits: bool = False) -> List[Tensor]:
+        """Token average and dropout per clip, ``fc``, and the mean over the clips (of the features if ``pre_logits``)."""
+        (tokens,) = features
+        x = self.dropout(tokens.mean(dim=(2, 3)))  # N×T'×D
+        return [(x if pre_logits else self.fc(x)).mean(dim=1)]
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        return self.forward_head(self.forward_features(x))
 
 
-_VARIANTS = {  # embed dim, heads per stage, drop-path rate (SPEC §5)
+_VARIANTS = {  # embed dim, heads per stage, drop-path rate
     "s": (96, (3, 6, 12, 24), 0.3),
     "b": (128, (4, 8, 16, 32), 0.5),
     "l": (192, (6, 12, 24, 48), 0.5),
@@ -192,7 +223,7 @@ def _swin(variant: str, sifa: bool, num_classes: int, dropout_ratio: float, clip
                    dropout_ratio, clip_length, kernel, name=name)
 
 
-@register_model
+@register_model("swin", transfer_sifa_swin)
 def c2d_sifa_swin_vit_s_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                               sifa_kernel: Optional[Sequence[int]] = None,
                               drop_path_rate: Optional[float] = None) -> C2DSwin:
@@ -200,7 +231,7 @@ def c2d_sifa_swin_vit_s_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5
     return _swin("s", True, num_classes, dropout_ratio, clip_length, sifa_kernel, drop_path_rate)
 
 
-@register_model
+@register_model("swin", transfer_sifa_swin)
 def c2d_sifa_swin_vit_b_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                               sifa_kernel: Optional[Sequence[int]] = None,
                               drop_path_rate: Optional[float] = None) -> C2DSwin:
@@ -208,7 +239,7 @@ def c2d_sifa_swin_vit_b_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5
     return _swin("b", True, num_classes, dropout_ratio, clip_length, sifa_kernel, drop_path_rate)
 
 
-@register_model
+@register_model("swin", transfer_sifa_swin)
 def c2d_sifa_swin_vit_l_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                               sifa_kernel: Optional[Sequence[int]] = None,
                               drop_path_rate: Optional[float] = None) -> C2DSwin:
@@ -216,7 +247,7 @@ def c2d_sifa_swin_vit_l_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5
     return _swin("l", True, num_classes, dropout_ratio, clip_length, sifa_kernel, drop_path_rate)
 
 
-@register_model
+@register_model("swin", transfer_swin)
 def c2d_swin_vit_s_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                          sifa_kernel: Optional[Sequence[int]] = None,
                          drop_path_rate: Optional[float] = None) -> C2DSwin:
@@ -224,7 +255,7 @@ def c2d_swin_vit_s_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, cli
     return _swin("s", False, num_classes, dropout_ratio, clip_length, None, drop_path_rate)
 
 
-@register_model
+@register_model("swin", transfer_swin)
 def c2d_swin_vit_b_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                          sifa_kernel: Optional[Sequence[int]] = None,
                          drop_path_rate: Optional[float] = None) -> C2DSwin:
@@ -232,7 +263,7 @@ def c2d_swin_vit_b_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, cli
     return _swin("b", False, num_classes, dropout_ratio, clip_length, None, drop_path_rate)
 
 
-@register_model
+@register_model("swin", transfer_swin)
 def c2d_swin_vit_l_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                          sifa_kernel: Optional[Sequence[int]] = None,
                          drop_path_rate: Optional[float] = None) -> C2DSwin:

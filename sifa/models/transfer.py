@@ -1,36 +1,25 @@
-"""ImageNet weight transfer and checkpoint surgery (SPEC §7).
+"""ImageNet weight transfer and checkpoint surgery (docs/design.md, "ImageNet weight transfer").
 
 ResNets: torchvision checkpoints (e.g. resnet50-19c8e357.pth). Swin: the official checkpoint
 (entries under ``model``, stage i's patch merging at the end of stage i, head ``head``) or timm's
-layout (patch merging at the start of stage i+1, head ``head.fc``).
+layout (patch merging at the start of stage i+1, head ``head.fc``). Each network registers the
+transfer of its family (``register_model(family, transfer)``); :func:`transfer_weights` looks it up.
 """
 from __future__ import annotations
 
 import logging
 import re
-from typing import Dict, List, Mapping, Tuple
+from typing import Mapping
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from .registry import list_models
+from .registry import StateDict, model_entry
+from .weights import state_dict_of
 
 logger = logging.getLogger(__name__)
 
-StateDict = Dict[str, Tensor]
 CLASSIFIER_PREFIXES = ("fc.", "fc_dual.", "head.")
-
-
-def _family(net_name: str) -> str:
-    if net_name not in list_models():
-        raise ValueError(f"unknown network {net_name!r}; known: {', '.join(list_models())}")
-    return "swin" if "swin" in net_name else "resnet"
-
-
-def _unwrap(state_dict: Mapping) -> StateDict:
-    for key in ("model", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], Mapping):
-            state_dict = state_dict[key]
-    return dict(state_dict)
+DEFCOR_WEIGHT = "def_cor.weight"  # frozen, shaped C×T×K×K: depends on the clip length
 
 
 def inflate_centre_frame(weight: Tensor, frames: int) -> Tensor:
@@ -41,7 +30,8 @@ def inflate_centre_frame(weight: Tensor, frames: int) -> Tensor:
     return out
 
 
-def _transfer_resnet(net_name: str, sd: StateDict, early_stride: int) -> StateDict:
+def transfer_resnet(sd: StateDict, early_stride: int) -> StateDict:
+    """torchvision ResNet -> C2D ResNet: the stem inflated to ``early_stride`` frames, other kernels 1 frame."""
     out: StateDict = {}
     for k, v in sd.items():
         if k == "conv1.weight":
@@ -49,13 +39,18 @@ def _transfer_resnet(net_name: str, sd: StateDict, early_stride: int) -> StateDi
         elif v.dim() == 4:  # every other conv and downsample.0: a time axis of 1
             v = v.unsqueeze(2)
         out[k] = v
-    if net_name.startswith("c2d_sifa_"):  # the dual branch starts from the same ImageNet stage 4
-        out.update({"layer4_dual." + k[len("layer4."):]: v.clone() for k, v in out.items()
-                    if k.startswith("layer4.")})
     return out
 
 
-def _transfer_swin(net_name: str, sd: StateDict, early_stride: int) -> StateDict:
+def transfer_sifa_resnet(sd: StateDict, early_stride: int) -> StateDict:
+    """As :func:`transfer_resnet`; the dual branch starts from the same ImageNet stage 4."""
+    out = transfer_resnet(sd, early_stride)
+    out.update({"layer4_dual." + k[len("layer4."):]: v.clone() for k, v in out.items() if k.startswith("layer4.")})
+    return out
+
+
+def transfer_swin(sd: StateDict, early_stride: int) -> StateDict:
+    """Official or timm Swin -> C2D Swin: the original's stage layout, head ``fc``, patch embedding inflated."""
     timm_layout = "layers.0.downsample.reduction.weight" not in sd and any(".downsample." in k for k in sd)
     out: StateDict = {}
     for k, v in sd.items():
@@ -68,40 +63,33 @@ def _transfer_swin(net_name: str, sd: StateDict, early_stride: int) -> StateDict
         if k == "patch_embed.proj.weight":
             v = inflate_centre_frame(v, early_stride)
         out[k] = v
-    if net_name.startswith("c2d_sifa_"):  # the temporal conv of each block starts as a no-op
-        for k in list(out):
-            block = re.match(r"^(layers\.\d+\.blocks\.\d+)\.norm1\.weight$", k)
-            if block:
-                dim = out[k].shape[0]
-                out[f"{block.group(1)}.conv.weight"] = out[k].new_zeros((dim, dim, 1, 3))
+    return out
+
+
+def transfer_sifa_swin(sd: StateDict, early_stride: int) -> StateDict:
+    """As :func:`transfer_swin`; the temporal conv of each block starts as a no-op (zeros)."""
+    out = transfer_swin(sd, early_stride)
+    for k in list(out):
+        block = re.match(r"^(layers\.\d+\.blocks\.\d+)\.norm1\.weight$", k)
+        if block:
+            dim = out[k].shape[0]
+            out[f"{block.group(1)}.conv.weight"] = out[k].new_zeros((dim, dim, 1, 3))
     return out
 
 
 def transfer_weights(net_name: str, state_dict: Mapping, early_stride: int = 4) -> StateDict:
     """Turn a 2-D ImageNet checkpoint into a state dict for the C2D network ``net_name``."""
-    sd = _unwrap(state_dict)
-    if _family(net_name) == "swin":
-        return _transfer_swin(net_name, sd, early_stride)
-    return _transfer_resnet(net_name, sd, early_stride)
+    return model_entry(net_name).transfer(state_dict_of(state_dict), early_stride)
 
 
 def remove_fc(net_name: str, state_dict: Mapping) -> StateDict:
     """Drop the classifier(s) (``fc``, ``fc_dual``, ``head``), e.g. to fine-tune on other classes."""
-    _family(net_name)
-    return {k: v for k, v in _unwrap(state_dict).items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    model_entry(net_name)  # the original's signature: reject unknown names alike
+    return {k: v for k, v in state_dict_of(state_dict).items() if not k.startswith(CLASSIFIER_PREFIXES)}
 
 
 def remove_defcor_weight(net_name: str, state_dict: Mapping) -> StateDict:
     """Drop the frozen ``def_cor.weight`` entries, whose shape depends on the clip length."""
-    _family(net_name)
-    return {k: v for k, v in _unwrap(state_dict).items() if not k.endswith("def_cor.weight")}
+    model_entry(net_name)
+    return {k: v for k, v in state_dict_of(state_dict).items() if not k.endswith(DEFCOR_WEIGHT)}
 
-
-def load_state_dict_logged(model: nn.Module, state_dict: Mapping) -> Tuple[List[str], List[str]]:
-    """Load non-strictly (shapes must still agree), log and return (missing, unexpected) keys."""
-    result = model.load_state_dict(_unwrap(state_dict), strict=False)
-    if result.missing_keys:
-        logger.warning("missing keys (left at their initial values): %s", ", ".join(result.missing_keys))
-    if result.unexpected_keys:
-        logger.warning("unexpected keys (ignored): %s", ", ".join(result.unexpected_keys))
-    return list(result.missing_keys), list(result.unexpected_keys)

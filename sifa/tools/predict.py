@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
@@ -23,18 +22,20 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, load_config
-from ..data import FrameReadError, ListFileError, VideoDataset, read_class_names
+from ..data import ClipTooShortError, FrameReadError, ListFileError, VideoDataset, VideoRecord, read_class_names
+from ..data.build import build_eval_dataset
 from ..data.storage import count_video_frames, frame_file_name
 from ..engine.distributed import DistContext
 from ..engine.evaluate import evaluate
-from ..engine.trainer import CheckpointMismatchError, amp_dtype, eval_dataset, load_network
+from ..engine.runtime import amp_dtype
+from ..models.build import load_network
+from ..models.weights import CheckpointMismatchError
 
 TOP_K = 5
-# Mismatching keys listed in an error message; the rest are counted.
 
 
 class InputError(ValueError):
-    """An input video that cannot be read or is too short for the configured views."""
+    """An input that does not exist or holds no readable frame."""
 
 
 def storage_of(path: str) -> Tuple[str, int]:
@@ -68,21 +69,12 @@ def storage_of(path: str) -> Tuple[str, int]:
 
 
 def input_views(cfg: SimpleNamespace, path: str) -> VideoDataset:
-    """The test views of one video, built by the evaluation's dataset from a one-line list file."""
+    """The test views of one video, built by the evaluation's dataset (its label is a placeholder)."""
     storage_format, num_frames = storage_of(path)
-    extent = cfg.clip_length * cfg.num_steps
-    if num_frames < extent and not cfg.loop_pad:
-        raise InputError(f"input {path} has {num_frames} frames, fewer than clip_length x num_steps = {extent}; "
-                         f"add --opts loop_pad=true to wrap it around")
     path = os.path.abspath(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        list_file = os.path.join(tmp, "input_list.txt")
-        with open(list_file, "w", encoding="utf-8") as f:
-            f.write(f"{os.path.basename(path)} {num_frames} 0\n")
-        view_cfg = SimpleNamespace(**{**vars(cfg), "eva_list_file": list_file, "eva_root_path": os.path.dirname(path),
-                                      "format": storage_format})
-        # The dataset reads the list when built, so the temporary file may go afterwards.
-        return eval_dataset(view_cfg, final=True)
+    # The input's folder and storage format replace the configured evaluation set's.
+    view_cfg = SimpleNamespace(**{**vars(cfg), "eva_root_path": os.path.dirname(path), "format": storage_format})
+    return build_eval_dataset(view_cfg, final=True, videos=[VideoRecord(os.path.basename(path), num_frames, 0)])
 
 
 def class_names_for(cfg: SimpleNamespace, class_name_file: Optional[str]) -> Optional[List[str]]:
@@ -134,7 +126,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
     try:
         cfg = load_config(args.config_file, args.opts)
         ranking = predict(cfg, args.checkpoint, args.input, args.class_names)
-    except (ConfigError, InputError, CheckpointMismatchError, FrameReadError, ListFileError,
+    except (ConfigError, InputError, ClipTooShortError, CheckpointMismatchError, FrameReadError, ListFileError,
             FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     views = cfg.eva_num_clips * cfg.eva_num_crop

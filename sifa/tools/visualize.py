@@ -42,8 +42,10 @@ from torch import Tensor, nn  # noqa: E402
 from ..config import ConfigError, load_config  # noqa: E402
 from ..data import FrameReadError, ListFileError  # noqa: E402
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from ..models.build import load_network  # noqa: E402
 from ..models.sifa_resnet import SIFABottleneck  # noqa: E402
-from .predict import CheckpointMismatchError, InputError, input_views, load_network  # noqa: E402
+from ..models.weights import CheckpointMismatchError  # noqa: E402
+from .predict import InputError, input_views  # noqa: E402
 
 DEFAULT_POINTS = 4
 GIF_MIN_SIDE = 256
@@ -196,7 +198,7 @@ def visualize(model: nn.Module, clip: Tensor, out_dir: str, block_names: Optiona
     """Write the PNG/JSON pairs of the chosen blocks and clip.gif for one 3×L×H×W view; returns the PNGs."""
     available = sifa_blocks(model)
     if not available:
-        raise ValueError(f"{type(model).__name__} has no SIFA bottleneck (conv_offset/def_cor/def_agg) to show")
+        raise ValueError(f"{type(model).__name__} has no SIFA bottleneck (conv_offset, def_cor) to show")
     names = list(block_names) if block_names else list(available)
     unknown = [n for n in names if n not in available]
     if unknown:

@@ -1,0 +1,43 @@
+"""Datasets as a configuration asks for them, and the synthetic data set it may name."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+from typing import Optional, Sequence
+
+from .list_file import VideoRecord
+from .synthetic import generate
+from .transforms import EvalClipTransform, TrainClipTransform
+from .video_dataset import VideoDataset
+
+
+def build_train_dataset(cfg: SimpleNamespace) -> VideoDataset:
+    """One randomly placed, augmented clip per video of ``list_file``."""
+    transform = TrainClipTransform(cfg.crop_size, cfg.no_horizontal_flip, cfg.rand_augment, cfg.ra_n, cfg.ra_m,
+                                   cfg.time_dim)
+    return VideoDataset(cfg.list_file, cfg.root_path, cfg.format, cfg.clip_length, cfg.num_steps, cfg.num_segments,
+                        transform, train=True, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes)
+
+
+def build_eval_dataset(cfg: SimpleNamespace, final: bool,
+                       videos: Optional[Sequence[VideoRecord]] = None) -> VideoDataset:
+    """The test views of ``videos`` (default: those of ``eva_list_file``). Between epochs: num_clips x 1
+    center crop at crop_size; ``final`` (``--eval_only``, the tools): the eva_* views."""
+    if final:
+        crop, crops, clips, segments = cfg.eva_crop_size, cfg.eva_num_crop, cfg.eva_num_clips, cfg.eva_num_segments
+    else:
+        crop, crops, clips, segments = cfg.crop_size, 1, cfg.num_clips, cfg.num_segments
+    return VideoDataset(cfg.eva_list_file if videos is None else videos, cfg.eva_root_path or cfg.root_path,
+                        cfg.format, cfg.clip_length, cfg.num_steps, segments, EvalClipTransform(crop, crops, cfg.time_dim),
+                        train=False, num_clips=clips, num_crops=crops, loop_pad=cfg.loop_pad,
+                        num_classes=cfg.num_classes)
+
+
+def prepare_synthetic_data(cfg: SimpleNamespace) -> bool:
+    """Generate the synthetic data set into ``synthetic_dir`` unless its list files exist; True if generated."""
+    needed = [cfg.list_file, cfg.eva_list_file] + ([cfg.class_name_file] if cfg.class_name_file else [])
+    if not cfg.synthetic_dir or all(os.path.isfile(p) for p in needed):
+        return False
+    generate(cfg.synthetic_dir, cfg.num_classes, cfg.synthetic_videos_per_class, cfg.synthetic_val_videos_per_class,
+             cfg.synthetic_frames, cfg.synthetic_size, cfg.synthetic_seed)
+    return True
