@@ -5,6 +5,7 @@ add what torch.compile and autograd need: fake (meta) implementations and the ba
 """
 from __future__ import annotations
 
+import functools
 import importlib.machinery
 import os
 import warnings
@@ -146,3 +147,13 @@ def _register_python_side() -> None:
     torch.library.register_autograd(lib + "defcor", _defcor_backward, setup_context=_setup)
     torch.library.register_autograd(lib + "defagg", _defagg_backward, setup_context=_setup)
     torch.library.register_autograd(lib + "sifa_attention", _attention_backward, setup_context=_attention_setup)
+
+    # The backward ops have no derivative of their own: differentiating through one (double backward,
+    # e.g. a gradient penalty) must fail loudly, not return PyTorch's silent default.
+    for name in ("_defcor_backward", "_defagg_backward", "_sifa_attention_backward"):
+        torch.library.register_autograd(lib + name, functools.partial(_no_double_backward, lib + name))
+
+
+def _no_double_backward(op: str, ctx, *grads):
+    raise RuntimeError(f"{op}: double backward (a gradient of the SIFA ops' gradient) is not implemented by the "
+                       "compiled kernels; SIFA_OPS_BACKEND=reference differentiates twice, slowly")
