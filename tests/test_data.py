@@ -1,4 +1,4 @@
-"""Data: list files, clip sampling (the formulas of docs/design.md), storage formats, transforms, Dataset, synthetic set."""
+"""Data: list files, clip sampling (docs/design.md §7.2), storage formats, transforms, Dataset, synthetic set."""
 import os
 
 import numpy as np

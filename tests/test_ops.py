@@ -1,5 +1,5 @@
 """The SIFA operator: reference against explicit loops, extension against reference, gradients,
-input checks, backend choice, autocast and torch.compile (SPEC §1)."""
+input checks, backend choice, autocast and torch.compile (docs/design.md §2-3)."""
 import math
 import warnings
 
@@ -15,7 +15,7 @@ needs_cuda = pytest.mark.skipif(not (HAS_EXT and torch.cuda.is_available()), rea
 
 
 def loop_sample(img, y, x):
-    """S(img, y, x) of SPEC §1 written out for one H×W plane."""
+    """S(img, y, x) of docs/design.md §2.2 written out for one H×W plane."""
     H, W = img.shape
     if y <= -1 or x <= -1 or y >= H or x >= W:
         return 0.0

@@ -1,4 +1,4 @@
-"""Clip offsets (docs/design.md, "Clip sampling").
+"""Clip offsets (docs/design.md §7.2).
 
 A clip has `clip_length` frames taken every `num_steps` frames, in each of `num_segments` equal
 segments. E = clip_length * num_steps is the extent of one clip, A = duration // num_segments the

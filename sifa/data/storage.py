@@ -1,4 +1,4 @@
-"""Frame storage: FRAME folders, LMDB environments and video files (SPEC §8).
+"""Frame storage: FRAME folders, LMDB environments and video files (docs/design.md §7.1).
 
 Readers return the requested 1-based frame ids as RGB uint8 arrays of shape H x W x 3.
 Writers create each format; they serve the synthetic data set, the tests and data conversion.

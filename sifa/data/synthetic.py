@@ -9,7 +9,7 @@ seed: every video draws from its own generator keyed by (seed, split, label, ind
         --val_videos_per_class 10 --frames 8 --size 64 --seed 0
 
 writes FRAME folders under <out>/frames, <out>/train_list.txt, <out>/val_list.txt (the list format
-of SPEC §8, paths relative to <out>/frames) and <out>/classes.txt.
+of docs/design.md §7.1, paths relative to <out>/frames) and <out>/classes.txt.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Clip transforms (SPEC §8) on torchvision.transforms.v2.
+"""Clip transforms (docs/design.md §7.3) on torchvision.transforms.v2.
 
 A clip is a T x C x H x W uint8 tensor; v2 transforms draw their random parameters once per call
 and apply them to every leading (frame) index alike, so the frames of a clip stay aligned.

@@ -1,4 +1,4 @@
-"""SGD and the per-iteration learning-rate schedule (SPEC §10).
+"""SGD and the per-iteration learning-rate schedule (docs/design.md §8).
 
 Warm-up: linear from base_lr / warmup_multiplier to base_lr over warmup_epoch epochs.
 Then cosine annealing to 1e-6 at the end of training, or step decay by lr_decay_rate at each

@@ -1,5 +1,5 @@
 """The network registry: each network's constructor, family and ImageNet weight transfer, and the
-factory of the original's API (docs/design.md, "Networks").
+factory of the original's API (docs/design.md §5.3).
 """
 from __future__ import annotations
 

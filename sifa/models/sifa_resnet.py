@@ -1,4 +1,4 @@
-"""C2D ResNets: SIFA-Net and the plain C2D baseline (docs/design.md, "SIFA-Net").
+"""C2D ResNets: SIFA-Net and the plain C2D baseline (docs/design.md §5.1).
 
 Layout and attribute names follow the original so its checkpoints load unchanged.
 """
@@ -57,7 +57,7 @@ class Bottleneck(nn.Module):
 
 
 class GBottleneck(Bottleneck):
-    """Bottleneck whose residual sum also adds a global-context vector (docs/design.md, "Blocks")."""
+    """Bottleneck whose residual sum also adds a global-context vector (docs/design.md §4.2)."""
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1):
         super().__init__(inplanes, planes, stride)
@@ -73,7 +73,7 @@ class GBottleneck(Bottleneck):
 
 
 class SIFABottleneck(Bottleneck):
-    """Bottleneck with the SIFA step after conv2 (docs/design.md, "Blocks"): frame t attends to frame t+1.
+    """Bottleneck with the SIFA step after conv2 (docs/design.md §4.1): frame t attends to frame t+1.
 
     The original also holds a ``def_agg`` module; it has no parameters or buffers, so the state dict
     lacks it, and the fused op computes the aggregation: the block has none.

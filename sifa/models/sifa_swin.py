@@ -1,4 +1,4 @@
-"""C2D Swin Transformers (patch 4, window 7, 224²) with and without SIFA (docs/design.md, "SIFA-Transformer").
+"""C2D Swin Transformers (patch 4, window 7, 224²) with and without SIFA (docs/design.md §5.2).
 
 Built from timm's Swin block, window attention and patch merging (public API only); the state-dict
 layout is the original's (official Swin naming, ``layers.i.downsample`` at the end of stage i,
@@ -75,7 +75,7 @@ class SwinBlock(SwinTransformerBlock):
 
 class SIFASwinBlock(SwinBlock):
     """Swin block with the inter-frame step: SIFA with zero offsets on non-shifted blocks, a
-    temporal 1×3 convolution on shifted ones (docs/design.md, "Blocks"). Both paths' modules exist
+    temporal 1×3 convolution on shifted ones (docs/design.md §4.3). Both paths' modules exist
     in every block, as in the original's state dict; its parameter-free ``def_agg`` does not (the
     fused op aggregates)."""
 

@@ -1,4 +1,4 @@
-"""ImageNet weight transfer and checkpoint surgery (docs/design.md, "ImageNet weight transfer").
+"""ImageNet weight transfer and checkpoint surgery (docs/design.md §6).
 
 ResNets: torchvision checkpoints (e.g. resnet50-19c8e357.pth). Swin: the official checkpoint
 (entries under ``model``, stage i's patch merging at the end of stage i, head ``head``) or timm's

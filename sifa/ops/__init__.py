@@ -1,4 +1,4 @@
-"""The SIFA operator: deformable correlation and deformable aggregation (SPEC §1)."""
+"""The SIFA operator: deformable correlation and deformable aggregation (docs/design.md §2)."""
 from . import reference
 from .functional import backend, defagg, defcor, sifa_attention
 from .modules import DefAgg, DefCorFixW

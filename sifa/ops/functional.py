@@ -1,4 +1,4 @@
-"""The SIFA operator's Python surface (SPEC §1): typed wrappers with input checks.
+"""The SIFA operator's Python surface (docs/design.md §2): typed wrappers with input checks.
 
 All functions dispatch to the compiled extension (``torch.ops.sifa``) when it is loaded, else to
 the pure-PyTorch reference; ``sifa.ops.backend()`` tells which.
@@ -79,7 +79,7 @@ def _check_correlation(input: Tensor, offset: Tensor, weight: Tensor, stride: Tu
 
 def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 1,
            dilation: IntPair = 1, groups: int = 1) -> Tensor:
-    """Deformable correlation (SPEC §1).
+    """Deformable correlation (docs/design.md §2.3).
 
     corr[n, g·K+k, t, h, w] = Σ_{c∈g} weight[c,t,k] · input[n,c,prev(t),h,w] · S(input[n,c,t], p_k)
 
@@ -96,7 +96,7 @@ def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, p
 
 def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair = 3, stride: IntPair = 1,
            padding: IntPair = 1, dilation: IntPair = 1, groups: int = 1) -> Tensor:
-    """Deformable aggregation (SPEC §1).
+    """Deformable aggregation (docs/design.md §2.4).
 
     out[n, c, t, h, w] = Σ_k weight[n, g(c)·K+k, t, h, w] · S(input[n,c,t], p_k)
 

@@ -1,4 +1,4 @@
-"""Module wrappers of the SIFA operator, named and shaped as in the original (SPEC §1)."""
+"""Module wrappers of the SIFA operator, named and shaped as in the original (docs/design.md §2)."""
 from __future__ import annotations
 
 import torch

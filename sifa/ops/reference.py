@@ -1,4 +1,4 @@
-"""Pure-PyTorch SIFA operator (SPEC §1): the ground truth for tests and the fallback backend.
+"""Pure-PyTorch SIFA operator (docs/design.md §2-3): the ground truth for tests and the fallback backend.
 
 Bilinear sampling is written with explicit corner gathers (not ``grid_sample``) so that the
 zero-outside rule of the original holds for every map size, 1-pixel-wide maps included, and

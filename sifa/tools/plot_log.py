@@ -53,7 +53,7 @@ def read_scalars(output_dir: str) -> Series:
 
 
 def plot_curves(series: Series, path: str, title: str = "") -> List[str]:
-    """Write the three panels to `path`; returns the tags plotted."""
+    """Write the panels of PANELS side by side to `path`; returns the tags plotted."""
     plotted = []
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.5 * len(PANELS), 4))
     for ax, (name, xlabel, selects) in zip(axes, PANELS):

@@ -7,13 +7,13 @@ One test view of the video (view V of the evaluation's clips x crops, default th
 through the network with forward hooks on the chosen SIFA bottlenecks (default: all of them),
 capturing the block's input, its offsets (``conv_offset`` output) and correlation scores. The
 block computes its scores inside the fused ``sifa_attention`` op, so they are recomputed from the
-captured features f = relu(bn2(...)) (SPEC §2) with the block's own ``def_cor``. In a SIFA bottleneck frame t aggregates the K×K deformed neighbourhood of
-frame t+1, sampled with the offsets and weighted by the scores of frame t+1 (SPEC §2). For N query
-pixels of feature frame t, DIR/<block>_t<t>.png shows the query pixels on frame t and their taps on
+captured features f = relu(bn2(...)) with the block's own ``def_cor`` (docs/design.md §4.1). In a
+SIFA bottleneck frame t aggregates the K×K deformed neighbourhood of frame t+1, sampled with the
+offsets and weighted by the scores of frame t+1. For N query pixels of feature frame t, DIR/<block>_t<t>.png shows the query pixels on frame t and their taps on
 frame t+1, coloured and sized by score; DIR/<block>_t<t>.json holds the plotted coordinates
 ([y, x], feature-map and image pixels); DIR/clip.gif animates the view.
 
-Tap k = i·kw + j of feature pixel (h, w) lies at (SPEC §1)
+Tap k = i·kw + j of feature pixel (h, w) lies at (docs/design.md §2.1)
 
     y = h − pad + i·dil + offset[2k],  x = w − pad + j·dil + offset[2k+1]     (feature map)
     image = (feature + 0.5)·stride − 0.5                                       (pixel centres)
