@@ -28,6 +28,7 @@ CLIP_LENGTH = 8
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 2-epoch run of c2d_sifa_resnet50 (8 frames, 64 px, 6 classes) on a tiny synthetic set."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("tools")
     data = synthetic.generate(str(root / "data"), num_classes=NUM_CLASSES, videos_per_class=2,
@@ -45,6 +46,7 @@ def run(tmp_path_factory):
     trainer = Trainer(load_config(config_file), CPU)
     trainer.train()
     trainer.close()
+    torch.set_num_threads(threads)
     return {"root": root, "data": data, "config": config_file, "checkpoint": str(root / "out" / "current.pth"),
             "output_dir": str(root / "out")}
 

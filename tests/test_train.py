@@ -110,8 +110,14 @@ def test_pretrained_imagenet_weights_are_transferred(tmp_path, caplog):
                       [f"pretrained_model={tmp_path / 'resnet50.pth'}", "transfer_weights=true", "remove_fc=true",
                        "net_name=c2d_sifa_resnet50", "num_classes=3", "clip_length=8"])
     model = build_model(cfg, 1)
-    with caplog.at_level(logging.INFO, logger="sifa"):
-        load_pretrained(model, cfg)
+    # A Trainer built earlier in this process stops the "sifa" logger's propagation: listen on it directly.
+    sifa_logger = logging.getLogger("sifa")
+    sifa_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="sifa"):
+            load_pretrained(model, cfg)
+    finally:
+        sifa_logger.removeHandler(caplog.handler)
     stem = model.conv1.weight
     assert torch.equal(stem[:, :, 2], imagenet["conv1.weight"]) and not stem[:, :, [0, 1, 3]].any()
     assert torch.equal(model.layer4_dual[0].conv1.weight[:, :, 0], imagenet["layer4.0.conv1.weight"])
