@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sifa.config import DEFAULT_CONFIG, IGNORED_KEYS, REPO_ROOT, ConfigError, load_config, parse_override, save_config_json
+from sifa.config import (DEFAULT_CONFIG, IGNORED_KEYS, REPO_ROOT, ConfigError, load_config, parse_override,
+                         save_config_json)
 
 ORIGINAL_KEYS = """time_dim crop_size eva_crop_size eva_num_crop num_workers no_horizontal_flip rand_augment ra_n ra_m
 use_flow dataset_class format list_file root_path num_classes eva_list_file eva_root_path val_video_num

@@ -68,7 +68,7 @@ def wide_video(run):
 
 
 def independent_scores(model, video_path):
-    """Softmax of both heads averaged over 2 clips x 3 crops, views placed by the test-clip formula (docs/design.md §7.2)."""
+    """Softmax of both heads averaged over 2 clips x 3 crops, placed by the test-clip formula (docs/design.md §7.2)."""
     capture = cv2.VideoCapture(video_path)
     decoded = []
     while True:

@@ -253,8 +253,8 @@ def test_run_inputs_are_checked_before_any_work(tmp_path, tiny_data):
     check_run_inputs(load_config(config, ["eva_list_file=", "eva_inter=false"]))
     # train_val_3d checks them before it starts a process group
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    result = subprocess.run([sys.executable, "train_val_3d.py", f"--config_file={config}", "--eval_only"], cwd=REPO_ROOT,
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "train_val_3d.py", f"--config_file={config}", "--eval_only"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--eval_only needs a checkpoint" in result.stderr
     assert not (tmp_path / "out").exists()
 

@@ -27,10 +27,10 @@ def build_eval_dataset(cfg: SimpleNamespace, final: bool,
         crop, crops, clips, segments = cfg.eva_crop_size, cfg.eva_num_crop, cfg.eva_num_clips, cfg.eva_num_segments
     else:
         crop, crops, clips, segments = cfg.crop_size, 1, cfg.num_clips, cfg.num_segments
+    transform = EvalClipTransform(crop, crops, cfg.time_dim)
     return VideoDataset(cfg.eva_list_file if videos is None else videos, cfg.eva_root_path or cfg.root_path,
-                        cfg.format, cfg.clip_length, cfg.num_steps, segments, EvalClipTransform(crop, crops, cfg.time_dim),
-                        train=False, num_clips=clips, num_crops=crops, loop_pad=cfg.loop_pad,
-                        num_classes=cfg.num_classes)
+                        cfg.format, cfg.clip_length, cfg.num_steps, segments, transform, train=False,
+                        num_clips=clips, num_crops=crops, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes)
 
 
 def prepare_synthetic_data(cfg: SimpleNamespace) -> bool:

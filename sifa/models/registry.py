@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
-StateDict = Dict[str, Tensor]
+from .weights import StateDict
+
 # (2-D ImageNet state dict, early stride) -> state dict of the video network
 WeightTransfer = Callable[[StateDict, int], StateDict]
 FAMILIES = ("resnet", "swin")

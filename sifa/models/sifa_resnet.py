@@ -180,7 +180,8 @@ class C2DResNet(nn.Module):
         return [self.layer4(x), self.layer4_dual(self.maxpool_dual(x))]
 
     def forward_head(self, features: List[Tensor], pre_logits: bool = False) -> List[Tensor]:
-        """Per branch: average over T×H×W, dropout, then its classifier (``fc``, ``fc_dual``) unless ``pre_logits``."""
+        """Per branch: the mean over T×H×W, dropout, then the branch's classifier (``fc``, ``fc_dual``)
+        unless ``pre_logits``."""
         pooled = [self.dropout(f.mean(dim=(2, 3, 4))) for f in features]
         if pre_logits:
             return pooled

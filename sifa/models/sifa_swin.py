@@ -197,7 +197,8 @@ class C2DSwin(nn.Module):
         return [x.view(N, -1, *x.shape[1:])]
 
     def forward_head(self, features: List[Tensor], pre_logits: bool = False) -> List[Tensor]:
-        """Token average and dropout per clip, ``fc``, and the mean over the clips (of the features if ``pre_logits``)."""
+        """Per clip the token mean, dropout and ``fc``; then the mean over the clips (of the features if
+        ``pre_logits``)."""
         (tokens,) = features
         x = self.dropout(tokens.mean(dim=(2, 3)))  # N×T'×D
         return [(x if pre_logits else self.fc(x)).mean(dim=1)]

@@ -13,8 +13,8 @@ from typing import Mapping
 
 from torch import Tensor
 
-from .registry import StateDict, model_entry
-from .weights import state_dict_of
+from .registry import model_entry
+from .weights import StateDict, state_dict_of
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ capturing the block's input, its offsets (``conv_offset`` output) and correlatio
 block computes its scores inside the fused ``sifa_attention`` op, so they are recomputed from the
 captured features f = relu(bn2(...)) with the block's own ``def_cor`` (docs/design.md §4.1). In a
 SIFA bottleneck frame t aggregates the K×K deformed neighbourhood of frame t+1, sampled with the
-offsets and weighted by the scores of frame t+1. For N query pixels of feature frame t, DIR/<block>_t<t>.png shows the query pixels on frame t and their taps on
-frame t+1, coloured and sized by score; DIR/<block>_t<t>.json holds the plotted coordinates
+offsets and weighted by the scores of frame t+1. For N query pixels of feature frame t,
+DIR/<block>_t<t>.png shows the query pixels on frame t and their taps on frame t+1, coloured and
+sized by score; DIR/<block>_t<t>.json holds the plotted coordinates
 ([y, x], feature-map and image pixels); DIR/clip.gif animates the view.
 
 Tap k = i·kw + j of feature pixel (h, w) lies at (docs/design.md §2.1)
