@@ -189,7 +189,8 @@ def test_channels_last_in_channels_last_out(op):
 
 
 @needs_ext
-@pytest.mark.parametrize("shape", [(0, 4, 2, 3, 3), (2, 0, 2, 3, 3)], ids=["no samples", "no channels"])
+@pytest.mark.parametrize("shape", [(0, 4, 2, 3, 3), (2, 0, 2, 3, 3), (2, 4, 0, 3, 3)],
+                         ids=["no samples", "no channels", "no frames"])
 def test_empty_inputs(shape):
     N, C, T, H, W = shape
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <type_traits>
 
@@ -13,6 +14,26 @@
 
 namespace sifa {
 namespace ops {
+
+// The op schemas (registered by sifa.cpp as library `sifa`).
+inline void define_schemas(torch::Library& m) {
+  m.def("defcor(Tensor input, Tensor offset, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
+        "int groups) -> Tensor");
+  m.def("defagg(Tensor input, Tensor offset, Tensor weight, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups) -> Tensor");
+  // defagg(input, offset, defcor(input, offset, weight)) in one pass; returns (output, scores)
+  m.def("sifa_attention(Tensor input, Tensor offset, Tensor weight, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups) -> (Tensor, Tensor)");
+  // Gradients w.r.t. (input, offset, weight); an entry whose output_mask is false comes back empty.
+  m.def("_defcor_backward(Tensor grad, Tensor input, Tensor offset, Tensor weight, int[2] stride, "
+        "int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("_defagg_backward(Tensor grad, Tensor input, Tensor offset, Tensor weight, int[2] kernel_size, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // grad_scores: the gradient arriving at the returned scores, None when they were not used
+  m.def("_sifa_attention_backward(Tensor grad_out, Tensor? grad_scores, Tensor input, Tensor offset, "
+        "Tensor weight, Tensor scores, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
 
 // Validates shapes (a safety net for direct torch.ops callers; sifa.ops checks with fuller
 // messages first) and returns the call's geometry. `weight_is_scores` selects defagg's layout.
@@ -168,7 +189,7 @@ struct Ops {
 
     at::Tensor grad_input = input.new_empty({0}), grad_third = weight.new_empty({0});
     if (mask[0]) {
-      if (parts.correlate) {
+      if (ts.grad_query.defined() && g.T > 0) {
         // frame t's query is frame prev(t): t−1, or 0 for t = 0
         ts.grad_x.narrow(1, 0, 1).add_(ts.grad_query.narrow(1, 0, 1));
         ts.grad_x.narrow(1, 0, g.T - 1).add_(ts.grad_query.narrow(1, 1, g.T - 1));
@@ -244,9 +265,10 @@ struct Ops {
 }  // namespace ops
 }  // namespace sifa
 
-// Registers one device's kernels for every SIFA op.
-#define SIFA_REGISTER_KERNELS(DEVICE, KERNELS)                                           \
-  TORCH_LIBRARY_IMPL(sifa, DEVICE, m) {                                                  \
+// Registers one device's kernels for every SIFA op of library LIB (the warp emulator of
+// tests/emulation registers the CUDA kernels as its own library, defining SIFA_REGISTER_KERNELS first).
+#define SIFA_REGISTER_KERNELS_IN(LIB, DEVICE, KERNELS)                                   \
+  TORCH_LIBRARY_IMPL(LIB, DEVICE, m) {                                                   \
     using DeviceOps = ::sifa::ops::Ops<KERNELS>;                                         \
     m.impl("defcor", TORCH_FN(DeviceOps::defcor));                                       \
     m.impl("defagg", TORCH_FN(DeviceOps::defagg));                                       \
@@ -255,3 +277,6 @@ struct Ops {
     m.impl("_defagg_backward", TORCH_FN(DeviceOps::defagg_backward));                    \
     m.impl("_sifa_attention_backward", TORCH_FN(DeviceOps::sifa_attention_backward));    \
   }
+#ifndef SIFA_REGISTER_KERNELS
+#define SIFA_REGISTER_KERNELS(DEVICE, KERNELS) SIFA_REGISTER_KERNELS_IN(sifa, DEVICE, KERNELS)
+#endif
