@@ -5,6 +5,7 @@ Writers create each format; they serve the synthetic data set, the tests and dat
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Dict, List, Sequence
 
@@ -12,9 +13,7 @@ import cv2
 import lmdb
 import numpy as np
 
-
-class FrameReadError(RuntimeError):
-    """A frame that is missing or cannot be decoded."""
+from .video_io import FrameReadError, check_backend, open_video, read_video_frames
 
 
 def frame_file_name(frame_id: int) -> str:
@@ -66,57 +65,35 @@ def read_lmdb(video: str, frame_ids: Sequence[int]) -> List[np.ndarray]:
         env.close()
 
 
-def read_video_file(video: str, frame_ids: Sequence[int]) -> List[np.ndarray]:
-    if not os.path.isfile(video):
-        raise FrameReadError(f"video '{video}': file not found")
-    capture = cv2.VideoCapture(video)
-    if not capture.isOpened():
-        raise FrameReadError(f"video '{video}': OpenCV cannot open it")
-    wanted = set(frame_ids)
-    decoded: Dict[int, np.ndarray] = {}
+def count_video_frames(video: str, backend: str = "opencv") -> int:
+    """The number of frames that decode from a video file (not the count it states); 0 when it cannot
+    be read."""
     try:
-        # Decode sequentially: frame seeking is not exact for every codec.
-        frame_id = 0
-        while frame_id < max(wanted):
-            ok, image = capture.read()
-            if not ok:
-                break
-            frame_id += 1
-            if frame_id in wanted:
-                decoded[frame_id] = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    finally:
-        capture.release()
-    missing = sorted(wanted - decoded.keys())
-    if missing:
-        raise FrameReadError(f"video '{video}': frame {missing[0]} cannot be decoded "
-                             f"(the file yields only {frame_id} frames)")
-    return [decoded[i] for i in frame_ids]
-
-
-def count_video_frames(video: str) -> int:
-    """The number of frames OpenCV decodes from a video file; 0 when it cannot read the file."""
-    capture = cv2.VideoCapture(video)
-    count = 0
+        stream = open_video(video, backend)
+    except FrameReadError:
+        return 0
     try:
-        while capture.grab():
-            count += 1
+        while stream.grab():
+            pass
+        return stream.position
     finally:
-        capture.release()
-    return count
+        stream.close()
 
 
-_READERS: Dict[str, Callable[[str, Sequence[int]], List[np.ndarray]]] = {
+_READERS: Dict[str, Callable[..., List[np.ndarray]]] = {
     "FRAME": read_frame_folder,
     "LMDB": read_lmdb,
-    "VIDEO": read_video_file,
+    "VIDEO": read_video_frames,
 }
 
 
-def make_reader(storage_format: str) -> Callable[[str, Sequence[int]], List[np.ndarray]]:
+def make_reader(storage_format: str, video_backend: str = "opencv") -> Callable[[str, Sequence[int]], List[np.ndarray]]:
+    """``read(video, frame_ids)`` for a storage format; VIDEO files decode with ``video_backend``."""
     try:
-        return _READERS[storage_format]
+        reader = _READERS[storage_format]
     except KeyError:
         raise ValueError(f"unknown storage format '{storage_format}', expected one of {list(_READERS)}") from None
+    return functools.partial(reader, backend=check_backend(video_backend)) if storage_format == "VIDEO" else reader
 
 
 def _encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
