@@ -1,6 +1,6 @@
 """Test-view loading speed: clips/s of FRAME, LMDB and VIDEO storage at 1 view and at 10 clips x 3 crops.
 
-Generates one H.264 video (PyAV's libx264; OpenCV's wheels cannot encode H.264) and its FRAME folder
+Generates one H.264 video (PyAV's libx264 at CRF 18; OpenCV's wheels cannot encode H.264) and its FRAME folder
 and LMDB environment, then times the evaluation's data path — VideoDataset with EvalClipTransform
 (crop 224) through a DataLoader (batch 8, no worker processes, as `sifa.tools.predict` runs it) —
 over all views of the video, each time with a new dataset so nothing decoded before is reused;
@@ -31,24 +31,21 @@ CROP = 224
 
 
 def make_h264_video(path: str, num_frames: int, width: int, height: int, gop: int, fps: int = 25) -> None:
-    """A textured scene panning and zooming, with noise: a bit rate like camera footage at CRF 23."""
-    import av
+    """A textured scene panning, with noise: a bit rate like camera footage's."""
     import cv2
     import numpy as np
+    from sifa.data.video_io import VideoWriter
 
     rng = np.random.default_rng(0)
     scene = cv2.resize(rng.integers(0, 256, (height // 16, width // 8, 3), dtype=np.uint8), (2 * width, height),
                        interpolation=cv2.INTER_CUBIC)
-    with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "23", "preset": "fast"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = gop
+    with VideoWriter(path, fps, width, height, backend="pyav", keyframe_interval=gop) as writer:
         for index in range(num_frames):
-            frame = scene[:, 4 * index:4 * index + width].copy()
+            pan = 4 * index % width
+            frame = scene[:, pan:pan + width].copy()
             frame = np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255).astype(np.uint8)
             cv2.putText(frame, str(index), (width // 3, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 6, (255, 255, 255), 12)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+            writer.write(frame)
 
 
 def median_ms(root: str, storage_format: str, name: str, num_frames: int, sampling: str, clips: int, crops: int,

@@ -16,7 +16,8 @@ def build_train_dataset(cfg: SimpleNamespace) -> VideoDataset:
     transform = TrainClipTransform(cfg.crop_size, cfg.no_horizontal_flip, cfg.rand_augment, cfg.ra_n, cfg.ra_m,
                                    cfg.time_dim)
     return VideoDataset(cfg.list_file, cfg.root_path, cfg.format, cfg.clip_length, cfg.num_steps, cfg.num_segments,
-                        transform, train=True, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes)
+                        transform, train=True, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes,
+                        video_backend=cfg.video_backend)
 
 
 def build_eval_dataset(cfg: SimpleNamespace, final: bool,
@@ -30,7 +31,8 @@ def build_eval_dataset(cfg: SimpleNamespace, final: bool,
     transform = EvalClipTransform(crop, crops, cfg.time_dim)
     return VideoDataset(cfg.eva_list_file if videos is None else videos, cfg.eva_root_path or cfg.root_path,
                         cfg.format, cfg.clip_length, cfg.num_steps, segments, transform, train=False,
-                        num_clips=clips, num_crops=crops, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes)
+                        num_clips=clips, num_crops=crops, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes,
+                        video_backend=cfg.video_backend)
 
 
 def prepare_synthetic_data(cfg: SimpleNamespace) -> bool:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Sequence, Tuple
+import warnings
+from itertools import chain
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -11,6 +13,7 @@ from torch.utils.data import Dataset
 from .list_file import VideoRecord, read_list_file
 from .sampling import check_clip_fits, clip_frame_ids, eval_offsets, train_offsets
 from .storage import make_reader
+from .video_io import VideoEndedError
 
 
 class VideoDataset(Dataset):
@@ -18,15 +21,21 @@ class VideoDataset(Dataset):
 
     Items are (clip, label, video index); the video index lets evaluation merge the views of a
     video after they were spread over processes. ``videos`` is a list file or its records.
+
+    In test mode the first view of a video decodes and resizes every frame that its clips need, once,
+    and the process keeps them for the views that follow (crops share their frames, clips overlap).
+    Test transforms therefore come in two steps, ``resize_clip(frames)`` and ``crop_view(resized,
+    crop_index)`` (EvalClipTransform). A video file that yields fewer frames than its list line
+    says is sampled within the frames that do decode.
     """
 
     def __init__(self, videos: str | os.PathLike | Sequence[VideoRecord], root_path: str, storage_format: str,
                  clip_length: int, num_steps: int, num_segments: int, transform: Callable, train: bool,
                  num_clips: int = 1, num_crops: int = 1, loop_pad: bool = False,
-                 num_classes: Optional[int] = None):
+                 num_classes: Optional[int] = None, video_backend: str = "opencv"):
         self.root_path = root_path
         self.records = read_list_file(videos, num_classes) if isinstance(videos, (str, os.PathLike)) else list(videos)
-        self.read = make_reader(storage_format)
+        self.read = make_reader(storage_format, video_backend)
         self.clip_length = clip_length
         self.num_steps = num_steps
         self.num_segments = num_segments
@@ -37,6 +46,9 @@ class VideoDataset(Dataset):
         self.loop_pad = loop_pad
         for record in self.records:  # fail now, not in a data-loader worker
             check_clip_fits(record.num_frames, clip_length * num_steps, record.path, loop_pad, record.where())
+        self._decodable: Dict[int, int] = {}  # video index -> frames that decode, where fewer than listed
+        # Test mode: (video index, each clip's rows, resized frames) of the last video read by this process.
+        self._cached: Optional[Tuple[int, List[List[int]], torch.Tensor]] = None
 
     @property
     def num_videos(self) -> int:
@@ -52,17 +64,57 @@ class VideoDataset(Dataset):
     def labels(self) -> np.ndarray:
         return np.array([record.label for record in self.records], dtype=np.int64)
 
+    def _frame_ids(self, video_index: int, clip_index: int) -> List[int]:
+        record = self.records[video_index]
+        duration = self._decodable.get(video_index, record.num_frames)
+        if self.train:
+            offsets = train_offsets(duration, self.clip_length, self.num_steps, self.num_segments, record.path,
+                                    self.loop_pad)
+        else:
+            offsets = eval_offsets(duration, self.clip_length, self.num_steps, self.num_segments, clip_index,
+                                   self.num_clips, record.path, self.loop_pad)
+        return clip_frame_ids(offsets, self.clip_length, self.num_steps, duration)
+
+    def _decode(self, video_index: int, frame_ids: Sequence[int]) -> Optional[List[np.ndarray]]:
+        """The frames; None when the file yields fewer frames than listed, whose count is then corrected."""
+        record = self.records[video_index]
+        try:
+            return self.read(os.path.join(self.root_path, record.path), frame_ids)
+        except VideoEndedError as err:
+            # Streams that state more frames than they hold are common (Kinetics): use those that decode.
+            listed = f"only {err.decodable} of the {record.num_frames} listed frames decode: "
+            check_clip_fits(err.decodable, self.clip_length * self.num_steps, record.path, self.loop_pad,
+                            record.where() + listed)
+            warnings.warn(f"{record.where()}video '{record.path}': {listed}clips are sampled from those")
+            self._decodable[video_index] = err.decodable
+            return None
+
+    def _decode_clips(self, video_index: int, clip_indices: Sequence[int]) -> Tuple[List[List[int]],
+                                                                                  Dict[int, np.ndarray]]:
+        """(frame ids of each clip, frame id -> frame), each frame decoded once for all the clips."""
+        while True:
+            clip_ids = [self._frame_ids(video_index, c) for c in clip_indices]
+            wanted = sorted(set(chain.from_iterable(clip_ids)))
+            frames = self._decode(video_index, wanted)
+            if frames is not None:
+                return clip_ids, dict(zip(wanted, frames))
+
+    def _test_clips(self, video_index: int) -> Tuple[List[List[int]], torch.Tensor]:
+        """Test mode: the resized frames every clip of the video needs, and each clip's rows in them."""
+        if self._cached is None or self._cached[0] != video_index:
+            clip_ids, frames = self._decode_clips(video_index, range(self.num_clips))
+            row = {frame_id: i for i, frame_id in enumerate(frames)}
+            self._cached = (video_index, [[row[i] for i in ids] for ids in clip_ids],
+                            self.transform.resize_clip(list(frames.values())))
+        return self._cached[1], self._cached[2]
+
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, int]:
         video_index, view = divmod(index, self.views_per_video)
         clip_index, crop_index = divmod(view, self.num_crops)
-        record = self.records[video_index]
-        video = os.path.join(self.root_path, record.path)
         if self.train:
-            offsets = train_offsets(record.num_frames, self.clip_length, self.num_steps, self.num_segments,
-                                    video, self.loop_pad)
+            (clip_ids,), frames = self._decode_clips(video_index, [0])
+            clip = self.transform([frames[i] for i in clip_ids])
         else:
-            offsets = eval_offsets(record.num_frames, self.clip_length, self.num_steps, self.num_segments,
-                                   clip_index, self.num_clips, video, self.loop_pad)
-        frames = self.read(video, clip_frame_ids(offsets, self.clip_length, self.num_steps, record.num_frames))
-        clip = self.transform(frames) if self.train else self.transform(frames, crop_index)
-        return clip, record.label, video_index
+            rows, resized = self._test_clips(video_index)
+            clip = self.transform.crop_view(resized[rows[clip_index]], crop_index)
+        return clip, self.records[video_index].label, video_index

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from fractions import Fraction
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
@@ -25,6 +26,9 @@ VIDEO_BACKENDS = ("opencv", "pyav")
 # this, as decoding forward from a keyframe costs on average half a GOP (25-125 frames for
 # 1-5 s GOPs at 25 fps) plus the 16 frames OpenCV's seek starts before its target.
 OPENCV_SEEK_GAP = 64
+# PyAV knows the keyframes: it seeks when one lies further ahead than this (a seek restarts the
+# decoder's frame threads, which costs about as much as decoding a few frames).
+PYAV_SEEK_GAP = 8
 
 
 class FrameReadError(RuntimeError):
@@ -116,6 +120,7 @@ class _PyAVStream:
             raise FrameReadError(f"video '{video}': the file has no video stream")
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
+        self._decode_error = av.FFmpegError
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else 0.0
         self.position = 0
@@ -125,12 +130,13 @@ class _PyAVStream:
         self._frame_index: Optional[Dict[int, int]] = None  # timestamp -> frame index, once seeking
 
     def close(self) -> None:
+        self._frames.close()
         self.container.close()
 
     def _decoded_frames(self) -> Iterator:
         try:
             yield from self.container.decode(self.stream)
-        except _import_av().FFmpegError:
+        except self._decode_error:
             return  # a damaged tail ends the stream as a short file does
 
     def _packet_index(self) -> Tuple[List[int], List[int]]:
@@ -153,10 +159,11 @@ class _PyAVStream:
     def skip_to(self, index: int) -> None:
         timestamps, keyframes = self._packet_index()
         nearest = bisect.bisect_right(keyframes, index) - 1
-        if nearest < 0 or keyframes[nearest] <= self.position:
-            return  # decoding on from here is cheaper than from the keyframe
+        if nearest < 0 or keyframes[nearest] <= self.position + PYAV_SEEK_GAP:
+            return  # decoding on from here costs about as much as seeking
         keyframe = keyframes[nearest]
         self.container.seek(timestamps[keyframe], stream=self.stream, backward=True)
+        self._frames.close()
         self._frames = self._decoded_frames()
         self.position = keyframe
         if self._frame_index is None:
@@ -192,6 +199,53 @@ def open_video(video: str, backend: str = "opencv"):
     if not os.path.isfile(video):
         raise FrameReadError(f"video '{video}': file not found")
     return (_PyAVStream if check_backend(backend) == "pyav" else _OpenCVStream)(video)
+
+
+class VideoWriter:
+    """Encodes RGB frames of one size into an .mp4 file: H.264 (libx264, CRF 18) through PyAV, MPEG-4
+    Part 2 through OpenCV, whose wheels encode no H.264. Width and height must be even (4:2:0 chroma).
+    ``keyframe_interval`` (PyAV only) sets the GOP length."""
+
+    def __init__(self, path: str, fps: float, width: int, height: int, backend: str = "opencv",
+                 keyframe_interval: Optional[int] = None):
+        if width % 2 or height % 2:
+            raise ValueError(f"'{path}': video width and height must be even, got {width}x{height}")
+        self.path = path
+        self._writer = self._container = None
+        if check_backend(backend) == "pyav":
+            av = _import_av()
+            self._container = av.open(path, "w")
+            self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001),
+                                                      options={"crf": "18"})
+            self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+            if keyframe_interval:
+                self._stream.codec_context.gop_size = keyframe_interval
+            self._frame_type = av.VideoFrame
+        else:
+            if keyframe_interval:
+                raise ValueError("OpenCV's video writer cannot set the keyframe interval: use backend 'pyav'")
+            self._writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+            if not self._writer.isOpened():
+                raise OSError(f"OpenCV cannot write '{path}'")
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._writer is not None:
+            self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        else:
+            self._container.mux(self._stream.encode(self._frame_type.from_ndarray(frame, format="rgb24")))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+        else:
+            self._container.mux(self._stream.encode())  # the frames the encoder still holds
+            self._container.close()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _read_indices(video: str, indices: Sequence[int], backend: str, seek: bool) -> Dict[int, np.ndarray]:

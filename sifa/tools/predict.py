@@ -38,14 +38,16 @@ class InputError(ValueError):
     """An input that does not exist or holds no readable frame."""
 
 
-def storage_of(path: str) -> Tuple[str, int]:
-    """(storage format, number of frames) of a video file, FRAME folder or LMDB environment."""
+def storage_of(path: str, video_backend: str = "opencv") -> Tuple[str, int]:
+    """(storage format, number of frames) of a video file (decoded by ``video_backend``), FRAME folder or
+    LMDB environment."""
     if not os.path.exists(path):
         raise InputError(f"input not found: {path}")
     if os.path.isfile(path):
-        count = count_video_frames(path)
+        count = count_video_frames(path, video_backend)
         if count == 0:
-            raise InputError(f"cannot read input video {path}: OpenCV decodes no frame from it")
+            raise InputError(f"cannot read input video {path}: video_backend {video_backend} decodes no frame "
+                             f"from it")
         return "VIDEO", count
     if os.path.isfile(os.path.join(path, "data.mdb")):
         try:
@@ -70,7 +72,7 @@ def storage_of(path: str) -> Tuple[str, int]:
 
 def input_views(cfg: SimpleNamespace, path: str) -> VideoDataset:
     """The test views of one video, built by the evaluation's dataset (its label is a placeholder)."""
-    storage_format, num_frames = storage_of(path)
+    storage_format, num_frames = storage_of(path, cfg.video_backend)
     path = os.path.abspath(path)
     # The input's folder and storage format replace the configured evaluation set's.
     view_cfg = SimpleNamespace(**{**vars(cfg), "eva_root_path": os.path.dirname(path), "format": storage_format})
