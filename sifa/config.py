@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -47,7 +48,7 @@ _POSITIVE = ("crop_size", "eva_crop_size", "num_classes", "epochs", "num_clips",
              "clip_length", "num_steps", "eva_num_segments", "eva_num_clips", "batch_size",
              "iter_size", "print_freq", "save_freq", "eva_inter_freq", "warmup_multiplier",
              "synthetic_frames", "synthetic_size")
-_NON_NEGATIVE = ("num_workers", "warmup_epoch", "ra_n", "weight_decay", "momentum", "clip_gradient",
+_NON_NEGATIVE = ("num_workers", "warmup_epoch", "ra_n", "weight_decay", "clip_gradient",
                  "synthetic_videos_per_class", "synthetic_val_videos_per_class")
 
 
@@ -55,10 +56,26 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used."""
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key repeated inside one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key '{key}' appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> Dict[str, Any]:
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=ConfigLoader)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
@@ -173,6 +190,10 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{sources[key]}: key '{key}' {message}")
 
+    for key, value in cfg.items():
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+            fail(key, f"must be a finite number, got {value!r}")
     for key, choices in _CHOICES.items():
         if cfg[key] not in choices:
             fail(key, f"must be one of {list(choices)}, got {cfg[key]!r}")
@@ -191,6 +212,34 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
     kernel = cfg["sifa_kernel"]
     if kernel is not None and (not kernel or not all(isinstance(k, int) and k > 0 for k in kernel)):
         fail("sifa_kernel", f"must be null or a list of positive ints, got {kernel!r}")
+    for key in ("base_learning_rate", "lr_decay_rate", "loss_weight"):
+        if cfg[key] <= 0:
+            fail(key, f"must be positive, got {cfg[key]!r}")
+    if not 0.0 <= cfg["momentum"] < 1.0:
+        fail("momentum", f"must lie in [0, 1), got {cfg['momentum']!r}")
+    if not cfg["output_dir"].strip():
+        fail("output_dir", "is empty: checkpoints and logs need a folder")
+    for key in ("crop_size", "eva_crop_size"):
+        problem = _crop_size_problem(cfg["net_name"], cfg[key])
+        if problem:
+            fail(key, problem)
+
+
+def _crop_size_problem(net_name: str, crop_size: int) -> str:
+    """Why ``net_name`` cannot take square frames of ``crop_size`` pixels, or '' when it can (or is unknown)."""
+    from .models import registry  # imported on use: the networks pull in timm and the operator
+    from .models.sifa_resnet import OUTPUT_STRIDE
+    from .models.sifa_swin import IMG_SIZE
+
+    if net_name not in registry.list_models():
+        return ""
+    family = registry.model_entry(net_name).family
+    if family == "swin" and crop_size != IMG_SIZE:
+        return f"must be {IMG_SIZE} for {net_name} (its windows are laid out for {IMG_SIZE}² frames), got {crop_size}"
+    if family == "resnet" and crop_size < OUTPUT_STRIDE:
+        return (f"must be at least {OUTPUT_STRIDE} for {net_name} (its output stride; smaller frames leave the "
+                f"last stages only padding), got {crop_size}")
+    return ""
 
 
 def check_run_inputs(cfg: SimpleNamespace, eval_checkpoint: Optional[str] = None) -> None:

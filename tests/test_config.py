@@ -108,6 +108,35 @@ def test_invalid_values_are_rejected(tmp_path, key, value, fragment):
     assert f"'{key}'" in str(err.value) and fragment in str(err.value)
 
 
+@pytest.mark.parametrize("key, value, fragment", [
+    ("base_learning_rate", float("nan"), "finite"), ("base_learning_rate", 0.0, "positive"),
+    ("base_learning_rate", -0.1, "positive"), ("loss_weight", float("nan"), "finite"),
+    ("clip_gradient", float("nan"), "finite"), ("clip_gradient", float("inf"), "finite"),
+    ("momentum", 1.0, "[0, 1)"), ("momentum", -0.5, "[0, 1)"), ("weight_decay", -1e-4, "negative"),
+    ("lr_decay_rate", -0.1, "positive"), ("output_dir", "", "empty"), ("output_dir", "  ", "empty"),
+    ("crop_size", 16, "at least 32"), ("eva_crop_size", 31, "at least 32")])
+def test_non_finite_and_out_of_range_numbers_are_rejected(tmp_path, key, value, fragment):
+    exp = write(tmp_path / "exp.yml", {key: value})
+    with pytest.raises(ConfigError) as err:
+        load_config(exp)
+    assert f"'{key}'" in str(err.value) and fragment in str(err.value) and str(exp) in str(err.value)
+
+
+def test_swin_takes_224_pixel_frames_only(tmp_path):
+    exp = write(tmp_path / "exp.yml", {"net_name": "c2d_sifa_swin_vit_s_p4_w7", "crop_size": 112})
+    with pytest.raises(ConfigError, match="'crop_size' must be 224 for c2d_sifa_swin_vit_s_p4_w7"):
+        load_config(exp)
+    assert load_config(exp, ["crop_size=224"]).crop_size == 224
+
+
+def test_key_repeated_inside_one_section_is_rejected(tmp_path):
+    exp = tmp_path / "exp.yml"
+    exp.write_text("dataset:\n  crop_size: 112\n  num_workers: 2\n  crop_size: 160\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(exp)
+    assert str(exp) in str(err.value) and "key 'crop_size' appears twice (lines 2 and 4)" in str(err.value)
+
+
 def test_key_set_twice_in_one_file(tmp_path):
     exp = write(tmp_path / "exp.yml", {"dataset": {"crop_size": 1}, "sampler": {"crop_size": 2}})
     with pytest.raises(ConfigError, match="'crop_size' is set more than once"):

@@ -15,6 +15,7 @@ from .temporal import check_clip_length, check_video, previous_frame, shift_back
 from .transfer import transfer_resnet, transfer_sifa_resnet
 
 EARLY_STRIDE = 4  # frames folded by the stem's temporal kernel/stride
+OUTPUT_STRIDE = 32  # pixels per position of the last stage: stem 2, max-pool 2, three strided stages
 DEFAULT_SIFA_KERNEL = (1, 3, 3, 3)
 
 
