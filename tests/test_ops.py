@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import sifa.ops as ops
+from kernel_catalogue import CATALOGUE, assert_same, run_ops
+from kernel_catalogue import make_inputs as make_catalogue_inputs
 from sifa.ops import _extension, reference
 
 HAS_EXT = ops.backend() == "extension"
@@ -212,6 +214,30 @@ def test_empty_inputs(shape):
         torch.testing.assert_close(a, b if b is not None else torch.zeros_like(a))
 
 
+@pytest.mark.parametrize("backend", ["extension", "reference"])
+def test_non_finite_offsets_sample_nothing(backend, monkeypatch):
+    # a NaN or infinite position samples nothing and passes no gradient, on both backends: the same
+    # result as a position far outside the image
+    if backend == "extension" and not HAS_EXT:
+        pytest.skip("compiled extension not built")
+    monkeypatch.setattr(_extension, "_chosen", backend == "extension")
+    x, off, w, _ = make_case(1, 4, 2, 4, 5, 3, 1, 1, 1.0)
+    bad = off.detach().clone()
+    bad.view(-1)[::5] = float("nan")
+    bad.view(-1)[1::7] = float("inf")
+    bad.view(-1)[2::9] = -float("inf")
+    far = torch.where(torch.isfinite(bad), bad, torch.full_like(bad, 1e6))
+    results = []
+    for offsets in (bad, far):
+        o = offsets.clone().requires_grad_()
+        out, scores = ops.sifa_attention(x, o, w, return_scores=True)
+        grads = torch.autograd.grad(out.sum() + scores.sum(), (x, o, w))
+        results.append((out, scores) + grads)
+    for got, want in zip(*results):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want)
+
+
 @needs_ext
 def test_extension_float32_and_non_contiguous():
     x, off, w, scores = make_case(2, 8, 3, 6, 5, 3, 1, 2, 1.5, dtype=torch.float32)
@@ -383,6 +409,33 @@ def test_cuda_fused_matches_reference(case):
             gpu = (x.detach().to("cuda", dtype).to(memory_format=memory_format).requires_grad_(),
                    off.detach().to("cuda", dtype).requires_grad_(), w.detach().to("cuda", dtype).requires_grad_())
             check_fused_against_reference(x, off, w, pad, dil, groups, device_args=gpu, tol=tol)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", list(CATALOGUE))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_catalogue_matches_cpu_kernels(name, dtype):
+    # the shapes the warp emulator checks (tests/test_emulation.py), on the real GPU; the CPU kernels
+    # have no 16-bit path, so they get the same rounded values in float32
+    tensors, geo = make_catalogue_inputs(CATALOGUE[name], dtype)
+    want = run_ops(torch.ops.sifa, [t.to(torch.float64 if dtype == torch.float64 else torch.float32) for t in tensors],
+                   geo)
+    got = run_ops(torch.ops.sifa, [t.cuda() for t in tensors], geo)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    assert_same({k: [t.cpu() for t in v] if isinstance(v, (tuple, list)) else v.cpu() for k, v in got.items()},
+                want, rtol=tol, atol=tol, what=f"{name} {dtype}")
+
+
+@needs_cuda
+def test_cuda_deterministic_mode_refuses_the_atomic_backward():
+    x, off, w, _ = [t.detach().cuda().requires_grad_() for t in make_case(1, 64, 2, 3, 3, 3, 1, 1, 1.0)]
+    out = ops.sifa_attention(x, off, w)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="sifa backward \\(CUDA\\)"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @needs_cuda

@@ -82,9 +82,9 @@ def _like_features(input: torch.Tensor, dtype: Optional[torch.dtype] = None) -> 
 def _register_python_side() -> None:
     lib = "sifa::"
 
-    def _scores_fake(input, weight, groups):
+    def _scores_fake(input, weight, groups, dtype=None):
         N, C, T, H, W = input.shape
-        return input.new_empty((N, groups * _kernel_len(weight), T, H, W))
+        return input.new_empty((N, groups * _kernel_len(weight), T, H, W), dtype=dtype)
 
     @torch.library.register_fake(lib + "defcor")
     def _(input, offset, weight, stride, padding, dilation, groups):
@@ -96,7 +96,9 @@ def _register_python_side() -> None:
 
     @torch.library.register_fake(lib + "sifa_attention")
     def _(input, offset, weight, stride, padding, dilation, groups):
-        return _like_features(input), _scores_fake(input, weight, groups)
+        # the fused op keeps its scores in the kernels' accumulation type (sifa.h, accumulation_type)
+        scores_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+        return _like_features(input), _scores_fake(input, weight, groups, scores_dtype)
 
     def _grads_fake(input, offset, weight, mask):
         return (_like_features(input) if mask[0] else input.new_empty((0,)),

@@ -123,7 +123,8 @@ def sifa_attention(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPai
 
     One pass samples the deformed taps once for both the correlation and the aggregation, and the
     backward computes all gradients together; arguments as :func:`defcor`. Returns the N×C×T×H×W
-    aggregation, and with ``return_scores`` also the N×(G·K)×T×H×W scores (differentiable too).
+    aggregation, and with ``return_scores`` also the N×(G·K)×T×H×W scores (differentiable too;
+    float32 for float16/bfloat16 inputs, as the kernels keep them for the backward).
     An input in ``torch.channels_last_3d`` memory format gets its output in that format, copy-free.
     """
     stride, padding, dilation = pair(stride), pair(padding), pair(dilation)

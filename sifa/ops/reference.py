@@ -17,11 +17,15 @@ from ._utils import IntPair, pair, previous_frame
 def _bilinear_sample(img: Tensor, py: Tensor, px: Tensor) -> Tensor:
     """Sample ``img`` (B×C×H×W) at float pixel coordinates ``py``/``px`` (B×P) -> B×C×P.
 
-    Zero when py ≤ −1, px ≤ −1, py ≥ H or px ≥ W; corners outside the image count as zero.
+    Zero when py ≤ −1, px ≤ −1, py ≥ H or px ≥ W, and at NaN positions (as in the kernels: every
+    comparison with NaN fails), with zero gradient; corners outside the image count as zero.
     """
     B, C, H, W = img.shape
     flat = img.reshape(B, C, H * W)
     inside = (py > -1) & (px > -1) & (py < H) & (px < W)
+    # positions that sample nothing are moved to (0, 0): floor/long of NaN or ±inf would be garbage
+    # indices, and their weights NaN (inf − inf) times zero
+    py, px = torch.where(inside, py, 0), torch.where(inside, px, 0)
     y0, x0 = torch.floor(py), torch.floor(px)
     ly, lx = py - y0, px - x0
     out = None

@@ -23,6 +23,7 @@
 extern "C" {
 void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);
 void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, size_t* size_old);
+void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
 }
 #endif
 // libubsan (both builds link it): where UBSAN_OPTIONS=log_path=… sends reports, "<path>.<pid>" once one was made
@@ -224,6 +225,9 @@ char* new_stack() {
 // A fresh stack that sifa_emu_switch "returns" into fiber_main on: control words, six registers,
 // the return address, with the alignment a called function expects.
 void* initial_stack(char* stack) {
+#if defined(__SANITIZE_ADDRESS__)
+  __asan_unpoison_memory_region(stack, kStackBytes);  // frames of the previous block's fibers, never returned from
+#endif
   auto top = reinterpret_cast<uintptr_t>(stack + kStackBytes) & ~uintptr_t(15);
   auto* slot = reinterpret_cast<uint64_t*>(top) - 2;  // [return address][unused]: 16-byte aligned
   slot[0] = reinterpret_cast<uint64_t>(&fiber_main);

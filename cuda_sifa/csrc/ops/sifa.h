@@ -35,6 +35,11 @@ inline void define_schemas(torch::Library& m) {
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
+// The dtype the kernels accumulate in and keep scores in: float for half/bfloat16, else the input's.
+inline at::ScalarType accumulation_type(const at::Tensor& input) {
+  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // Validates shapes (a safety net for direct torch.ops callers; sifa.ops checks with fuller
 // messages first) and returns the call's geometry. `weight_is_scores` selects defagg's layout.
 inline math::Geometry make_geometry(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
@@ -62,7 +67,10 @@ inline math::Geometry make_geometry(const at::Tensor& input, const at::Tensor& o
     TORCH_CHECK(weight.sizes() == at::IntArrayRef({g.C, g.T, g.kh, g.kw}),
                 "sifa: weight must be C×T×kh×kw, got ", weight.sizes());
   }
-  TORCH_CHECK(offset.scalar_type() == input.scalar_type() && weight.scalar_type() == input.scalar_type(),
+  // scores (defagg's weight) may also come in the accumulation type, as the fused op returns them
+  TORCH_CHECK(offset.scalar_type() == input.scalar_type() &&
+                  (weight.scalar_type() == input.scalar_type() ||
+                   (weight_is_scores && weight.scalar_type() == accumulation_type(input))),
               "sifa: input, offset and weight must share a dtype");
   TORCH_CHECK(offset.device() == input.device() && weight.device() == input.device(),
               "sifa: input, offset and weight must be on one device");
@@ -71,6 +79,8 @@ inline math::Geometry make_geometry(const at::Tensor& input, const at::Tensor& o
 
 // The kernels' working layout: features channels-last (N×T×H×W×C, so channel loops are contiguous
 // on the CPU and coalesced on the GPU), offsets and scores NCTHW, the correlation weight T×K×C.
+// Scores and their gradients are in the accumulation type (float for half/bfloat16): the fused
+// backward then uses the scores the forward computed, not their rounding.
 // Undefined tensors are parts a call does not run or gradients nobody asked for.
 struct ForwardTensors {
   at::Tensor x;       // N×T×H×W×C
@@ -87,6 +97,7 @@ struct BackwardTensors {
   // outputs; the float/double ones accumulate and are cast by the host
   at::Tensor grad_x;            // N×T×H×W×C accumulator: keys and values (bilinear scatter inside frame t)
   at::Tensor grad_query;        // N×T×H×W×C accumulator: frame t's query gradient, folded onto prev(t)
+                                //   (kernels with kQueryGradientBuffer; the others add it into grad_x)
   at::Tensor grad_offset;       // N×2K×T×H×W, every element written
   at::Tensor grad_weight;       // N×T×K×C accumulator of per-sample partials, when correlating
   at::Tensor grad_scores_out;   // N×G·K×T×H×W, every element written (defagg's score gradient)
@@ -136,6 +147,7 @@ inline at::Tensor weight_tkc(const at::Tensor& weight) {
 // The op entry points of one device. `Kernels` provides
 //   static void forward(const ForwardTensors&, const math::Geometry&, Parts);
 //   static void backward(const BackwardTensors&, const math::Geometry&, Parts);
+//   static constexpr bool kQueryGradientBuffer;  // whether backward wants grad_query
 // (the kernels see only non-empty problems).
 template <class Kernels>
 struct Ops {
@@ -147,11 +159,12 @@ struct Ops {
     ForwardTensors ts;
     ts.x = to_channels_last(input);
     ts.offset = offset.contiguous();
+    const auto acc = input.options().dtype(accumulation_type(input));
     if (parts.correlate) {
       ts.weight = weight_tkc(weight_or_scores);
-      ts.scores = at::empty({g.N, g.groups * g.taps(), g.T, g.H, g.W}, input.options());
+      ts.scores = at::empty({g.N, g.groups * g.taps(), g.T, g.H, g.W}, acc);
     } else {
-      ts.scores = weight_or_scores.contiguous();
+      ts.scores = weight_or_scores.to(acc).contiguous();
     }
     if (parts.aggregate) ts.out = at::empty_like(ts.x);
     if (input.numel() > 0) {
@@ -159,7 +172,9 @@ struct Ops {
     } else if (parts.correlate) {
       ts.scores.zero_();  // C = 0: empty sums
     }
-    return {parts.aggregate ? from_channels_last(ts.out, input) : at::Tensor(), ts.scores};
+    // the fused op returns the scores its backward will use; defcor returns them in the input's dtype
+    return {parts.aggregate ? from_channels_last(ts.out, input) : at::Tensor(),
+            parts.aggregate ? ts.scores : ts.scores.to(input.scalar_type())};
   }
 
   // Gradients w.r.t. (input, offset, weight or scores); an entry whose mask is false comes back empty.
@@ -169,22 +184,23 @@ struct Ops {
     BackwardTensors ts;
     ts.x = to_channels_last(input);
     ts.offset = offset.contiguous();
+    const auto acc = accumulation_type(input);
     if (parts.aggregate) {
       ts.grad_out = to_channels_last(grad_out);
-      ts.scores = scores.contiguous();
+      ts.scores = scores.to(acc).contiguous();
     }
     if (parts.correlate) {
       ts.weight = weight_tkc(weight);
-      if (grad_scores.defined()) ts.grad_scores = grad_scores.contiguous();
+      if (grad_scores.defined()) ts.grad_scores = grad_scores.to(acc).contiguous();
     }
     const bool runs = input.numel() > 0;
     // the kernels write every offset and score gradient; with no channels they are empty sums
     const auto written = [runs](const at::Tensor& like) { return runs ? at::empty_like(like) : at::zeros_like(like); };
     if (mask[0]) ts.grad_x = accumulator(input, ts.x.sizes());
-    if (mask[0] && parts.correlate) ts.grad_query = accumulator(input, ts.x.sizes());
+    if (mask[0] && parts.correlate && Kernels::kQueryGradientBuffer) ts.grad_query = accumulator(input, ts.x.sizes());
     if (mask[1]) ts.grad_offset = written(ts.offset);
     if (mask[2] && parts.correlate) ts.grad_weight = accumulator(input, {g.N, g.T, g.taps(), g.C});
-    if (mask[2] && !parts.correlate) ts.grad_scores_out = written(ts.scores);
+    if (mask[2] && !parts.correlate) ts.grad_scores_out = written(ts.scores);  // accumulation type
     if (runs) Kernels::backward(ts, g, parts);
 
     at::Tensor grad_input = input.new_empty({0}), grad_third = weight.new_empty({0});
@@ -201,7 +217,7 @@ struct Ops {
       grad_third = ts.grad_weight.sum(0).permute({2, 0, 1}).reshape(weight.sizes()).to(weight.scalar_type())
                        .contiguous();
     } else if (mask[2]) {
-      grad_third = ts.grad_scores_out;
+      grad_third = ts.grad_scores_out.to(weight.scalar_type());
     }
     return {grad_input, mask[1] ? ts.grad_offset : offset.new_empty({0}), grad_third};
   }

@@ -27,8 +27,8 @@ SIFA_HOST_DEVICE acc_t floor_of(acc_t v) {
 
 // The four corners of a bilinear sample: indices into an H×W plane (y·W + x), interpolation
 // weights and their derivatives w.r.t. the sample's y and x. Corners outside the image (and all
-// four when the sample lies outside (−1, H)×(−1, W)) have index 0 and zero weights, so callers
-// may read and scatter through them without branching.
+// four when the sample lies outside (−1, H)×(−1, W), or at a NaN or infinite position) have index
+// 0 and zero weights, so callers may read and scatter through them without branching.
 template <typename acc_t>
 struct Bilinear {
   int64_t index[4];
@@ -45,7 +45,8 @@ SIFA_UNROLL
     b.index[i] = 0;
     b.weight[i] = b.dweight_dy[i] = b.dweight_dx[i] = acc_t(0);
   }
-  if (py <= acc_t(-1) || px <= acc_t(-1) || py >= acc_t(H) || px >= acc_t(W)) return b;
+  // written so that NaN fails it: a NaN position samples nothing (and is never converted to an index)
+  if (!(py > acc_t(-1) && px > acc_t(-1) && py < acc_t(H) && px < acc_t(W))) return b;
   const acc_t fy = floor_of(py), fx = floor_of(px);
   const int64_t y0 = static_cast<int64_t>(fy), x0 = static_cast<int64_t>(fx);
   const acc_t ly = py - fy, lx = px - fx, hy = acc_t(1) - ly, hx = acc_t(1) - lx;

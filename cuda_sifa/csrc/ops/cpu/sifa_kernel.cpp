@@ -25,7 +25,7 @@ void forward_kernel(const ForwardTensors& ts, const Geometry& g) {
   const scalar_t* x = ts.x.data_ptr<scalar_t>();
   const scalar_t* off = ts.offset.data_ptr<scalar_t>();
   const scalar_t* wt = kCorrelate ? ts.weight.data_ptr<scalar_t>() : nullptr;
-  scalar_t* sc = ts.scores.data_ptr<scalar_t>();
+  acc_t* sc = ts.scores.data_ptr<acc_t>();
   scalar_t* out = kAggregate ? ts.out.data_ptr<scalar_t>() : nullptr;
   const int64_t C = g.C, Cg = g.group_channels(), K = g.taps(), HW = g.plane();
   at::parallel_for(0, g.N * g.T * g.H, 1, [&](int64_t begin, int64_t end) {
@@ -52,7 +52,7 @@ void forward_kernel(const ForwardTensors& ts, const Geometry& g) {
                 if constexpr (kAggregate) sample[c] = s;
                 score += acc_t(wk[c]) * acc_t(q[c]) * s;
               }
-              sc[si] = static_cast<scalar_t>(score);
+              sc[si] = score;
               if constexpr (kAggregate) {
 #pragma omp simd
                 for (int64_t c = c0; c < c1; ++c) acc[c] += score * sample[c];
@@ -81,16 +81,16 @@ template <typename scalar_t, bool kCorrelate, bool kAggregate>
 void backward_kernel(const BackwardTensors& ts, const Geometry& g) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* go = kAggregate ? ts.grad_out.data_ptr<scalar_t>() : nullptr;
-  const scalar_t* gsc_in = ts.grad_scores.defined() ? ts.grad_scores.data_ptr<scalar_t>() : nullptr;
+  const acc_t* gsc_in = ts.grad_scores.defined() ? ts.grad_scores.data_ptr<acc_t>() : nullptr;
   const scalar_t* x = ts.x.data_ptr<scalar_t>();
   const scalar_t* off = ts.offset.data_ptr<scalar_t>();
   const scalar_t* wt = kCorrelate ? ts.weight.data_ptr<scalar_t>() : nullptr;
-  const scalar_t* sc = kAggregate ? ts.scores.data_ptr<scalar_t>() : nullptr;
+  const acc_t* sc = kAggregate ? ts.scores.data_ptr<acc_t>() : nullptr;
   acc_t* gx = ts.grad_x.defined() ? ts.grad_x.data_ptr<acc_t>() : nullptr;
   acc_t* gq = ts.grad_query.defined() ? ts.grad_query.data_ptr<acc_t>() : nullptr;
   scalar_t* goff = ts.grad_offset.defined() ? ts.grad_offset.data_ptr<scalar_t>() : nullptr;
   acc_t* gw = ts.grad_weight.defined() ? ts.grad_weight.data_ptr<acc_t>() : nullptr;
-  scalar_t* gsc_out = ts.grad_scores_out.defined() ? ts.grad_scores_out.data_ptr<scalar_t>() : nullptr;
+  acc_t* gsc_out = ts.grad_scores_out.defined() ? ts.grad_scores_out.data_ptr<acc_t>() : nullptr;
   const int64_t C = g.C, Cg = g.group_channels(), K = g.taps(), HW = g.plane();
   at::parallel_for(0, g.N * g.T, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sample(kCorrelate ? C : 0), coef(C);
@@ -125,7 +125,7 @@ void backward_kernel(const BackwardTensors& ts, const Geometry& g) {
             }
             // the gradient reaching the score: from the aggregation and from the score output
             const acc_t grad_score = kCorrelate ? agg_s + (gsc_in ? acc_t(gsc_in[si]) : acc_t(0)) : acc_t(0);
-            if (gsc_out) gsc_out[si] = static_cast<scalar_t>(agg_s);
+            if (gsc_out) gsc_out[si] = agg_s;
             off_y += score * agg_y + grad_score * cor_y;
             off_x += score * agg_x + grad_score * cor_x;
             if constexpr (kCorrelate) {
@@ -170,6 +170,9 @@ void backward_kernel(const BackwardTensors& ts, const Geometry& g) {
 
 // The kernels have no reduced-precision path on the CPU; autocast runs the ops in float32.
 struct CpuKernels {
+  // frame t's query gradient goes to a buffer folded onto prev(t) afterwards: frames run in
+  // parallel, and prev(t) is another thread's frame
+  static constexpr bool kQueryGradientBuffer = true;
   static void forward(const ForwardTensors& ts, const Geometry& g, Parts parts) {
     AT_DISPATCH_FLOATING_TYPES(ts.x.scalar_type(), "sifa_forward_cpu", [&] {
       with_parts(parts, [&](auto cor, auto agg) { forward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value>(ts, g); });

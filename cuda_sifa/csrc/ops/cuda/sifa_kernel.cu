@@ -1,12 +1,21 @@
 // CUDA kernels of the SIFA ops on the channels-last working layout (sifa.h). One warp per pixel:
-// its 32 lanes stride over the channels, so every feature read (query, the four bilinear corners,
-// the output gradient) is a coalesced run of consecutive channels, and the channel dot products are
-// reduced with warp shuffles. The pixel's K taps (corners, weights, their derivatives) are computed
-// once per warp into shared memory. Math in float (double for double) for every storage dtype; the
-// only atomics are the bilinear scatter of the input gradient (and the frozen weight's gradient,
-// when asked for), into float (double) accumulators cast at the end.
+// its lanes cover the channels, so every feature read (query, the four bilinear corners, the
+// output gradient) is a coalesced run of consecutive channels, and channel dot products are reduced
+// with warp shuffles. The pixel's K taps (corners, weights, their derivatives) are computed once per
+// warp into shared memory. Math in float (double for double) for every storage dtype; scores in
+// that type too. Atomics only in the backward: the bilinear scatter into the input gradient (which
+// also receives the query gradient at prev(t)) and the frozen weight's gradient when asked for.
+//
+// Two kernel pairs:
+// - the slice kernels, for the fused op with one group and C = 32·S (S = 2, 4, 8 or 16 channels per
+//   lane: C = 64…512, every SIFA block of the networks): each lane keeps its S contiguous channels
+//   in registers, reads them with vector loads, and sweeps the taps once — forward: sample, score,
+//   accumulate; backward: sample with derivatives, reduce, add its query gradient in registers and
+//   scatter with vector atomics;
+// - the general kernels, for every other op and shape: lanes stride over each group's channels.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
+#include <ATen/Context.h>
 #include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -23,7 +32,7 @@ using math::Geometry;
 
 constexpr int kWarp = 32;
 constexpr int kMaxWarpsPerBlock = 8;
-constexpr int64_t kSharedLimit = 48 * 1024;  // the default dynamic shared memory per block
+constexpr int64_t kDefaultSharedLimit = 48 * 1024;  // dynamic shared memory without an opt-in
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -66,14 +75,191 @@ __device__ __forceinline__ Pixel load_pixel(int64_t p, const Geometry& g, const 
   return px;
 }
 
-// Grid-stride loop over pixels (n, t, hw), one per warp; `lane` is the thread's channel offset.
+// Grid-stride loop over pixels (n, t, hw), one per warp.
 #define SIFA_WARP_PIXEL_LOOP(p, pixels)                                                              \
   for (int64_t p = blockIdx.x * int64_t(blockDim.x / kWarp) + threadIdx.x / kWarp; p < (pixels); \
        p += int64_t(gridDim.x) * (blockDim.x / kWarp))
 
+// --- slice kernels -------------------------------------------------------------------------------
+
+// S consecutive elements, loaded and stored as one aligned vector (16 bytes at most per access).
+template <typename T, int S>
+struct alignas(sizeof(T) * S < 16 ? sizeof(T) * S : 16) Slice {
+  T v[S];
+};
+
+template <int S, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_slice(const scalar_t* p, acc_t (&out)[S]) {
+  const auto s = *reinterpret_cast<const Slice<scalar_t, S>*>(p);
+#pragma unroll
+  for (int i = 0; i < S; ++i) out[i] = acc_t(s.v[i]);
+}
+
+template <int S, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_slice(scalar_t* p, const acc_t (&in)[S]) {
+  Slice<scalar_t, S> s;
+#pragma unroll
+  for (int i = 0; i < S; ++i) s.v[i] = static_cast<scalar_t>(in[i]);
+  *reinterpret_cast<Slice<scalar_t, S>*>(p) = s;
+}
+
+// dst[0..S) += scale·v: float4/float2 atomics where the architecture has them (sm_90), else scalar.
+template <int S, typename acc_t>
+__device__ __forceinline__ void atomic_add_slice(acc_t* dst, acc_t scale, const acc_t (&v)[S]) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  if constexpr (std::is_same_v<acc_t, float> && S % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < S; i += 4)
+      atomicAdd(reinterpret_cast<float4*>(dst + i),
+                make_float4(scale * v[i], scale * v[i + 1], scale * v[i + 2], scale * v[i + 3]));
+    return;
+  } else if constexpr (std::is_same_v<acc_t, float> && S % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < S; i += 2) atomicAdd(reinterpret_cast<float2*>(dst + i), make_float2(scale * v[i], scale * v[i + 1]));
+    return;
+  }
+#endif
+#pragma unroll
+  for (int i = 0; i < S; ++i) gpuAtomicAdd(dst + i, scale * v[i]);
+}
+
+// Fused forward, one group, C = 32·S: per tap, the lane's S samples stay in registers from the
+// score's dot product to the aggregation; the score goes to shared memory never, to global once.
+template <typename scalar_t, int S>
+__global__ void forward_slice_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+                                     const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
+                                     scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const auto shared = warp_shared<acc_t>(smem, g);
+  const int lane = threadIdx.x % kWarp;
+  const int64_t C = kWarp * S, K = g.taps(), HW = g.plane();
+  SIFA_WARP_PIXEL_LOOP(p, pixels) {
+    const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
+    __syncwarp();  // taps written
+    const scalar_t* frame = x + (n * g.T + t) * HW * C + lane * S;
+    acc_t q[S], acc[S];
+    load_slice<S>(x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C + lane * S, q);
+#pragma unroll
+    for (int i = 0; i < S; ++i) acc[i] = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const Bilinear<acc_t> b = shared.taps[k];
+      acc_t s[S], w[S], v[S];
+#pragma unroll
+      for (int i = 0; i < S; ++i) s[i] = 0;
+#pragma unroll
+      for (int corner = 0; corner < 4; ++corner) {
+        if (b.weight[corner] == acc_t(0)) continue;  // outside the image: the same for every lane
+        load_slice<S>(frame + b.index[corner] * C, v);
+#pragma unroll
+        for (int i = 0; i < S; ++i) s[i] += b.weight[corner] * v[i];
+      }
+      load_slice<S>(wt + (t * K + k) * C + lane * S, w);
+      acc_t partial = 0;
+#pragma unroll
+      for (int i = 0; i < S; ++i) partial += w[i] * q[i] * s[i];
+      const acc_t score = warp_sum(partial);
+      if (lane == 0) sc[g.score_index(n, 0, k, t, hw)] = score;
+#pragma unroll
+      for (int i = 0; i < S; ++i) acc[i] += score * s[i];
+    }
+    store_slice<S>(out + p * C + lane * S, acc);
+    __syncwarp();  // the shared taps are rewritten for the next pixel
+  }
+}
+
+// Fused backward, one group, C = 32·S: per tap one pass over the lane's channels samples the four
+// corners with their derivatives and reduces the score and offset gradients; the corners then
+// receive their share by vector atomics, and the query gradient, summed over the taps in registers,
+// is added once into the input gradient at prev(t).
+template <typename scalar_t, int S>
+__global__ void backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
+                                      const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+                                      const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
+                                      at::acc_type<scalar_t, true>* gx, scalar_t* __restrict__ goff,
+                                      at::acc_type<scalar_t, true>* gw, Geometry g, int64_t pixels) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const auto shared = warp_shared<acc_t>(smem, g);
+  const int lane = threadIdx.x % kWarp;
+  const int64_t C = kWarp * S, K = g.taps(), HW = g.plane();
+  SIFA_WARP_PIXEL_LOOP(p, pixels) {
+    const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
+    __syncwarp();  // taps written
+    const int64_t nt = n * g.T + t, query_pixel = (n * g.T + g.prev_frame(t)) * HW + hw;
+    const scalar_t* frame = x + nt * HW * C + lane * S;
+    acc_t q[S], grad_out[S], grad_query[S];
+    load_slice<S>(x + query_pixel * C + lane * S, q);
+    load_slice<S>(go + p * C + lane * S, grad_out);
+#pragma unroll
+    for (int i = 0; i < S; ++i) grad_query[i] = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const Bilinear<acc_t> b = shared.taps[k];
+      const int64_t si = g.score_index(n, 0, k, t, hw);
+      const acc_t score = sc[si];
+      acc_t w[S], sample[S], v[S];
+      load_slice<S>(wt + (t * K + k) * C + lane * S, w);
+      math::ChannelTerms<acc_t> sums{acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+#pragma unroll
+      for (int i = 0; i < S; ++i) sample[i] = 0;
+      acc_t dy[S], dx[S];
+#pragma unroll
+      for (int i = 0; i < S; ++i) dy[i] = dx[i] = 0;
+#pragma unroll
+      for (int corner = 0; corner < 4; ++corner) {
+        if (b.weight[corner] == acc_t(0) && b.dweight_dy[corner] == acc_t(0) && b.dweight_dx[corner] == acc_t(0))
+          continue;  // outside the image
+        load_slice<S>(frame + b.index[corner] * C, v);
+#pragma unroll
+        for (int i = 0; i < S; ++i) {
+          sample[i] += b.weight[corner] * v[i];
+          dy[i] += b.dweight_dy[corner] * v[i];
+          dx[i] += b.dweight_dx[corner] * v[i];
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < S; ++i)
+        sums += math::channel_terms<true, true>(math::SampleGrad<acc_t>{sample[i], dy[i], dx[i]}, grad_out[i],
+                                                w[i] * q[i]);
+      sums.agg_s = warp_sum(sums.agg_s);
+      sums.agg_y = warp_sum(sums.agg_y);
+      sums.agg_x = warp_sum(sums.agg_x);
+      sums.cor_y = warp_sum(sums.cor_y);
+      sums.cor_x = warp_sum(sums.cor_x);
+      const acc_t grad_score = sums.agg_s + (gsc_in ? gsc_in[si] : acc_t(0));
+      if (goff && lane == 0) {
+        goff[g.offset_index(n, k, 0, t, hw)] = static_cast<scalar_t>(score * sums.agg_y + grad_score * sums.cor_y);
+        goff[g.offset_index(n, k, 1, t, hw)] = static_cast<scalar_t>(score * sums.agg_x + grad_score * sums.cor_x);
+      }
+      if (gw) {
+        acc_t qs[S];
+#pragma unroll
+        for (int i = 0; i < S; ++i) qs[i] = q[i] * sample[i];
+        atomic_add_slice<S>(gw + (nt * K + k) * C + lane * S, grad_score, qs);
+      }
+      if (gx) {
+#pragma unroll
+        for (int i = 0; i < S; ++i) grad_query[i] += grad_score * w[i] * sample[i];
+        acc_t corner_value[S];
+#pragma unroll
+        for (int i = 0; i < S; ++i)
+          corner_value[i] = math::corner_value<true, true>(score, grad_out[i], grad_score, w[i] * q[i]);
+        acc_t* gx_frame = gx + nt * HW * C + lane * S;
+#pragma unroll
+        for (int corner = 0; corner < 4; ++corner)
+          if (b.weight[corner] != acc_t(0)) atomic_add_slice<S>(gx_frame + b.index[corner] * C, b.weight[corner], corner_value);
+      }
+    }
+    if (gx) atomic_add_slice<S>(gx + query_pixel * C + lane * S, acc_t(1), grad_query);
+    __syncwarp();  // the shared taps are rewritten for the next pixel
+  }
+}
+
+// --- general kernels -----------------------------------------------------------------------------
+
 template <typename scalar_t, bool kCorrelate, bool kAggregate>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
-                               const scalar_t* __restrict__ wt, scalar_t* __restrict__ sc,
+                               const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -87,7 +273,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
       for (int64_t j = lane; j < g.groups * K; j += kWarp)
         shared.scores[j] = sc[g.score_index(n, j / K, j % K, t, hw)];
     }
-    __syncwarp();
+    __syncwarp();  // taps (and scores) written
     if constexpr (kCorrelate) {
       const scalar_t* q = x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C;
       for (int64_t k = 0; k < K; ++k) {
@@ -99,7 +285,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
             partial += acc_t(wk[c]) * acc_t(q[c]) * math::interpolate(b, frame + c, C);
           const acc_t score = warp_sum(partial);
           if (lane == 0) {
-            sc[g.score_index(n, grp, k, t, hw)] = static_cast<scalar_t>(score);
+            sc[g.score_index(n, grp, k, t, hw)] = score;
             shared.scores[grp * K + k] = score;
           }
         }
@@ -109,8 +295,13 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
     if constexpr (kAggregate) {
       // the corners were just read for the scores: this second sweep hits L1/L2
       scalar_t* o = out + p * C;
+      int64_t grp = lane / Cg, next_group = (grp + 1) * Cg;  // the channel's group, without a division per channel
       for (int64_t c = lane; c < C; c += kWarp) {
-        const acc_t* scores = shared.scores + (c / Cg) * K;
+        while (c >= next_group) {
+          ++grp;
+          next_group += Cg;
+        }
+        const acc_t* scores = shared.scores + grp * K;
         acc_t acc = 0;
         for (int64_t k = 0; k < K; ++k) acc += scores[k] * math::interpolate(shared.taps[k], frame + c, C);
         o[c] = static_cast<scalar_t>(acc);
@@ -125,12 +316,12 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
 // scores) then drives a second sweep with the query and weight gradients and one bilinear scatter
 // serving both parts.
 template <typename scalar_t, bool kCorrelate, bool kAggregate>
-__global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t* __restrict__ gsc_in,
+__global__ void backward_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                 const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
-                                const scalar_t* __restrict__ wt, const scalar_t* __restrict__ sc,
-                                at::acc_type<scalar_t, true>* gx, at::acc_type<scalar_t, true>* __restrict__ gq,
-                                scalar_t* __restrict__ goff, at::acc_type<scalar_t, true>* gw,
-                                scalar_t* __restrict__ gsc_out, Geometry g, int64_t pixels) {
+                                const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
+                                at::acc_type<scalar_t, true>* gx, scalar_t* __restrict__ goff,
+                                at::acc_type<scalar_t, true>* gw, at::acc_type<scalar_t, true>* __restrict__ gsc_out,
+                                Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto shared = warp_shared<acc_t>(smem, g);
@@ -138,10 +329,10 @@ __global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t*
   const int64_t C = g.C, Cg = g.group_channels(), K = g.taps(), HW = g.plane();
   SIFA_WARP_PIXEL_LOOP(p, pixels) {
     const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
-    __syncwarp();
-    const int64_t nt = n * g.T + t;
+    __syncwarp();  // taps written
+    const int64_t nt = n * g.T + t, query_pixel = (n * g.T + g.prev_frame(t)) * HW + hw;
     const scalar_t* frame = x + nt * HW * C;
-    const scalar_t* q = x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C;
+    const scalar_t* q = x + query_pixel * C;
     const scalar_t* gop = kAggregate ? go + p * C : nullptr;
     for (int64_t k = 0; k < K; ++k) {
       const Bilinear<acc_t>& b = shared.taps[k];
@@ -150,7 +341,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t*
       for (int64_t grp = 0; grp < g.groups; ++grp) {
         const int64_t c0 = grp * Cg, c1 = c0 + Cg;
         const int64_t si = g.score_index(n, grp, k, t, hw);
-        const acc_t score = kAggregate ? acc_t(sc[si]) : acc_t(0);
+        const acc_t score = kAggregate ? sc[si] : acc_t(0);
         math::ChannelTerms<acc_t> sums{acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
         for (int64_t c = c0 + lane; c < c1; c += kWarp) {
           sums += math::channel_terms<kCorrelate, kAggregate>(
@@ -167,8 +358,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t*
           sums.cor_x = warp_sum(sums.cor_x);
         }
         // the gradient reaching the score: from the aggregation and from the score output
-        const acc_t grad_score = kCorrelate ? sums.agg_s + (gsc_in ? acc_t(gsc_in[si]) : acc_t(0)) : acc_t(0);
-        if (gsc_out && lane == 0) gsc_out[si] = static_cast<scalar_t>(sums.agg_s);
+        const acc_t grad_score = kCorrelate ? sums.agg_s + (gsc_in ? gsc_in[si] : acc_t(0)) : acc_t(0);
+        if (gsc_out && lane == 0) gsc_out[si] = sums.agg_s;
         off_y += score * sums.agg_y + grad_score * sums.cor_y;
         off_x += score * sums.agg_x + grad_score * sums.cor_x;
         if (gx || gw) {
@@ -178,7 +369,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t*
             const acc_t wc = kCorrelate ? acc_t(wk[c]) : acc_t(0);
             if constexpr (kCorrelate) {
               const acc_t s = math::interpolate(b, frame + c, C);
-              if (gq) gq[p * C + c] += grad_score * wc * s;  // this warp owns the pixel: no atomics
+              if (gx) gpuAtomicAdd(gx + query_pixel * C + c, grad_score * wc * s);  // the query is frame prev(t)
               if (gw) gpuAtomicAdd(gw + (nt * K + k) * C + c, grad_score * qc * s);
             }
             if (gx_frame) {
@@ -200,22 +391,32 @@ __global__ void backward_kernel(const scalar_t* __restrict__ go, const scalar_t*
   }
 }
 
+// --- launch --------------------------------------------------------------------------------------
+
 // Launch configuration of the pixel kernels: as many warps per block (up to 8) as the shared
 // memory allows, each needing its pixel's taps and scores; the grid-stride loop covers the rest.
+// Beyond the default 48 KB per block the kernel opts in to the device's larger limit.
 struct LaunchConfig {
   unsigned blocks;
   int threads;
   int64_t shared_bytes;
 };
 
-template <typename acc_t>
-LaunchConfig launch_config(const Geometry& g, int64_t pixels) {
+template <typename acc_t, typename Kernel>
+LaunchConfig launch_config(Kernel* kernel, const Geometry& g, int64_t pixels) {
   const int64_t per_warp = WarpShared<acc_t>::bytes(g);
-  TORCH_CHECK(per_warp <= kSharedLimit, "sifa (CUDA): a ", g.kh, "×", g.kw, " kernel with ", g.groups,
-              " groups needs ", per_warp, " bytes of shared memory per warp, over the ", kSharedLimit, " available");
-  const int warps = static_cast<int>(std::min<int64_t>(kMaxWarpsPerBlock, kSharedLimit / per_warp));
+  int device = 0, opt_in = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&opt_in, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int64_t limit = std::max<int64_t>(kDefaultSharedLimit, opt_in);
+  TORCH_CHECK(per_warp <= limit, "sifa (CUDA): a ", g.kh, "×", g.kw, " kernel with ", g.groups, " groups needs ",
+              per_warp, " bytes of shared memory per warp, over the device's ", limit);
+  const int warps = static_cast<int>(std::min<int64_t>(kMaxWarpsPerBlock, limit / per_warp));
+  const int64_t bytes = warps * per_warp;
+  if (bytes > kDefaultSharedLimit)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   const auto blocks = std::min<int64_t>((pixels + warps - 1) / warps, int64_t(1) << 20);
-  return {static_cast<unsigned>(blocks), warps * kWarp, warps * per_warp};
+  return {static_cast<unsigned>(blocks), warps * kWarp, bytes};
 }
 
 template <typename T>
@@ -223,38 +424,85 @@ T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
+bool aligned(const at::Tensor& t, int64_t bytes) {
+  return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes == 0;
+}
+
+// Calls f(std::integral_constant<int, S>) when the slice kernels serve the call, else returns false.
+template <typename scalar_t, typename F>
+bool with_slice(const Geometry& g, Parts parts, std::initializer_list<const at::Tensor*> features, F&& f) {
+  if (!(parts.correlate && parts.aggregate) || g.groups != 1 || g.C % kWarp != 0) return false;
+  const int64_t S = g.C / kWarp;
+  const int64_t vector_bytes = std::min<int64_t>(16, S * int64_t(sizeof(scalar_t)));
+  for (const at::Tensor* t : features)
+    if (!aligned(*t, vector_bytes)) return false;  // e.g. a channels-last view at an odd storage offset
+  switch (S) {
+    case 2: f(std::integral_constant<int, 2>{}); return true;
+    case 4: f(std::integral_constant<int, 4>{}); return true;
+    case 8: f(std::integral_constant<int, 8>{}); return true;
+    case 16: f(std::integral_constant<int, 16>{}); return true;
+    default: return false;
+  }
+}
+
 struct CudaKernels {
+  static constexpr bool kQueryGradientBuffer = false;  // added straight into grad_x at prev(t)
+
   static void forward(const ForwardTensors& ts, const Geometry& g, Parts parts) {
     const c10::cuda::CUDAGuard guard(ts.x.device());
     const int64_t pixels = g.N * g.T * g.plane();
+    const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_forward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
-      const auto cfg = launch_config<acc_t>(g, pixels);
-      with_parts(parts, [&](auto cor, auto agg) {
-        forward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value>
-            <<<cfg.blocks, cfg.threads, cfg.shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
-                ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.weight),
-                ts.scores.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.out), g, pixels);
+      const bool sliced = with_slice<scalar_t>(g, parts, {&ts.x, &ts.weight, &ts.out}, [&](auto S) {
+        const auto kernel = forward_slice_kernel<scalar_t, decltype(S)::value>;
+        const auto cfg = launch_config<acc_t>(kernel, g, pixels);
+        kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
+            ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(),
+            ts.scores.data_ptr<acc_t>(), ts.out.data_ptr<scalar_t>(), g, pixels);
       });
+      if (!sliced) {
+        with_parts(parts, [&](auto cor, auto agg) {
+          const auto kernel = forward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value>;
+          const auto cfg = launch_config<acc_t>(kernel, g, pixels);
+          kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
+              ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.weight),
+              ts.scores.data_ptr<acc_t>(), ptr_or_null<scalar_t>(ts.out), g, pixels);
+        });
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
 
   static void backward(const BackwardTensors& ts, const Geometry& g, Parts parts) {
     const c10::cuda::CUDAGuard guard(ts.x.device());
+    if (ts.grad_x.defined() || ts.grad_weight.defined())
+      at::globalContext().alertNotDeterministic("sifa backward (CUDA): the bilinear scatter adds with atomics");
     const int64_t pixels = g.N * g.T * g.plane();
+    const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_backward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
-      const auto cfg = launch_config<acc_t>(g, pixels);
-      with_parts(parts, [&](auto cor, auto agg) {
-        backward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value>
-            <<<cfg.blocks, cfg.threads, cfg.shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
-                ptr_or_null<scalar_t>(ts.grad_out), ptr_or_null<scalar_t>(ts.grad_scores),
-                ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.weight),
-                ptr_or_null<scalar_t>(ts.scores), ptr_or_null<acc_t>(ts.grad_x), ptr_or_null<acc_t>(ts.grad_query),
-                ptr_or_null<scalar_t>(ts.grad_offset), ptr_or_null<acc_t>(ts.grad_weight),
-                ptr_or_null<scalar_t>(ts.grad_scores_out), g, pixels);
-      });
+      const bool sliced = ts.grad_scores_out.defined() ? false : with_slice<scalar_t>(
+          g, parts, {&ts.x, &ts.weight, &ts.grad_out, &ts.grad_x, &ts.grad_weight}, [&](auto S) {
+            const auto kernel = backward_slice_kernel<scalar_t, decltype(S)::value>;
+            const auto cfg = launch_config<acc_t>(kernel, g, pixels);
+            kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
+                ts.grad_out.data_ptr<scalar_t>(), ptr_or_null<acc_t>(ts.grad_scores), ts.x.data_ptr<scalar_t>(),
+                ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(),
+                ptr_or_null<acc_t>(ts.grad_x), ptr_or_null<scalar_t>(ts.grad_offset), ptr_or_null<acc_t>(ts.grad_weight),
+                g, pixels);
+          });
+      if (!sliced) {
+        with_parts(parts, [&](auto cor, auto agg) {
+          const auto kernel = backward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value>;
+          const auto cfg = launch_config<acc_t>(kernel, g, pixels);
+          kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
+              ptr_or_null<scalar_t>(ts.grad_out), ptr_or_null<acc_t>(ts.grad_scores), ts.x.data_ptr<scalar_t>(),
+              ts.offset.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.weight), ptr_or_null<acc_t>(ts.scores),
+              ptr_or_null<acc_t>(ts.grad_x), ptr_or_null<scalar_t>(ts.grad_offset), ptr_or_null<acc_t>(ts.grad_weight),
+              ptr_or_null<acc_t>(ts.grad_scores_out), g, pixels);
+        });
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
