@@ -271,7 +271,8 @@ def test_configuration_errors_stop_training_before_any_work(tmp_path, tiny_data)
     with pytest.raises(ValueError, match="12 training videos over 1 process.* one batch of 64"):
         trainer.train()
     trainer.close()
-    with pytest.raises(FileNotFoundError, match="current.pth"):
-        trainer = Trainer(load_config(config, ["resume=true", f"output_dir={tmp_path / 'empty'}"]), CPU)
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        trainer = Trainer(load_config(config, [f"resume={tmp_path / 'absent.pth'}", f"output_dir={tmp_path / 'e'}"]),
+                          CPU)
         trainer.train()
     trainer.close()

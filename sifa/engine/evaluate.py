@@ -64,6 +64,11 @@ def evaluate(model: torch.nn.Module, dataset: VideoDataset, batch_size: int, num
         raise RuntimeError(f"evaluation gathered {counts.sum()} views, expected {len(dataset)}")
     model.train(was_training)
     scores = totals / counts[:, None]
+    finite = np.isfinite(scores).all(axis=1)
+    if not finite.all():
+        raise FloatingPointError(f"the network's scores are NaN or infinite for {int((~finite).sum())} of "
+                                 f"{len(scores)} videos, so no accuracy is reported: its weights are not finite "
+                                 f"or it overflows")
     labels = dataset.labels()
     return EvalResult(top1=topk_accuracy(scores, labels, 1), top5=topk_accuracy(scores, labels, 5),
                       scores=scores, labels=labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import time
 import warnings
@@ -15,12 +16,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
-from ..config import check_run_inputs, config_to_dict, save_config_json
+from ..config import ConfigError, check_run_inputs, config_to_dict, save_config_json
 from ..data import VideoDataset, read_class_names
 from ..data.build import build_eval_dataset, build_train_dataset, prepare_synthetic_data
 from ..models.build import build_model, freeze_bn, load_network, load_pretrained
-from ..models.weights import load_checkpoint, load_weights
-from .checkpoint import capture_rng_state, restore_rng_state, resume_path, save_checkpoint
+from ..models.weights import CheckpointError, load_checkpoint, load_weights
+from .checkpoint import (CURRENT, capture_rng_state, newest_intact_epoch_checkpoint, remove_leftover_tmp,
+                         restore_rng_state, resume_path, save_checkpoint)
 from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks
 from .evaluate import EvalResult, evaluate
 from .optim import build_optimizer, build_scheduler
@@ -31,6 +33,10 @@ EVAL_ONLY_CONFIG_JSON = "eval_only_config.json"
 VAL_JSON = "val_accuracy.json"
 EVAL_ONLY_JSON = "eval_only_accuracy.json"
 EVAL_ONLY_SCORES = "eval_only_scores.pt"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss (it diverged); nothing of that epoch is saved."""
 
 
 def classification_loss(outputs: List[torch.Tensor], labels: torch.Tensor, criterion: torch.nn.Module) -> torch.Tensor:
@@ -78,7 +84,10 @@ class Trainer:
         self.logger.info(f"evaluating {path}: {dataset.num_videos} videos x {cfg.eva_num_clips} clips x "
                          f"{cfg.eva_num_crop} crops at {cfg.eva_crop_size}px on {ctx.world_size} process(es)")
         tic = time.time()
-        result = evaluate(model, dataset, cfg.batch_size, cfg.num_workers, cfg.num_classes, ctx, self.amp_dtype)
+        try:
+            result = evaluate(model, dataset, cfg.batch_size, cfg.num_workers, cfg.num_classes, ctx, self.amp_dtype)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{path}: {e}") from None
         self.logger.info(f"eval top1 {result.top1:.2f} top5 {result.top5:.2f} ({time.time() - tic:.1f}s)")
         if ctx.is_main:
             _write_json(os.path.join(cfg.output_dir, EVAL_ONLY_JSON), {
@@ -105,6 +114,11 @@ class Trainer:
         if iters_per_epoch == 0:
             raise ValueError(f"{train_set.num_videos} training videos over {ctx.world_size} process(es) do not fill "
                              f"one batch of {cfg.batch_size}")
+        if cfg.iter_size > iters_per_epoch:
+            # Gradients of a trailing incomplete accumulation are dropped: the optimizer would never step.
+            raise ConfigError(f"{cfg.config_file}: key 'iter_size' ({cfg.iter_size}) exceeds the {iters_per_epoch} "
+                              f"iterations per epoch ({train_set.num_videos} videos / batch_size {cfg.batch_size} / "
+                              f"{ctx.world_size} process(es)): the optimizer would never step; lower iter_size")
         logger.info(f"{train_set.num_videos} training videos, {iters_per_epoch} iterations per epoch, "
                     f"{ctx.world_size} process(es) on {ctx.device}, mixed precision: {self.amp_dtype}")
 
@@ -119,7 +133,13 @@ class Trainer:
         criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1 if cfg.label_smooth else 0.0)
 
         start_epoch = 1
+        if ctx.is_main:
+            for name in remove_leftover_tmp(cfg.output_dir):
+                logger.info(f"removed {os.path.join(cfg.output_dir, name)}, left by an interrupted save")
         checkpoint_path = resume_path(cfg.resume, cfg.output_dir)
+        if cfg.resume is True and not os.path.isfile(checkpoint_path):
+            logger.info(f"resume: true, but there is no {checkpoint_path} yet: starting from scratch")
+            checkpoint_path = None
         if checkpoint_path:
             start_epoch = self._resume(checkpoint_path, model, optimizer, scheduler, scaler)
         ddp = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) \
@@ -136,21 +156,37 @@ class Trainer:
             logger.info(f"epoch {epoch} done in {time.time() - tic:.1f}s, mean loss {loss:.4f}")
             if self.writer is not None:
                 self.writer.add_scalar("train/epoch_loss", loss, epoch)
-            if val_set is not None and (epoch % cfg.eva_inter_freq == 0 or epoch == cfg.epochs):
-                broadcast_buffers(ctx, model)
-                result = self._validate(epoch, model, val_set)
+            # Saved before validation, which then cannot lose the epoch; validation draws no random numbers.
             rng_states = all_gather_objects(ctx, capture_rng_state())
             if ctx.is_main:
                 path = save_checkpoint(cfg.output_dir, epoch, cfg.save_freq, model, optimizer, scheduler, scaler,
                                        rng_states, config_to_dict(cfg))
                 logger.info(f"saved {path}")
             barrier(ctx)
+            if val_set is not None and (epoch % cfg.eva_inter_freq == 0 or epoch == cfg.epochs):
+                broadcast_buffers(ctx, model)
+                result = self._validate(epoch, model, val_set)
         return result
 
     def _resume(self, path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                 scaler: torch.amp.GradScaler) -> int:
         cfg, ctx = self.cfg, self.ctx
-        checkpoint = load_checkpoint(path)
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as e:
+            intact = newest_intact_epoch_checkpoint(os.path.dirname(path) or ".") \
+                if os.path.basename(path) == CURRENT else None
+            hint = f"; the newest intact epoch checkpoint is {intact}: resume from it with resume={intact}" \
+                if intact else ""
+            raise CheckpointError(f"cannot resume: {e}{hint}") from None
+        missing = [key for key in ("model", "optimizer", "scheduler", "epoch") if key not in checkpoint]
+        if missing:
+            raise CheckpointError(f"cannot resume from {path}: it is not a training checkpoint (no "
+                                  f"{', '.join(missing)}), e.g. bare network weights; to start from them set "
+                                  f"pretrained_model instead")
+        if int(checkpoint["epoch"]) > cfg.epochs:
+            raise CheckpointError(f"cannot resume from {path}: it was saved after epoch {checkpoint['epoch']}, "
+                                  f"beyond epochs = {cfg.epochs}; raise epochs to train on")
         load_weights(model, checkpoint, strict=True, source=f"checkpoint {path}")
         # `reverse`: checkpoints whose optimizer and scheduler entries were stored under each other's key.
         optimizer_key, scheduler_key = ("scheduler", "optimizer") if cfg.reverse else ("optimizer", "scheduler")
@@ -165,6 +201,8 @@ class Trainer:
             self.logger.warning(f"{path} holds RNG states of {len(rng)} process(es), this run has {ctx.world_size}: "
                                 f"random draws will differ from an uninterrupted run")
         self.logger.info(f"resumed from {path} (epoch {checkpoint['epoch']})")
+        if int(checkpoint["epoch"]) == cfg.epochs:
+            self.logger.info(f"the checkpoint is of the last epoch ({cfg.epochs}): nothing left to train")
         return int(checkpoint["epoch"]) + 1
 
     def _train_epoch(self, epoch: int, loader: DataLoader, network: torch.nn.Module, model: torch.nn.Module,
@@ -194,6 +232,15 @@ class Trainer:
                     outputs = network(clips)
                 loss = classification_loss(outputs, labels, criterion)
                 scaler.scale(loss * (cfg.loss_weight / cfg.iter_size)).backward()
+            # Checked before the step can spread it into the weights. Under fp16 the loss is computed in
+            # float32: gradients that overflow only make the GradScaler skip the step, which is no error.
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                saved = os.path.join(cfg.output_dir, CURRENT)
+                kept = f"the last good checkpoint is {saved}" if os.path.isfile(saved) else "no epoch was saved"
+                raise NonFiniteLossError(f"training diverged: the loss is {loss_value} at epoch {epoch}, iteration "
+                                         f"{idx + 1}/{iters} (rank {ctx.rank}); stopped without saving this epoch, "
+                                         f"{kept}; lower base_learning_rate or set clip_gradient")
             if step:
                 scaler.unscale_(optimizer)
                 if cfg.clip_gradient > 0:
@@ -208,7 +255,6 @@ class Trainer:
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
                 scheduler.step()
 
-            loss_value = loss.item()
             loss_sum += loss_value
             batch_time = time.time() - end
             batch_time_sum += batch_time
@@ -233,7 +279,11 @@ class Trainer:
     def _validate(self, epoch: int, model: torch.nn.Module, val_set: VideoDataset) -> EvalResult:
         cfg, ctx = self.cfg, self.ctx
         tic = time.time()
-        result = evaluate(model, val_set, cfg.batch_size, cfg.num_workers, cfg.num_classes, ctx, self.amp_dtype)
+        try:
+            result = evaluate(model, val_set, cfg.batch_size, cfg.num_workers, cfg.num_classes, ctx, self.amp_dtype)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"epoch {epoch} validation: {e}; the epoch is saved in "
+                                     f"{os.path.join(cfg.output_dir, CURRENT)}") from None
         self.logger.info(f"epoch {epoch} val top1 {result.top1:.2f} top5 {result.top5:.2f} "
                          f"({val_set.num_videos} videos x {val_set.views_per_video} views, {time.time() - tic:.1f}s)")
         if ctx.is_main:

@@ -2,7 +2,8 @@
 from . import sifa_resnet, sifa_swin  # noqa: F401  (importing registers the networks)
 from .registry import get_model_by_name, list_models, model_entry, register_model
 from .transfer import remove_defcor_weight, remove_fc, transfer_weights
-from .weights import CheckpointMismatchError, load_checkpoint, load_weights, state_dict_of
+from .weights import CheckpointError, CheckpointMismatchError, load_checkpoint, load_weights, state_dict_of
 
 __all__ = ["get_model_by_name", "list_models", "model_entry", "register_model", "remove_defcor_weight", "remove_fc",
-           "transfer_weights", "CheckpointMismatchError", "load_checkpoint", "load_weights", "state_dict_of"]
+           "transfer_weights", "CheckpointError", "CheckpointMismatchError", "load_checkpoint", "load_weights",
+           "state_dict_of"]

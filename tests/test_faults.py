@@ -1,0 +1,225 @@
+"""Training and checkpoints under faults (issue 12): divergence, bad checkpoints, kills and full disks."""
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from sifa.config import REPO_ROOT, ConfigError, load_config
+from sifa.data import synthetic
+from sifa.engine import checkpoint as checkpoint_module
+from sifa.engine import trainer as trainer_module
+from sifa.engine.checkpoint import CheckpointWriteError, remove_leftover_tmp, save_checkpoint
+from sifa.engine.trainer import NonFiniteLossError, Trainer
+from sifa.models import CheckpointError, load_checkpoint
+from sifa.models.build import build_model, load_pretrained
+from sifa.models.weights import file_sha256
+from test_train import CPU, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return synthetic.generate(str(root), num_classes=3, videos_per_class=4, val_videos_per_class=2, frames=8,
+                              size=32, seed=0)
+
+
+def train(config, *overrides):
+    torch.set_num_threads(1)
+    trainer = Trainer(load_config(config, list(overrides)), CPU)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+def small_training_state(output_dir, epoch, save_freq=1):
+    """A real checkpoint of a tiny network, written by the training's save."""
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    return save_checkpoint(str(output_dir), epoch, save_freq, model, optimizer, scheduler, None, [], {"epochs": 9})
+
+
+# ------------------------------------------------------------------------------------ non-finite training
+def test_nan_loss_stops_training_naming_epoch_and_iteration_and_keeps_the_last_checkpoint(
+        tmp_path, tiny_data, monkeypatch):
+    calls = {"n": 0}
+    real_loss = trainer_module.classification_loss
+
+    def loss_nan_at_epoch_2_iteration_2(outputs, labels, criterion):
+        calls["n"] += 1
+        loss = real_loss(outputs, labels, criterion)
+        return loss * float("nan") if calls["n"] == 6 + 2 else loss  # 6 iterations per epoch
+
+    monkeypatch.setattr(trainer_module, "classification_loss", loss_nan_at_epoch_2_iteration_2)
+    config = tiny_config(tmp_path, tiny_data)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, iteration 2/6 .*last good checkpoint is "
+                                                 r".*current\.pth"):
+        train(config)
+    saved = load_checkpoint(str(tmp_path / "out" / "current.pth"))
+    assert saved["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_evaluation_refuses_non_finite_scores(tmp_path, tiny_data):
+    config = tiny_config(tmp_path, tiny_data)
+    cfg = load_config(config)
+    weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+               for k, v in build_model(cfg, cfg.eva_num_segments).state_dict().items()}
+    torch.save({"model": weights}, tmp_path / "nan.pth")
+    trainer = Trainer(cfg, CPU, eval_only=True)
+    try:
+        with pytest.raises(FloatingPointError, match=r"nan\.pth: the network's scores are NaN or infinite for 6 of 6"):
+            trainer.evaluate_checkpoint(str(tmp_path / "nan.pth"))
+    finally:
+        trainer.close()
+    assert not (tmp_path / "out" / "eval_only_accuracy.json").exists()
+
+
+def test_iter_size_beyond_the_epoch_is_rejected(tmp_path, tiny_data):
+    config = tiny_config(tmp_path, tiny_data)  # 12 videos / batch 2: 6 iterations per epoch
+    with pytest.raises(ConfigError, match=r"'iter_size' \(7\) exceeds the 6 iterations per epoch"):
+        train(config, "iter_size=7")
+
+
+# --------------------------------------------------------------------------------------------- lost work
+def test_the_epoch_is_saved_before_validation(tmp_path, tiny_data, monkeypatch):
+    def unreadable_frame(*args, **kwargs):
+        raise OSError("frame_00003.jpg: cannot decode")
+
+    monkeypatch.setattr(trainer_module, "evaluate", unreadable_frame)
+    with pytest.raises(OSError, match="cannot decode"):
+        train(tiny_config(tmp_path, tiny_data), "epochs=1")
+    assert load_checkpoint(str(tmp_path / "out" / "current.pth"))["epoch"] == 1
+
+
+def test_resume_true_starts_from_scratch_without_a_checkpoint_and_clears_leftover_tmp(tmp_path, tiny_data):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "current.pth.tmp").write_bytes(b"partial")
+    train(tiny_config(tmp_path, tiny_data), "resume=true", "epochs=1", "eva_inter=false")
+    log = (out / "log.txt").read_text()
+    assert f"there is no {out / 'current.pth'} yet: starting from scratch" in log
+    assert "current.pth.tmp, left by an interrupted save" in log and not (out / "current.pth.tmp").exists()
+    assert load_checkpoint(str(out / "current.pth"))["epoch"] == 1
+
+
+def test_a_kill_during_a_save_keeps_the_reported_checkpoint(tmp_path):
+    small_training_state(tmp_path, 1)
+    saved = file_sha256(tmp_path / "current.pth")
+    # The next save is killed (SIGKILL) halfway through writing the file.
+    script = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(REPO_ROOT)!r}); sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
+        from test_faults import small_training_state
+        def killed_while_writing(obj, f):
+            f.write(b"PK\\x03\\x04 half a checkpoint"); f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = killed_while_writing
+        small_training_state({str(tmp_path)!r}, 2)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -9, result.stderr
+    assert (tmp_path / "current.pth.tmp").exists() and file_sha256(tmp_path / "current.pth") == saved
+    assert load_checkpoint(str(tmp_path / "current.pth"))["epoch"] == 1
+    assert remove_leftover_tmp(str(tmp_path)) == ["current.pth.tmp"]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_epoch_1.pth", "ckpt_epoch_1.pth.sha256", "current.pth",
+                                            "current.pth.sha256"]
+
+
+def test_a_kill_between_checkpoint_and_checksum_renames_is_completed_at_start(tmp_path):
+    small_training_state(tmp_path, 1)
+    current = tmp_path / "current.pth"
+    # Epoch 2's file is in place, its checksum still pending: as a kill between the two renames leaves it.
+    small_training_state(tmp_path / "..", 2)
+    os.replace(tmp_path / ".." / "current.pth", current)
+    (tmp_path / "current.pth.sha256.tmp").write_text(f"{file_sha256(current)}  current.pth\n")
+    with pytest.raises(CheckpointError, match="does not match the SHA-256"):
+        load_checkpoint(str(current))
+    assert remove_leftover_tmp(str(tmp_path)) == []
+    assert load_checkpoint(str(current))["epoch"] == 2
+
+
+def test_a_full_disk_names_the_path_and_free_space_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    small_training_state(tmp_path, 1)
+
+    def disk_full(obj, f):
+        f.write(b"PK\x03\x04" + bytes(1000))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError) as err:
+        small_training_state(tmp_path, 2)
+    message = str(err.value)
+    assert f"cannot write checkpoint {tmp_path / 'current.pth'}: No space left on device" in message
+    assert "MiB free on its file system" in message and "previous checkpoint there is kept" in message
+    monkeypatch.undo()
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+    assert load_checkpoint(str(tmp_path / "current.pth"))["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------------- damaged checkpoints
+def damage(path, kind):
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == "zero-byte":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("epoch: 3\nthis is a log, not a checkpoint\n")
+    elif kind == "flipped byte":
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+    elif kind == "python objects":
+        path.write_bytes(b"")
+        torch.save({"model": {}, "optimizer": torch.optim.SGD}, path)
+        os.remove(str(path) + ".sha256")
+
+
+DAMAGE = {"truncated": "is truncated or damaged", "zero-byte": "is empty (0 bytes)",
+          "text": "is not a PyTorch checkpoint", "flipped byte": "does not match the SHA-256",
+          "python objects": "holds Python objects other than tensors"}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_checkpoint_gets_one_message_naming_file_and_problem(tmp_path, kind):
+    path = tmp_path / "current.pth"
+    small_training_state(tmp_path, 1)
+    damage(path, kind)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(path))
+    assert str(err.value).startswith(f"{path} {DAMAGE[kind]}") and "weights_only" not in str(err.value)
+
+
+def test_damaged_checkpoints_for_resume_eval_only_and_pretrained(tmp_path, tiny_data):
+    out = tmp_path / "out"
+    out.mkdir()
+    config = tiny_config(tmp_path, tiny_data)
+    for epoch in (1, 2, 3):
+        small_training_state(out, epoch)
+    damage(out / "current.pth", "truncated")
+    damage(out / "ckpt_epoch_3.pth", "flipped byte")
+    with pytest.raises(CheckpointError, match=rf"cannot resume: {out / 'current.pth'} is truncated.*the newest intact "
+                                              rf"epoch checkpoint is {out / 'ckpt_epoch_2.pth'}"):
+        train(config, "resume=true")
+    cfg = load_config(config)
+    bare = tmp_path / "bare.pth"
+    torch.save(build_model(cfg, 1).state_dict(), bare)
+    with pytest.raises(CheckpointError, match=f"cannot resume from {bare}: it is not a training checkpoint .*"
+                                              f"set pretrained_model instead"):
+        train(config, f"resume={bare}")
+    with pytest.raises(CheckpointError, match=r"ckpt_epoch_2\.pth: it was saved after epoch 2, beyond epochs = 1"):
+        train(config, f"resume={out / 'ckpt_epoch_2.pth'}", "epochs=1")
+    trainer = Trainer(cfg, CPU, eval_only=True)
+    try:
+        with pytest.raises(CheckpointError, match=f"{out / 'current.pth'} is truncated"):
+            trainer.evaluate_checkpoint(str(out / "current.pth"))
+    finally:
+        trainer.close()
+    damage(bare, "zero-byte")
+    with pytest.raises(CheckpointError, match=f"{bare} is empty"):
+        load_pretrained(build_model(cfg, 1), load_config(config, [f"pretrained_model={bare}"]))
