@@ -13,6 +13,7 @@ import difflib
 import json
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -70,6 +71,18 @@ class ConfigLoader(yaml.SafeLoader):
                     key_node.start_mark)
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) requires a dot in a float, so `1e-3` would load as a string; YAML 1.2 does not.
+_FLOAT_1_2 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
@@ -143,7 +156,7 @@ def parse_override(text: str) -> Tuple[str, Any]:
         raise ConfigError(f"--opts: expected key=value, got '{text}'")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.load(raw, Loader=ConfigLoader) if raw != "" else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--opts: cannot read the value of '{key}': {e}") from None
     return key.strip(), value

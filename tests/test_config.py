@@ -196,3 +196,14 @@ def test_shipped_settings_match_the_spec():
     ssv1 = load_config(REPO_ROOT / "base_config" / "ssv1_base.yml")
     assert (ssv1.num_classes, ssv1.base_learning_rate, ssv1.epochs, ssv1.warmup_epoch, ssv1.rand_augment,
             ssv1.ra_n, ssv1.ra_m, ssv1.no_horizontal_flip) == (174, 0.02, 64, 5, True, 2, 27, True)
+
+
+def test_scientific_notation_loads_as_float_in_files_and_overrides(tmp_path):
+    # YAML 1.1 (PyYAML's safe loader) reads these as strings; a user writes them as floats.
+    exp = tmp_path / "exp.yml"
+    exp.write_text("optimizer:\n  base_learning_rate: 5e-3\n  weight_decay: 1E-6\n  momentum: 9.e-1\n")
+    cfg = load_config(exp)
+    assert (cfg.base_learning_rate, cfg.weight_decay, cfg.momentum) == (0.005, 1e-6, 0.9)
+    cfg = load_config(exp, ["base_learning_rate=1e-3", "weight_decay=+5e-4"])
+    assert (cfg.base_learning_rate, cfg.weight_decay) == (0.001, 0.0005)
+    assert parse_override("output_dir=1e-3x") == ("output_dir", "1e-3x")
