@@ -14,7 +14,7 @@ from sifa.data.storage import write_frame_folder, write_lmdb, write_video_file
 from sifa.data.transforms import EvalClipTransform
 from sifa.engine.distributed import DistContext
 from sifa.engine.trainer import Trainer
-from sifa.models import get_model_by_name
+from sifa.models import CheckpointMismatchError, get_model_by_name
 from sifa.models.temporal import previous_frame
 from sifa.ops import reference
 from sifa.tools import plot_log, predict, visualize
@@ -135,7 +135,7 @@ def test_predict_reports_unreadable_inputs_by_path(run, tmp_path):
 
 def test_predict_names_the_keys_of_a_checkpoint_that_does_not_fit(run, tmp_path):
     video = os.path.join(run["data"]["root_path"], "moving_left", "val_0000")
-    with pytest.raises(predict.CheckpointMismatchError, match=r"fc\.weight \(6, 2048\) vs \(5, 2048\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"fc\.weight \(6, 2048\) vs \(5, 2048\)"):
         predict.predict(load_config(run["config"], ["num_classes=5", "class_name_file="]), run["checkpoint"], video)
     state = torch.load(run["checkpoint"], weights_only=True)["model"]
     del state["layer2.1.conv_offset.weight"]
@@ -144,6 +144,12 @@ def test_predict_names_the_keys_of_a_checkpoint_that_does_not_fit(run, tmp_path)
     with pytest.raises(SystemExit, match=r"missing keys: layer2\.1\.conv_offset\.weight.*unexpected keys: extra\.weight"):
         predict.main(["--config_file", str(run["config"]), "--checkpoint", str(tmp_path / "broken.pth"),
                       "--input", video])
+    with open(run["checkpoint"], "rb") as f:
+        (tmp_path / "truncated.pth").write_bytes(f.read(1000))
+    for tool, extra in ((predict, []), (visualize, ["--out", str(tmp_path / "vis")])):
+        with pytest.raises(SystemExit, match=f"error: {tmp_path / 'truncated.pth'} is truncated or damaged"):
+            tool.main(["--config_file", str(run["config"]), "--checkpoint", str(tmp_path / "truncated.pth"),
+                       "--input", video, *extra])
 
 
 def test_input_storage_is_detected_and_counted(tmp_path):

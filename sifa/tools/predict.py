@@ -29,7 +29,7 @@ from ..engine.distributed import DistContext
 from ..engine.evaluate import evaluate
 from ..engine.runtime import amp_dtype
 from ..models.build import load_network
-from ..models.weights import CheckpointMismatchError
+from ..models.weights import CheckpointError
 
 TOP_K = 5
 
@@ -128,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
     try:
         cfg = load_config(args.config_file, args.opts)
         ranking = predict(cfg, args.checkpoint, args.input, args.class_names)
-    except (ConfigError, InputError, ClipTooShortError, CheckpointMismatchError, FrameReadError, ListFileError,
+    except (ConfigError, InputError, ClipTooShortError, CheckpointError, FrameReadError, ListFileError,
             FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     views = cfg.eva_num_clips * cfg.eva_num_crop

@@ -45,7 +45,7 @@ from ..data import FrameReadError, ListFileError  # noqa: E402
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from ..models.build import load_network  # noqa: E402
 from ..models.sifa_resnet import SIFABottleneck  # noqa: E402
-from ..models.weights import CheckpointMismatchError  # noqa: E402
+from ..models.weights import CheckpointError  # noqa: E402
 from .predict import InputError, input_views  # noqa: E402
 
 DEFAULT_POINTS = 4
@@ -266,7 +266,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
         model = load_network(cfg, args.checkpoint, device)
         written = visualize(model, clip, args.out, args.block, args.points,
                             {"input": args.input, "checkpoint": args.checkpoint, "view": args.view})
-    except (ConfigError, InputError, CheckpointMismatchError, FrameReadError, ListFileError, FileNotFoundError,
+    except (ConfigError, InputError, CheckpointError, FrameReadError, ListFileError, FileNotFoundError,
             ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     for path in written:
