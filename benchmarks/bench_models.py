@@ -66,8 +66,8 @@ def main() -> None:
             continue
         batch, frames, crop = SIZES[args.device][family]
         for mode in ("train", "inference"):
-            ms, mem = measure(build, (sifa_net, args.device, mode, args.amp), args.device, args.repeat)
-            base_ms, base_mem = measure(build, (base_net, args.device, mode, args.amp), args.device, args.repeat)
+            ms, mem, _ = measure(build, (sifa_net, args.device, mode, args.amp), args.device, args.repeat)
+            base_ms, base_mem, _ = measure(build, (base_net, args.device, mode, args.amp), args.device, args.repeat)
             print(f"| {sifa_net} | {batch}×{frames}×{crop}² | {mode} | {ms:.0f} | {base_ms:.0f} | "
                   f"{ms / base_ms:.2f}× | {mem:.0f} | {base_mem:.0f} |")
 

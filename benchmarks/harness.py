@@ -1,7 +1,10 @@
 """Timing and peak memory of one workload, each in a fresh process so that its peak is its own.
 
 CPU peak: growth of the peak RSS (reset through /proc/self/clear_refs, Linux) over the RSS before
-the timed runs; GPU peak: max_memory_allocated over the allocation before them.
+the timed runs; GPU peak: max_memory_allocated over the allocation before them. On a GPU the steps
+are timed with CUDA events around `repeat` back-to-back steps (a single eager call timed on the host
+would mostly measure Python and the dispatcher), and the time spent in the SIFA kernels themselves
+is read from the profiler, so that a row shows both the op's end-to-end time and its kernels' time.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, NamedTuple, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install needed
 
@@ -37,28 +40,50 @@ def _run(build: Callable, args: tuple, device: str, repeat: int, env: dict, queu
 
     step = build(*args)
 
-    def synced_step():
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    synced_step()  # warm-up
+    step()  # warm-up
     if device == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = _reset_peak_rss()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeat):
+            step()
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / repeat
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        queue.put(Measurement(ms, peak, _sifa_kernel_ms(step, torch)))
+        return
+    base = _reset_peak_rss()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        synced_step()
+        step()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda" else _status_mib("VmHWM") - base
-    queue.put((statistics.median(times) * 1e3, peak))
+    queue.put(Measurement(statistics.median(times) * 1e3, _status_mib("VmHWM") - base, None))
 
 
-def measure(build: Callable, args: tuple, device: str, repeat: int, env: dict | None = None) -> Tuple[float, float]:
-    """Median milliseconds and peak MiB of ``build(*args)()`` (a module-level ``build`` returning a step)."""
+def _sifa_kernel_ms(step: Callable, torch, steps: int = 5) -> float:
+    """Milliseconds per step spent in the SIFA CUDA kernels (the profiler's device time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    total_us = sum(e.self_device_time_total for e in prof.key_averages() if "sifa::ops" in e.key)
+    return total_us / 1e3 / steps
+
+
+class Measurement(NamedTuple):
+    ms: float  # per step: median on the CPU, mean over back-to-back steps between CUDA events on a GPU
+    peak_mib: float
+    kernel_ms: Optional[float]  # GPU only: the SIFA kernels' share of `ms`
+
+
+def measure(build: Callable, args: tuple, device: str, repeat: int, env: dict | None = None) -> Measurement:
+    """Time and peak memory of ``build(*args)()`` (a module-level ``build`` returning a step)."""
     # a fixed mmap threshold makes glibc hand freed tensors back to the OS, so RSS tracks live memory
     env = {"MALLOC_MMAP_THRESHOLD_": "65536", **(env or {})}
     os.environ.update(env)  # the allocator reads it when the child process starts
