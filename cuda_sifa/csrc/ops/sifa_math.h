@@ -1,5 +1,5 @@
 // Per-sample math of the SIFA operator, shared by the CPU and CUDA kernels so that the CPU
-// tests exercise the very index arithmetic and bilinear weights the GPU runs (SPEC §1).
+// tests exercise the very index arithmetic and bilinear weights the GPU runs (docs/design.md §2, §3).
 #pragma once
 
 #include <cmath>
