@@ -5,10 +5,17 @@
     python train_val_3d.py --config_file=X.yml [--eval_only [CHECKPOINT]] [--opts key=value ...]
 """
 import argparse
+import os
+import sys
 
-from sifa.config import check_run_inputs, load_config
+from sifa.config import ConfigError, check_run_inputs, load_config
+from sifa.data.list_file import ListFileError
 from sifa.engine.distributed import cleanup, init_distributed
 from sifa.engine.trainer import Trainer
+from sifa.models.weights import CheckpointError
+
+# Errors in what the user gave (configuration, list files, checkpoints, paths): their message says it all.
+USER_ERRORS = (ConfigError, ListFileError, CheckpointError, FileNotFoundError)
 
 
 def parse_args() -> argparse.Namespace:
@@ -23,8 +30,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
+def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config_file, args.opts)
     check_run_inputs(cfg, eval_checkpoint=args.eval_only)  # before the process group: fail fast
     ctx = init_distributed(args.local_rank)
@@ -37,6 +43,18 @@ def main() -> None:
     finally:
         trainer.close()
         cleanup(ctx)
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        run(args)
+    except USER_ERRORS as e:
+        # Every process meets the same error in the same inputs; the launchers set RANK before any process
+        # group exists, so rank 0 alone prints it, once, without a traceback (bugs keep theirs).
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
