@@ -52,12 +52,7 @@ def videos(tmp_path_factory):
 
 def sequential(path, backend):
     """Every frame, decoded in order with no seek."""
-    stream = video_io.open_video(path, backend)
-    frames = []
-    while stream.grab():
-        frames.append(stream.retrieve())
-    stream.close()
-    return frames
+    return list(video_io.decode_all(path, backend))
 
 
 @pytest.mark.parametrize("kind", ["h264", "mpeg4", "mjpeg"])

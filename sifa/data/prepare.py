@@ -1,12 +1,24 @@
-"""Prepare data sets for training: decode videos into FRAME folders or LMDB environments, write list files.
+"""Prepare data sets for training: cut clips from annotated videos, decode videos into FRAME folders or
+LMDB environments, write list files.
 
-Kinetics-style class folders (`<src>/<class name>/<video>.mp4`):
+Full videos with `(video, start, end, label)` annotations, e.g. Kinetics' CSV files
+(`label,youtube_id,time_start,time_end,split`, sources `<src>/<youtube_id>.mp4`) or a plain
+`path,start,end,label` CSV (paths relative to `--src`): cut each clip into `<out>/<label>/` as an .mp4,
+optionally with the shorter side resized, and list the clips:
+
+    python -m sifa.data.prepare trim --annotations kinetics400/train.csv --src data/k400/raw \
+        --out data/k400/train --list data/k400/train_list.txt --classes data_lists/kinetics400_classes.txt \
+        --short_side 320 --skip_existing
+
+Class folders of video files (`<src>/<class name>/<video>.mp4`), e.g. clips cut as above:
 
     python -m sifa.data.prepare videos --src data/k400/videos/train --out data/k400/train_lmdb \
         --format LMDB --list data/k400/train_list.txt --classes data/k400/classes.txt --short_side 256
 
-`--format VIDEO` only writes the list (frame counts from OpenCV) for training on the files themselves.
-`--classes` is read when it exists (so validation uses the training labels) and written otherwise.
+`--format VIDEO` converts nothing: it lists the files where they are, relative to `--src`, which is
+then the `root_path` to train with (so it takes no `--out` or `--short_side`: `trim` writes resized
+copies). `--classes` is read when it exists (so validation uses the training labels) and written
+otherwise. Every command checks the files it will write before it decodes anything.
 
 Something-Something V1 frame folders (`<src>/<id>/00001.jpg`) with a `<id>;<class name>` CSV:
 
@@ -16,87 +28,252 @@ Something-Something V1 frame folders (`<src>/<id>/00001.jpg`) with a `<id>;<clas
 from __future__ import annotations
 
 import argparse
+import csv
 import os
-from concurrent.futures import ProcessPoolExecutor
-from typing import Dict, List, Optional, Tuple
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from .storage import count_video_frames, write_frame_folder, write_lmdb
+from .video_io import VIDEO_BACKENDS, FrameReadError, VideoWriter, decode_all, read_time_range
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+KINETICS_HEADER = ["label", "youtube_id", "time_start", "time_end", "split"]
+PLAIN_HEADER = ["path", "start", "end", "label"]
 
 
-def decode_video(path: str, short_side: Optional[int]) -> List[np.ndarray]:
-    capture = cv2.VideoCapture(path)
-    frames = []
-    try:
-        while True:
-            ok, image = capture.read()
-            if not ok:
-                break
-            if short_side:
-                height, width = image.shape[:2]
-                scale = short_side / min(height, width)
-                image = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-            frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    finally:
-        capture.release()
-    return frames
+class PrepareError(ValueError):
+    """Input or output paths that cannot be used; the message names the file (and line)."""
 
 
-def _convert(job: Tuple[str, str, str, Optional[int]]) -> Tuple[str, int]:
-    """Returns (source, number of frames); 0 marks a video OpenCV could not decode."""
-    source, target, storage_format, short_side = job
+def resized(image: np.ndarray, short_side: Optional[int], even: bool = False) -> np.ndarray:
+    """``image`` with its shorter side at ``short_side`` (if given) and, if ``even``, even width and
+    height (H.264's 4:2:0 chroma needs them)."""
+    height, width = image.shape[:2]
+    scale = short_side / min(height, width) if short_side else 1.0
+    size = [max(1, round(width * scale)), max(1, round(height * scale))]
+    if even:
+        size = [max(2, s - s % 2) for s in size]
+    if size == [width, height]:
+        return image
+    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
+
+
+def check_output_file(path: str, option: str) -> None:
+    """A file the command will write: its folder must exist (checked before any decoding)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise PrepareError(f"{option} {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise PrepareError(f"{option} {path}: is a folder, expected a file name")
+
+
+def check_input(path: str, option: str, folder: bool) -> None:
+    if not (os.path.isdir(path) if folder else os.path.isfile(path)):
+        raise PrepareError(f"{option} {path}: {'folder' if folder else 'file'} not found")
+
+
+def class_labels(path: str, found: Iterable[str]) -> Dict[str, int]:
+    """Class name -> label from the class-name file ``path`` if it exists; else the names ``found``,
+    sorted (numbers by value), written there."""
+    if os.path.isfile(path):
+        with open(path, "r", encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    else:
+        names = sorted(set(found), key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(name + "\n" for name in names)
+    return {name: index for index, name in enumerate(names)}
+
+
+def run_jobs(work: Callable, jobs: Sequence, workers: int, description: str) -> Iterator[Tuple[int, object]]:
+    """(job index, result) of ``work(job)`` for every job, in worker processes, with a progress bar."""
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        futures = {pool.submit(work, job): index for index, job in enumerate(jobs)}
+        for future in tqdm(as_completed(futures), total=len(futures), desc=description, unit="video"):
+            yield futures[future], future.result()
+
+
+def write_list(path: str, lines: List[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+# ---------------------------------------------------------------------------------------------- videos
+def _convert(job: Tuple[str, str, str, Optional[int], str]) -> int:
+    """Frames of the video written as FRAME/LMDB (or counted, for VIDEO); 0 when none decodes."""
+    source, target, storage_format, short_side, backend = job
     if storage_format == "VIDEO":
-        return source, count_video_frames(source)
-    frames = decode_video(source, short_side)
+        return count_video_frames(source, backend)
+    try:
+        frames = [resized(frame, short_side) for frame in decode_all(source, backend)]
+    except FrameReadError:
+        return 0
     if frames:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         (write_frame_folder if storage_format == "FRAME" else write_lmdb)(target, frames)
-    return source, len(frames)
-
-
-def _class_names(path: str, found: List[str]) -> List[str]:
-    if os.path.isfile(path):
-        with open(path, "r", encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(name + "\n" for name in found)
-    return found
+    return len(frames)
 
 
 def prepare_videos(args: argparse.Namespace) -> None:
+    check_input(args.src, "--src", folder=True)
+    for path, option in ((args.list, "--list"), (args.classes, "--classes")):
+        check_output_file(path, option)
     found = sorted(d for d in os.listdir(args.src) if os.path.isdir(os.path.join(args.src, d)))
-    names = _class_names(args.classes, found)
-    labels = {name: index for index, name in enumerate(names)}
-    jobs, relatives = [], {}
+    labels = class_labels(args.classes, found)
+    root = args.src if args.format == "VIDEO" else args.out
+    jobs, entries = [], []
     for name in found:
         if name not in labels:
-            raise ValueError(f"class folder '{name}' is not in {args.classes}")
+            raise PrepareError(f"class folder '{name}' is not in {args.classes}")
         for video in sorted(os.listdir(os.path.join(args.src, name))):
             stem, extension = os.path.splitext(video)
             if extension.lower() not in VIDEO_EXTENSIONS:
                 continue
-            source = os.path.join(args.src, name, video)
             relative = os.path.join(name, video if args.format == "VIDEO" else stem)
-            relatives[source] = (relative, labels[name])
-            jobs.append((source, os.path.join(args.out, relative), args.format, args.short_side))
+            entries.append((relative, labels[name]))
+            jobs.append((os.path.join(args.src, name, video), os.path.join(root, relative), args.format,
+                         args.short_side, args.video_backend))
+    counts = dict(run_jobs(_convert, jobs, args.workers, "videos"))
     lines = []
-    with ProcessPoolExecutor(args.workers) as pool:
-        for source, count in pool.map(_convert, jobs, chunksize=4):
-            relative, label = relatives[source]
-            if count == 0:
-                print(f"skipped (cannot decode): {source}")
-                continue
-            lines.append(f"{relative} {count} {label}\n")
-    with open(args.list, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    print(f"{len(lines)} of {len(jobs)} videos listed in {args.list}")
+    for index, (relative, label) in enumerate(entries):
+        if counts[index] == 0:
+            print(f"skipped (no frame decodes): {jobs[index][0]}")
+            continue
+        lines.append(f"{relative} {counts[index]} {label}\n")
+    write_list(args.list, lines)
+    print(f"{len(lines)} of {len(jobs)} videos listed in {args.list} (paths relative to {root})")
 
 
+# ------------------------------------------------------------------------------------------------ trim
+@dataclass(frozen=True)
+class Annotation:
+    line: int  # in the annotation file
+    source: str  # the full video
+    start: float  # seconds
+    end: float
+    label: str  # class name
+    name: str  # output file name, without extension
+
+
+def _time_text(seconds: float) -> str:
+    """Kinetics names clips `<id>_<start:06d>_<end:06d>`; fractions keep 3 decimals."""
+    return f"{int(seconds):06d}" if seconds == int(seconds) else f"{seconds:010.3f}"
+
+
+def _find_source(src: str, youtube_id: str) -> str:
+    for extension in VIDEO_EXTENSIONS:
+        path = os.path.join(src, youtube_id + extension)
+        if os.path.isfile(path):
+            return path
+    return os.path.join(src, youtube_id + VIDEO_EXTENSIONS[0])  # reported as missing when cut
+
+
+def read_annotations(path: str, src: str) -> List[Annotation]:
+    """The clips of a Kinetics CSV (recognised by its header) or of a plain `path,start,end,label` one."""
+    with open(path, "r", encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    kinetics = bool(rows) and [c.strip() for c in rows[0]] == KINETICS_HEADER
+    plain_header = bool(rows) and [c.strip() for c in rows[0]] == PLAIN_HEADER
+    annotations = []
+    for number, row in enumerate(rows, start=1):
+        if (number == 1 and (kinetics or plain_header)) or not any(c.strip() for c in row):
+            continue
+        layout = KINETICS_HEADER if kinetics else PLAIN_HEADER
+        if len(row) != len(layout):
+            raise PrepareError(f"{path}, line {number}: expected {len(layout)} fields ({','.join(layout)}), "
+                               f"got {len(row)}")
+        fields = dict(zip(layout, (c.strip() for c in row)))
+        try:
+            start, end = float(fields["time_start" if kinetics else "start"]), float(fields["time_end" if kinetics
+                                                                                             else "end"])
+        except ValueError:
+            raise PrepareError(f"{path}, line {number}: start and end must be seconds, got {row}") from None
+        if not 0 <= start < end:
+            raise PrepareError(f"{path}, line {number}: needs 0 <= start < end, got {start} and {end}")
+        if not fields["label"]:
+            raise PrepareError(f"{path}, line {number}: no label")
+        if kinetics:
+            source, stem = _find_source(src, fields["youtube_id"]), fields["youtube_id"]
+        else:
+            source, stem = os.path.join(src, fields["path"]), os.path.splitext(os.path.basename(fields["path"]))[0]
+        annotations.append(Annotation(number, source, start, end, fields["label"],
+                                      f"{stem}_{_time_text(start)}_{_time_text(end)}"))
+    if not annotations:
+        raise PrepareError(f"{path}: no annotation")
+    return annotations
+
+
+def _cut(job: Tuple[Annotation, str, Optional[int], bool, str]) -> Tuple[int, str]:
+    """(frames in the clip, '') or (0, why it failed); an existing clip is counted if ``skip_existing``."""
+    annotation, target, short_side, skip_existing, backend = job
+    if skip_existing and os.path.isfile(target):
+        count = count_video_frames(target, backend)
+        return (count, "") if count else (0, f"existing output {target} decodes no frame")
+    if not os.path.isfile(annotation.source):
+        return 0, "source video not found"
+    try:
+        frames, fps = read_time_range(annotation.source, annotation.start, annotation.end, backend)
+        if not frames:
+            return 0, f"no frame decodes between {annotation.start} s and {annotation.end} s"
+        frames = [resized(frame, short_side, even=True) for frame in frames]
+        partial = target[:-len(".mp4")] + ".part.mp4"  # renamed when complete: an interrupted run leaves no clip
+        with VideoWriter(partial, fps, frames[0].shape[1], frames[0].shape[0], backend) as writer:
+            for frame in frames:
+                writer.write(frame)
+        os.replace(partial, target)
+    except (FrameReadError, OSError, ValueError) as err:
+        return 0, str(err)
+    return len(frames), ""
+
+
+def trim_videos(args: argparse.Namespace) -> None:
+    check_input(args.annotations, "--annotations", folder=False)
+    check_input(args.src, "--src", folder=True)
+    failed_report = args.failed or os.path.splitext(args.list)[0] + "_failed.txt"
+    for path, option in ((args.list, "--list"), (args.classes, "--classes"), (failed_report, "--failed")):
+        check_output_file(path, option)
+    annotations = read_annotations(args.annotations, args.src)
+    targets: Dict[str, int] = {}
+    for annotation in annotations:
+        target = os.path.join(annotation.label, annotation.name + ".mp4")
+        if target in targets:
+            raise PrepareError(f"{args.annotations}, lines {targets[target]} and {annotation.line}: the same clip "
+                               f"({target})")
+        targets[target] = annotation.line
+    labels = class_labels(args.classes, (a.label for a in annotations))
+    unknown = next((a for a in annotations if a.label not in labels), None)
+    if unknown:
+        raise PrepareError(f"{args.annotations}, line {unknown.line}: class '{unknown.label}' is not in {args.classes}")
+    relatives = list(targets)
+    for folder in {os.path.dirname(r) for r in relatives}:
+        os.makedirs(os.path.join(args.out, folder), exist_ok=True)
+    jobs = [(a, os.path.join(args.out, r), args.short_side, args.skip_existing, args.video_backend)
+            for a, r in zip(annotations, relatives)]
+    results = dict(run_jobs(_cut, jobs, args.workers, "clips"))
+    lines, failures = [], []
+    for index, annotation in enumerate(annotations):
+        count, reason = results[index]
+        if count:
+            lines.append(f"{relatives[index]} {count} {labels[annotation.label]}\n")
+        else:
+            failures.append(f"{args.annotations}, line {annotation.line}: {annotation.source}: {reason}\n")
+    write_list(args.list, lines)
+    write_list(failed_report, failures)
+    print(f"{len(lines)} of {len(annotations)} clips listed in {args.list} (paths relative to {args.out}); "
+          f"{len(failures)} failed, reported in {failed_report}")
+
+
+# ---------------------------------------------------------------------------------------------- frames
 def prepare_frame_list(args: argparse.Namespace) -> None:
+    check_input(args.src, "--src", folder=True)
+    check_input(args.labels, "--labels", folder=False)
+    check_input(args.classes, "--classes", folder=False)
+    check_output_file(args.list, "--list")
     with open(args.classes, "r", encoding="utf-8") as f:
         labels: Dict[str, int] = {line.strip(): i for i, line in enumerate(f) if line.strip()}
     lines = []
@@ -106,40 +283,59 @@ def prepare_frame_list(args: argparse.Namespace) -> None:
                 continue
             video, _, name = line.strip().partition(";")
             if name not in labels:
-                raise ValueError(f"{args.labels}, line {number}: class '{name}' is not in {args.classes}")
+                raise PrepareError(f"{args.labels}, line {number}: class '{name}' is not in {args.classes}")
             folder = os.path.join(args.src, video)
+            if not os.path.isdir(folder):
+                raise PrepareError(f"{args.labels}, line {number}: frame folder {folder} not found")
             count = len([p for p in os.listdir(folder) if p.endswith(".jpg")])
             lines.append(f"{video} {count} {labels[name]}\n")
-    with open(args.list, "w", encoding="utf-8") as f:
-        f.writelines(lines)
+    write_list(args.list, lines)
     print(f"{len(lines)} videos listed in {args.list}")
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    workers = {"type": int, "default": os.cpu_count(), "help": "worker processes"}
+    backend = {"choices": VIDEO_BACKENDS, "default": "opencv",
+               "help": "decoder (and, for trim, encoder: opencv writes MPEG-4 Part 2, pyav H.264)"}
+    trim = commands.add_parser("trim", help="cut annotated clips out of full videos")
+    trim.add_argument("--annotations", required=True, help="Kinetics CSV or plain path,start,end,label CSV")
+    trim.add_argument("--src", required=True, help="folder of the full videos")
+    trim.add_argument("--out", required=True, help="output root: clips go to <out>/<label>/<name>.mp4")
+    trim.add_argument("--list", required=True, help="list file to write (paths relative to --out)")
+    trim.add_argument("--classes", required=True, help="class-name file: read if present, else written")
+    trim.add_argument("--short_side", type=int, default=None, help="resize frames to this shorter side")
+    trim.add_argument("--skip_existing", action="store_true", help="keep clips already cut (and list them)")
+    trim.add_argument("--failed", default=None, help="report of the clips that failed (default: <list>_failed.txt)")
+    trim.add_argument("--video_backend", **backend)
+    trim.add_argument("--workers", **workers)
     videos = commands.add_parser("videos", help="class folders of video files")
     videos.add_argument("--src", required=True)
-    videos.add_argument("--out", default="", help="output root (FRAME / LMDB)")
+    videos.add_argument("--out", default=None, help="output root (FRAME / LMDB)")
     videos.add_argument("--format", choices=["FRAME", "LMDB", "VIDEO"], required=True)
     videos.add_argument("--list", required=True, help="list file to write")
     videos.add_argument("--classes", required=True, help="class-name file: read if present, else written")
     videos.add_argument("--short_side", type=int, default=None, help="resize frames to this shorter side")
-    videos.add_argument("--workers", type=int, default=os.cpu_count())
+    videos.add_argument("--video_backend", **backend)
+    videos.add_argument("--workers", **workers)
     frames = commands.add_parser("frames", help="existing frame folders with an '<id>;<class>' CSV")
     frames.add_argument("--src", required=True)
     frames.add_argument("--labels", required=True)
     frames.add_argument("--classes", required=True, help="class names, one per line")
     frames.add_argument("--list", required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.command == "videos":
+        if args.format == "VIDEO" and (args.out or args.short_side):
+            parser.error("--format VIDEO lists the files in --src as they are (root_path = --src): it takes no "
+                         "--out or --short_side; `trim` writes resized copies")
         if args.format != "VIDEO" and not args.out:
             parser.error("--out is needed for FRAME and LMDB")
-        if args.format == "VIDEO":
-            args.out = args.src
-        prepare_videos(args)
-    else:
-        prepare_frame_list(args)
+    command = {"trim": trim_videos, "videos": prepare_videos, "frames": prepare_frame_list}[args.command]
+    try:
+        command(args)
+    except (PrepareError, OSError) as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

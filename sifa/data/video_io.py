@@ -278,3 +278,38 @@ def read_video_frames(video: str, frame_ids: Sequence[int], backend: str = "open
         # A stream may end early because a seek went wrong: only a sequential read can tell.
         frames = _read_indices(video, indices, backend, seek=False)
     return [frames[frame_id - 1] for frame_id in frame_ids]
+
+
+def _read_time_range(video: str, start: float, end: float, backend: str, seek: bool) -> Tuple[List[np.ndarray],
+                                                                                         float]:
+    stream = open_video(video, backend)
+    try:
+        if seek:  # from a frame before start: the rate is nominal, the timestamps decide
+            stream.skip_to(max(0, int(start * stream.fps) - 1))
+        frames = []
+        while stream.grab() and stream.timestamp() < end:
+            if stream.timestamp() >= start:
+                frames.append(stream.retrieve())
+        return frames, stream.fps
+    finally:
+        stream.close()
+
+
+def read_time_range(video: str, start: float, end: float, backend: str = "opencv") -> Tuple[List[np.ndarray], float]:
+    """(RGB frames shown from ``start`` to before ``end`` seconds, the stream's frame rate), read
+    forward from the seek point before ``start``."""
+    try:
+        return _read_time_range(video, start, end, backend, seek=True)
+    except _UnreliableSeek:
+        return _read_time_range(video, start, end, backend, seek=False)
+
+
+def decode_all(video: str, backend: str = "opencv") -> Iterator[np.ndarray]:
+    """Every frame of ``video`` in order, RGB."""
+    stream = open_video(video, backend)
+    try:
+        while stream.grab():
+            yield stream.retrieve()
+    finally:
+        stream.close()
+
