@@ -12,6 +12,7 @@ from typing import List
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from ..data import VideoDataset
 from .distributed import DistContext, all_gather_objects
@@ -23,6 +24,10 @@ class EvalResult:
     top5: float  # percent (top-k with k = min(5, num_classes))
     scores: np.ndarray  # num_videos x num_classes, averaged softmax
     labels: np.ndarray  # num_videos
+
+    def summary(self) -> str:
+        """``top1 X topK Y`` with K = min(5, number of classes): top-5 of fewer classes would always be 100."""
+        return f"top1 {self.top1:.2f} top{min(5, self.scores.shape[1])} {self.top5:.2f}"
 
 
 def view_probabilities(outputs: List[torch.Tensor]) -> torch.Tensor:
@@ -38,8 +43,10 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: VideoDataset, batch_size: int, num_workers: int,
-             num_classes: int, ctx: DistContext, amp_dtype: torch.dtype | None = None) -> EvalResult:
-    """`model` is the bare network (not DDP-wrapped): ranks may run different numbers of batches."""
+             num_classes: int, ctx: DistContext, amp_dtype: torch.dtype | None = None,
+             description: str = "evaluation") -> EvalResult:
+    """`model` is the bare network (not DDP-wrapped): ranks may run different numbers of batches.
+    Rank 0 shows its progress (tqdm, on stderr) under ``description``."""
     was_training = model.training
     model.eval()
     shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
@@ -48,7 +55,7 @@ def evaluate(model: torch.nn.Module, dataset: VideoDataset, batch_size: int, num
                         pin_memory=ctx.device.type == "cuda", generator=torch.Generator())
     video_indices: List[np.ndarray] = []
     probabilities: List[np.ndarray] = []
-    for clips, _, videos in loader:
+    for clips, _, videos in tqdm(loader, desc=description, unit="batch", disable=not ctx.is_main, leave=False):
         with torch.autocast(ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(clips.to(ctx.device, non_blocking=True))
         probabilities.append(view_probabilities(outputs).double().cpu().numpy())

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any, List, Optional
 
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
@@ -25,7 +26,7 @@ from .checkpoint import (CURRENT, capture_rng_state, newest_intact_epoch_checkpo
                          restore_rng_state, resume_path, save_checkpoint)
 from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks
 from .evaluate import EvalResult, evaluate
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, effective_batch_and_lr
 from .runtime import amp_dtype, seed_everything, setup_logger
 
 CONFIG_JSON = "config.json"
@@ -57,6 +58,10 @@ class Trainer:
         os.makedirs(cfg.output_dir, exist_ok=True)
         barrier(ctx)
         self.logger = setup_logger(cfg.output_dir, ctx)
+        self.logger.info(f"configuration ({cfg.config_file} merged over its base and the defaults):\n"
+                         + yaml.safe_dump(config_to_dict(cfg), sort_keys=True).rstrip())
+        self.validation_seconds = 0.0  # of the last validation: the training ETA includes those to come
+        self.loss_described = False
         if ctx.is_main:
             # An evaluation in a training folder must not replace the training's configuration.
             save_config_json(cfg, os.path.join(cfg.output_dir, EVAL_ONLY_CONFIG_JSON if eval_only else CONFIG_JSON))
@@ -85,10 +90,11 @@ class Trainer:
                          f"{cfg.eva_num_crop} crops at {cfg.eva_crop_size}px on {ctx.world_size} process(es)")
         tic = time.time()
         try:
-            result = evaluate(model, dataset, cfg.batch_size, cfg.num_workers, cfg.num_classes, ctx, self.amp_dtype)
+            result = evaluate(model, dataset, cfg.batch_size, cfg.num_workers, cfg.num_classes, ctx, self.amp_dtype,
+                              description=f"evaluating {os.path.basename(path)}")
         except FloatingPointError as e:
             raise FloatingPointError(f"{path}: {e}") from None
-        self.logger.info(f"eval top1 {result.top1:.2f} top5 {result.top5:.2f} ({time.time() - tic:.1f}s)")
+        self.logger.info(f"eval {result.summary()} ({time.time() - tic:.1f}s)")
         if ctx.is_main:
             _write_json(os.path.join(cfg.output_dir, EVAL_ONLY_JSON), {
                 "checkpoint": path, "top1": result.top1, "top5": result.top5, "num_videos": dataset.num_videos,
@@ -127,8 +133,14 @@ class Trainer:
             load_pretrained(model, cfg)
         frozen_norms = freeze_bn(model) if cfg.frozen_bn else []
         model.to(ctx.device)
-        optimizer = build_optimizer(model.parameters(), cfg)
-        scheduler = build_scheduler(optimizer, cfg, iters_per_epoch)
+        effective_batch, lr = effective_batch_and_lr(cfg, ctx.world_size)
+        scaling = f" (base_learning_rate {cfg.base_learning_rate:g} x {effective_batch}/reference_batch " \
+                  f"{cfg.reference_batch}: auto_scale_lr)" if cfg.auto_scale_lr else ""
+        logger.info(f"effective batch {effective_batch} clips per optimizer step (batch_size {cfg.batch_size} x "
+                    f"{ctx.world_size} process(es) x iter_size {cfg.iter_size}), lr {lr:g}{scaling}")
+        optim_cfg = SimpleNamespace(**{**vars(cfg), "base_learning_rate": lr})
+        optimizer = build_optimizer(model.parameters(), optim_cfg)
+        scheduler = build_scheduler(optimizer, optim_cfg, iters_per_epoch)
         scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
         criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1 if cfg.label_smooth else 0.0)
 
@@ -153,7 +165,7 @@ class Trainer:
             tic = time.time()
             loss = self._train_epoch(epoch, loader, ddp or model, model, frozen_norms, optimizer, scheduler,
                                      scaler, criterion)
-            logger.info(f"epoch {epoch} done in {time.time() - tic:.1f}s, mean loss {loss:.4f}")
+            logger.info(f"epoch {epoch} done in {time.time() - tic:.1f}s, epoch mean loss over all ranks {loss:.4f}")
             if self.writer is not None:
                 self.writer.add_scalar("train/epoch_loss", loss, epoch)
             # Saved before validation, which then cannot lose the epoch; validation draws no random numbers.
@@ -167,6 +179,13 @@ class Trainer:
                 broadcast_buffers(ctx, model)
                 result = self._validate(epoch, model, val_set)
         return result
+
+    def _validations_left(self, epoch: int) -> int:
+        """Validations from ``epoch`` (after its training) to the end of training."""
+        if not self.cfg.eva_inter:
+            return 0
+        epochs, freq = self.cfg.epochs, self.cfg.eva_inter_freq
+        return sum(1 for e in range(epoch, epochs + 1) if e % freq == 0 or e == epochs)
 
     def _resume(self, path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                 scaler: torch.amp.GradScaler) -> int:
@@ -217,6 +236,7 @@ class Trainer:
         # Gradients of a trailing incomplete accumulation group are dropped, as in the original.
         optimizer.zero_grad(set_to_none=True)
         loss_sum, batch_time_sum, data_time_sum = 0.0, 0.0, 0.0
+        grad_norm = math.nan  # of the last optimizer step (none yet in this epoch)
         end = time.time()
         for idx, (clips, labels, _) in enumerate(loader):
             data_time = time.time() - end
@@ -231,6 +251,10 @@ class Trainer:
                                     enabled=self.amp_dtype is not None):
                     outputs = network(clips)
                 loss = classification_loss(outputs, labels, criterion)
+            if not self.loss_described and len(outputs) > 1:
+                logger.info(f"loss: the sum of the cross-entropies of the network's {len(outputs)} heads (SIFA-Net: "
+                            f"main + dual), so about {len(outputs)}x a single head's; evaluation averages their softmaxes")
+                self.loss_described = True
                 scaler.scale(loss * (cfg.loss_weight / cfg.iter_size)).backward()
             # Checked before the step can spread it into the weights. Under fp16 the loss is computed in
             # float32: gradients that overflow only make the GradScaler skip the step, which is no error.
@@ -243,8 +267,14 @@ class Trainer:
                                          f"{kept}; lower base_learning_rate or set clip_gradient")
             if step:
                 scaler.unscale_(optimizer)
+                # The norm before clipping, as the original logs it: a diverging run shows here first.
                 if cfg.clip_gradient > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_gradient)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_gradient).item()
+                else:
+                    grad_norm = torch.nn.utils.get_total_norm(
+                        [p.grad for p in trainable if p.grad is not None]).item()
+                if self.writer is not None:
+                    self.writer.add_scalar("train/grad_norm", grad_norm, (epoch - 1) * iters + idx)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -265,9 +295,11 @@ class Trainer:
                 mean_batch = batch_time_sum / done
                 clips_per_s = cfg.batch_size * ctx.world_size / mean_batch
                 remaining = (iters - done) + (cfg.epochs - epoch) * iters
-                eta = datetime.timedelta(seconds=int(remaining * mean_batch))
+                eta = datetime.timedelta(seconds=int(remaining * mean_batch
+                                                     + self._validations_left(epoch) * self.validation_seconds))
                 logger.info(f"epoch [{epoch}/{cfg.epochs}] iter [{done}/{iters}] eta {eta} "
-                            f"loss {loss_value:.4f} (mean {loss_sum / done:.4f}) lr {lr:.6f} "
+                            f"loss {loss_value:.4f} (rank-0 running mean {loss_sum / done:.4f}) lr {lr:.6f} "
+                            f"grad norm {grad_norm:.3f} "
                             f"data {data_time_sum / done:.3f}s batch {mean_batch:.3f}s {clips_per_s:.1f} clips/s")
                 if self.writer is not None:
                     global_step = (epoch - 1) * iters + idx
@@ -280,12 +312,14 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         tic = time.time()
         try:
-            result = evaluate(model, val_set, cfg.batch_size, cfg.num_workers, cfg.num_classes, ctx, self.amp_dtype)
+            result = evaluate(model, val_set, cfg.batch_size, cfg.num_workers, cfg.num_classes, ctx, self.amp_dtype,
+                              description=f"epoch {epoch} validation")
         except FloatingPointError as e:
             raise FloatingPointError(f"epoch {epoch} validation: {e}; the epoch is saved in "
                                      f"{os.path.join(cfg.output_dir, CURRENT)}") from None
-        self.logger.info(f"epoch {epoch} val top1 {result.top1:.2f} top5 {result.top5:.2f} "
-                         f"({val_set.num_videos} videos x {val_set.views_per_video} views, {time.time() - tic:.1f}s)")
+        self.validation_seconds = time.time() - tic
+        self.logger.info(f"epoch {epoch} val {result.summary()} "
+                         f"({val_set.num_videos} videos x {val_set.views_per_video} views, {self.validation_seconds:.1f}s)")
         if ctx.is_main:
             self.writer.add_scalar("val/top1", result.top1, epoch)
             self.writer.add_scalar("val/top5", result.top5, epoch)
