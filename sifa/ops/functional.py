@@ -5,13 +5,14 @@ the pure-PyTorch reference; ``sifa.ops.backend()`` tells which.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+import operator
+from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from . import _extension, reference
-from ._utils import IntPair, pair
+from ._utils import IntPair
 
 
 def backend() -> str:
@@ -25,6 +26,17 @@ def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return None
     return torch.float32 if device == "cpu" else torch.get_autocast_dtype(device)
+
+
+def int_pair(value: Any, name: str, op: str) -> Tuple[int, int]:
+    """``3`` -> ``(3, 3)``; a pair of ints (height, width) stays; anything else is a TypeError naming ``name``."""
+    items = value if isinstance(value, (tuple, list)) else (value, value)
+    try:
+        if len(items) != 2 or any(isinstance(v, bool) for v in items):
+            raise TypeError
+        return operator.index(items[0]), operator.index(items[1])
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints (height, width), got {value!r}") from None
 
 
 def _shape(t: Tensor) -> str:
@@ -58,6 +70,9 @@ def _check_common(input: Tensor, offset: Tensor, weight: Tensor, kernel: Tuple[i
             raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
     if not (input.is_floating_point()):
         raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
+    if input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16) and _autocast_dtype(input) is None:
+        raise TypeError(f"{op}: on the CPU the SIFA ops run in float32 or float64, got {input.dtype}; convert the "
+                        f"tensors, or run under torch.autocast('cpu'), which computes these ops in float32")
 
 
 def _cast_for_autocast(*tensors: Tensor) -> Tuple[Tensor, ...]:
@@ -86,7 +101,8 @@ def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, p
     Args: input N×C×T×H×W; offset N×2K×T×H×W (channel 2k vertical, 2k+1 horizontal);
     weight C×T×kh×kw (the kernel size is read from it). Returns N×(G·K)×T×H×W.
     """
-    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
+    stride, padding, dilation = (int_pair(v, name, "defcor") for v, name in
+                                 ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
     _check_correlation(input, offset, weight, stride, padding, dilation, groups, "defcor")
     if _extension.use_extension():
         return torch.ops.sifa.defcor(input, offset, weight, stride, padding, dilation, groups)
@@ -103,7 +119,8 @@ def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair =
     Args: input N×C×T×H×W; offset N×2K×T×H×W; weight (the scores, e.g. defcor's output)
     N×(G·K)×T×H×W. Returns N×C×T×H×W.
     """
-    kernel, stride, padding, dilation = pair(kernel_size), pair(stride), pair(padding), pair(dilation)
+    kernel, stride, padding, dilation = (int_pair(v, name, "defagg") for v, name in (
+        (kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding"), (dilation, "dilation")))
     _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, "defagg")
     N, C, T, H, W = input.shape
     expected = (N, groups * kernel[0] * kernel[1], T, H, W)
@@ -127,7 +144,8 @@ def sifa_attention(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPai
     float32 for float16/bfloat16 inputs, as the kernels keep them for the backward).
     An input in ``torch.channels_last_3d`` memory format gets its output in that format, copy-free.
     """
-    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
+    stride, padding, dilation = (int_pair(v, name, "sifa_attention") for v, name in
+                                 ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
     _check_correlation(input, offset, weight, stride, padding, dilation, groups, "sifa_attention")
     if _extension.use_extension():
         out, scores = torch.ops.sifa.sifa_attention(input, offset, weight, stride, padding, dilation, groups)

@@ -4,8 +4,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import defagg, defcor, sifa_attention
-from ._utils import IntPair, pair
+from .functional import defagg, defcor, int_pair, sifa_attention
+from ._utils import IntPair
+
+
+def _check_sizes(module: str, in_channels: int, times: int) -> None:
+    for name, value in (("in_channels", in_channels), ("times", times)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{module}: {name} must be an int ≥ 1, got {value!r}")
 
 
 class DefCorFixW(nn.Module):
@@ -14,8 +20,10 @@ class DefCorFixW(nn.Module):
     def __init__(self, in_channels: int, times: int, kernel_size: IntPair, stride: IntPair, padding: IntPair,
                  dilation: IntPair = 1, defcor_groups: int = 1):
         super().__init__()
-        kh, kw = pair(kernel_size)
-        self.stride, self.padding, self.dilation = pair(stride), pair(padding), pair(dilation)
+        _check_sizes("DefCorFixW", in_channels, times)  # the weight is filled with 1/in_channels
+        kh, kw = int_pair(kernel_size, "kernel_size", "DefCorFixW")
+        self.stride, self.padding, self.dilation = (int_pair(v, name, "DefCorFixW") for v, name in
+                                                    ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
         self.groups = defcor_groups
         self.weight = nn.Parameter(torch.full((in_channels, times, kh, kw), 1.0 / in_channels),
                                    requires_grad=False)
@@ -41,12 +49,16 @@ class DefAgg(nn.Module):
     def __init__(self, in_channels: int, times: int, kernel_size: IntPair, stride: IntPair, padding: IntPair,
                  dilation: IntPair = 1, defagg_groups: int = 1):
         super().__init__()
+        _check_sizes("DefAgg", in_channels, times)
         self.in_channels, self.times = in_channels, times
-        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
-        self.padding, self.dilation = pair(padding), pair(dilation)
+        self.kernel_size, self.stride, self.padding, self.dilation = (int_pair(v, name, "DefAgg") for v, name in (
+            (kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding"), (dilation, "dilation")))
         self.groups = defagg_groups
 
     def forward(self, input: Tensor, offset: Tensor, weight: Tensor) -> Tensor:
+        if input.dim() == 5 and tuple(input.shape[1:3]) != (self.in_channels, self.times):
+            raise ValueError(f"DefAgg({self.in_channels}, times={self.times}): input has {input.shape[1]} channels "
+                             f"and {input.shape[2]} frames (shape {tuple(input.shape)})")
         return defagg(input, offset, weight, self.kernel_size, self.stride, self.padding, self.dilation,
                       self.groups)
 
