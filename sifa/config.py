@@ -27,7 +27,8 @@ DEFAULT_CONFIG = REPO_ROOT / "base_config" / "default.yml"
 # The original's keys that nothing reads here: accepted in its files, dropped with a warning.
 IGNORED_KEYS: Dict[str, str] = {
     "val_video_num": "the evaluation counts the videos of eva_list_file",
-    "num_gpu": "the number of processes is the launcher's (--nproc_per_node); scale base_learning_rate by hand",
+    "num_gpu": "the number of processes is the launcher's (--nproc_per_node); set reference_batch and "
+               "auto_scale_lr: true to rescale base_learning_rate",
 }
 # Keys whose values may take more than the type of their default.
 _EXTRA_TYPES: Dict[str, Tuple[type, ...]] = {
@@ -49,8 +50,8 @@ _POSITIVE = ("crop_size", "eva_crop_size", "num_classes", "epochs", "num_clips",
              "clip_length", "num_steps", "eva_num_segments", "eva_num_clips", "batch_size",
              "iter_size", "print_freq", "save_freq", "eva_inter_freq", "warmup_multiplier",
              "synthetic_frames", "synthetic_size")
-_NON_NEGATIVE = ("num_workers", "warmup_epoch", "ra_n", "weight_decay", "clip_gradient",
-                 "synthetic_videos_per_class", "synthetic_val_videos_per_class")
+_NON_NEGATIVE = ("num_workers", "warmup_epoch", "ra_n", "weight_decay", "clip_gradient", "reference_batch",
+                 "keep_last", "synthetic_videos_per_class", "synthetic_val_videos_per_class")
 
 
 class ConfigError(ValueError):
@@ -228,6 +229,9 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
     for key in ("base_learning_rate", "lr_decay_rate", "loss_weight"):
         if cfg[key] <= 0:
             fail(key, f"must be positive, got {cfg[key]!r}")
+    if cfg["auto_scale_lr"] and cfg["reference_batch"] <= 0:
+        fail("reference_batch", "must be positive when auto_scale_lr is true (the effective batch that "
+                                "base_learning_rate is set for)")
     if not 0.0 <= cfg["momentum"] < 1.0:
         fail("momentum", f"must lie in [0, 1), got {cfg['momentum']!r}")
     if not cfg["output_dir"].strip():

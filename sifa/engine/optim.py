@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Tuple
 
 import torch
 
@@ -19,6 +19,16 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], cfg: SimpleNamespa
     trainable = [p for p in parameters if p.requires_grad]
     return torch.optim.SGD(trainable, lr=cfg.base_learning_rate, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
+def effective_batch_and_lr(cfg: SimpleNamespace, world_size: int) -> Tuple[int, float]:
+    """Clips per optimizer step (batch_size × processes × iter_size) and the learning rate for it:
+    base_learning_rate, scaled by effective batch / reference_batch when auto_scale_lr."""
+    effective_batch = cfg.batch_size * world_size * cfg.iter_size
+    lr = cfg.base_learning_rate
+    if cfg.auto_scale_lr:
+        lr *= effective_batch / cfg.reference_batch
+    return effective_batch, lr
 
 
 def lr_factor(cfg: SimpleNamespace, iters_per_epoch: int) -> Callable[[int], float]:
