@@ -1,4 +1,7 @@
 """What a run leaves for its user: the log, evaluation progress and the checkpoints kept."""
+import json
+import os
+
 import pytest
 import torch
 import yaml
@@ -7,6 +10,9 @@ from sifa.config import load_config
 from sifa.data import synthetic
 from sifa.engine.distributed import DistContext
 from sifa.engine.trainer import Trainer
+from sifa.models import load_checkpoint
+from sifa.models.build import build_model, load_network, load_pretrained
+from sifa.tools import export_weights
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -24,7 +30,7 @@ def run(tmp_path_factory):
            "optimizer": {"base_learning_rate": 0.02, "warmup_epoch": 0, "epochs": 3},
            "sampler": {"clip_length": 8, "batch_size": 2, "num_clips": 1},
            "network": {"net_name": "c2d_sifa_resnet50"},
-           "logging": {"output_dir": str(tmp_path / "out"), "print_freq": 1, "save_freq": 1}}
+           "logging": {"output_dir": str(tmp_path / "out"), "print_freq": 1, "save_freq": 1, "keep_last": 2}}
     config = tmp_path / "tiny.yml"
     config.write_text(yaml.safe_dump(cfg))
     trainer = Trainer(load_config(config), CPU)
@@ -52,3 +58,41 @@ def test_evaluation_shows_progress_on_rank_0(run, capfd):
     model = build_model(cfg, cfg.eva_num_segments)
     evaluate(model, build_eval_dataset(cfg, final=True), 2, 0, 3, CPU, description="checking progress")
     assert "checking progress" in capfd.readouterr().err
+
+
+def test_keep_last_keeps_the_newest_epoch_checkpoints_and_current(run):
+    names = sorted(os.listdir(run["out"]))
+    assert [n for n in names if n.startswith("ckpt_epoch_")] == [
+        "ckpt_epoch_2.pth", "ckpt_epoch_2.pth.sha256", "ckpt_epoch_3.pth", "ckpt_epoch_3.pth.sha256"]
+    assert "current.pth" in names
+    # every epoch trained: the kept epochs' weights differ
+    second, third = (load_checkpoint(str(run["out"] / f"ckpt_epoch_{e}.pth"))["model"] for e in (2, 3))
+    assert not torch.equal(second["fc.weight"], third["fc.weight"])
+
+
+def test_best_holds_the_weights_of_the_first_epoch_with_the_highest_validation_top1(run):
+    history = json.loads((run["out"] / "val_accuracy.json").read_text())
+    best_top1 = max(entry["top1"] for entry in history)
+    best_epoch = next(entry["epoch"] for entry in history if entry["top1"] == best_top1)
+    best = load_checkpoint(str(run["out"] / "best.pth"))
+    assert (best["epoch"], best["top1"]) == (best_epoch, best_top1)
+    assert "optimizer" not in best and best["config"]["num_classes"] == 3
+    if best_epoch >= 2:  # its epoch checkpoint is still kept: same weights
+        epoch_weights = load_checkpoint(str(run["out"] / f"ckpt_epoch_{best_epoch}.pth"))["model"]
+        assert all(torch.equal(value, epoch_weights[key]) for key, value in best["model"].items())
+
+
+def test_exported_weights_are_smaller_and_load_for_evaluation_and_as_pretrained_model(run, tmp_path, capsys):
+    current = str(run["out"] / "current.pth")
+    out = export_weights.main(["--checkpoint", current, "--out", str(tmp_path / "weights.pth")])
+    assert "MiB" in capsys.readouterr().out
+    assert os.path.getsize(out) < 0.7 * os.path.getsize(current)
+    exported, trained = load_checkpoint(out), load_checkpoint(current)
+    assert set(exported) == {"model", "epoch", "config"} and exported["epoch"] == 3
+    cfg = load_config(run["config"])
+    evaluated = load_network(cfg, out, torch.device("cpu"))  # what --eval_only and predict call
+    assert all(torch.equal(value, trained["model"][key]) for key, value in evaluated.state_dict().items())
+    cfg.pretrained_model = out
+    model = build_model(cfg, cfg.num_segments)
+    load_pretrained(model, cfg)
+    assert torch.equal(model.state_dict()["fc.weight"], trained["model"]["fc.weight"])

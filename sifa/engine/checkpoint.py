@@ -22,6 +22,7 @@ import torch
 from ..models.weights import CheckpointError, checksum_path, file_sha256, load_checkpoint
 
 CURRENT = "current.pth"
+BEST = "best.pth"
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
@@ -118,14 +119,34 @@ def _pending_checksum_matches(checksum_tmp: str, checkpoint: str) -> bool:
         return f.read().split(maxsplit=1)[:1] == [file_sha256(checkpoint)]
 
 
+def saved_epochs(output_dir: str) -> List[int]:
+    """The N of every ckpt_epoch_N.pth in ``output_dir``, ascending."""
+    return sorted(int(match.group(1)) for match in (re.fullmatch(r"ckpt_epoch_(\d+)\.pth", name)
+                                                    for name in os.listdir(output_dir)) if match)
+
+
+def remove_old_epoch_checkpoints(output_dir: str, keep_last: int) -> List[str]:
+    """Remove all but the newest ``keep_last`` ckpt_epoch_N.pth (0 keeps all), with their SHA-256 files;
+    returns the paths removed."""
+    removed = []
+    for epoch in saved_epochs(output_dir)[:-keep_last] if keep_last > 0 else []:
+        path = os.path.join(output_dir, epoch_checkpoint_name(epoch))
+        _remove_if_present(checksum_path(path))
+        os.remove(path)
+        removed.append(path)
+    return removed
+
+
+def save_weights(path: str, model_state: Dict[str, torch.Tensor], **info: Any) -> str:
+    """A weights-only file (``model`` and plain-data ``info`` such as epoch, top1, config; no optimizer
+    state), written atomically with its SHA-256; --eval_only, predict and pretrained_model load it."""
+    _atomic_save({"model": model_state, **info}, path)
+    return path
+
+
 def newest_intact_epoch_checkpoint(output_dir: str) -> Optional[str]:
     """The ckpt_epoch_N.pth of the highest N in ``output_dir`` that loads, or None."""
-    epochs = []
-    for name in os.listdir(output_dir):
-        match = re.fullmatch(r"ckpt_epoch_(\d+)\.pth", name)
-        if match:
-            epochs.append(int(match.group(1)))
-    for epoch in sorted(epochs, reverse=True):
+    for epoch in reversed(saved_epochs(output_dir)):
         path = os.path.join(output_dir, epoch_checkpoint_name(epoch))
         try:
             load_checkpoint(path)

@@ -22,8 +22,9 @@ from ..data import VideoDataset, read_class_names
 from ..data.build import build_eval_dataset, build_train_dataset, prepare_synthetic_data
 from ..models.build import build_model, freeze_bn, load_network, load_pretrained
 from ..models.weights import CheckpointError, load_checkpoint, load_weights
-from .checkpoint import (CURRENT, capture_rng_state, newest_intact_epoch_checkpoint, remove_leftover_tmp,
-                         restore_rng_state, resume_path, save_checkpoint)
+from .checkpoint import (BEST, CURRENT, capture_rng_state, newest_intact_epoch_checkpoint,
+                         remove_leftover_tmp, remove_old_epoch_checkpoints, restore_rng_state, resume_path,
+                         save_checkpoint, save_weights)
 from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks
 from .evaluate import EvalResult, evaluate
 from .optim import build_optimizer, build_scheduler, effective_batch_and_lr
@@ -174,6 +175,8 @@ class Trainer:
                 path = save_checkpoint(cfg.output_dir, epoch, cfg.save_freq, model, optimizer, scheduler, scaler,
                                        rng_states, config_to_dict(cfg))
                 logger.info(f"saved {path}")
+                for removed in remove_old_epoch_checkpoints(cfg.output_dir, cfg.keep_last):
+                    logger.info(f"removed {removed} (keep_last: {cfg.keep_last})")
             barrier(ctx)
             if val_set is not None and (epoch % cfg.eva_inter_freq == 0 or epoch == cfg.epochs):
                 broadcast_buffers(ctx, model)
@@ -251,11 +254,11 @@ class Trainer:
                                     enabled=self.amp_dtype is not None):
                     outputs = network(clips)
                 loss = classification_loss(outputs, labels, criterion)
+                scaler.scale(loss * (cfg.loss_weight / cfg.iter_size)).backward()
             if not self.loss_described and len(outputs) > 1:
                 logger.info(f"loss: the sum of the cross-entropies of the network's {len(outputs)} heads (SIFA-Net: "
                             f"main + dual), so about {len(outputs)}x a single head's; evaluation averages their softmaxes")
                 self.loss_described = True
-                scaler.scale(loss * (cfg.loss_weight / cfg.iter_size)).backward()
             # Checked before the step can spread it into the weights. Under fp16 the loss is computed in
             # float32: gradients that overflow only make the GradScaler skip the step, which is no error.
             loss_value = loss.item()
@@ -329,7 +332,12 @@ class Trainer:
             if os.path.isfile(path):
                 with open(path, "r", encoding="utf-8") as f:
                     history = [entry for entry in json.load(f) if entry["epoch"] < epoch]
+            best_before = max((entry["top1"] for entry in history), default=-1.0)
             history.append({"epoch": epoch, "top1": result.top1, "top5": result.top5,
                             "num_videos": val_set.num_videos, "views_per_video": val_set.views_per_video})
             _write_json(path, history)
+            best = os.path.join(cfg.output_dir, BEST)
+            if result.top1 > best_before or not os.path.isfile(best):
+                save_weights(best, model.state_dict(), epoch=epoch, top1=result.top1, config=config_to_dict(cfg))
+                self.logger.info(f"saved {best} (validation top1 {result.top1:.2f}, epoch {epoch})")
         return result
