@@ -58,3 +58,41 @@ def test_auto_scale_lr_needs_a_reference_batch(tmp_path):
     path.write_text("optimizer:\n  auto_scale_lr: true\n")
     with pytest.raises(ConfigError, match="reference_batch"):
         load_config(path)
+
+
+def _train_one_epoch(tmp_path, data, name, **optimizer):
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from sifa.engine.trainer import Trainer
+    from test_train import CPU, tiny_config
+
+    torch.set_num_threads(1)
+    run = tmp_path / name
+    run.mkdir()
+    config = tiny_config(run, data, optimizer={"base_learning_rate": 0.02, "warmup_epoch": 1, "epochs": 1,
+                                               "eva_inter": False, **optimizer})
+    trainer = Trainer(load_config(config), CPU)
+    trainer.train()
+    trainer.close()
+    events = EventAccumulator(str(run / "out"))
+    events.Reload()
+    return [e.value for e in events.Scalars("train/grad_norm")], (run / "out" / "log.txt").read_text()
+
+
+def test_training_logs_the_effective_batch_lr_and_gradient_norm(tmp_path):
+    import math
+    from sifa.data import synthetic
+
+    data = synthetic.generate(str(tmp_path / "data"), num_classes=3, videos_per_class=4, val_videos_per_class=1,
+                              frames=8, size=32, seed=0)
+    # 12 videos, batch 2, iter_size 2: 6 iterations, 3 optimizer steps on 1 process.
+    scaled, log = _train_one_epoch(tmp_path, data, "scaled", clip_gradient=0.0, reference_batch=8,
+                                   auto_scale_lr=True)
+    assert "effective batch 4 clips per optimizer step (batch_size 2 x 1 process(es) x iter_size 2), lr 0.01" in log
+    assert "grad norm" in log
+    clipped, _ = _train_one_epoch(tmp_path, data, "clipped", clip_gradient=1e-3, base_learning_rate=0.01)
+    assert len(scaled) == len(clipped) == 3 and all(math.isfinite(v) and v > 1e-3 for v in scaled + clipped)
+    # Both start from the same weights and data: the first step's norm (before clipping) is the same
+    # whether it comes from clip_grad_norm_ or from computing it without clipping.
+    assert clipped[0] == pytest.approx(scaled[0], rel=1e-5)
+    assert clipped[1:] != pytest.approx(scaled[1:], rel=1e-3)
