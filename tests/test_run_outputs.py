@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from sifa.config import load_config
+from sifa.config import REPO_ROOT, load_config
 from sifa.data import synthetic
 from sifa.engine.distributed import DistContext
 from sifa.engine.trainer import Trainer
@@ -96,3 +96,20 @@ def test_exported_weights_are_smaller_and_load_for_evaluation_and_as_pretrained_
     model = build_model(cfg, cfg.num_segments)
     load_pretrained(model, cfg)
     assert torch.equal(model.state_dict()["fc.weight"], trained["model"]["fc.weight"])
+
+
+@pytest.mark.parametrize("net_name, expected", [
+    ("c2d_sifa_resnet50", "https://download.pytorch.org/models/resnet50-19c8e357.pth"),
+    ("c2d_sifa_swin_vit_b_p4_w7", "swin_base_patch4_window7_224.pth"),
+])
+def test_missing_pretrained_file_names_the_file_expected_and_where_it_is_published(tmp_path, net_name, expected):
+    from sifa.models.registry import list_models
+    from sifa.models.weights import CheckpointError
+
+    assert net_name in list_models()
+    cfg = load_config(REPO_ROOT / "settings/synthetic_demo.yml",
+                      [f"net_name={net_name}", f"pretrained_model={tmp_path / 'missing.pth'}", "transfer_weights=true"]
+                      + (["crop_size=224", "eva_crop_size=224"] if "swin" in net_name else []))
+    with pytest.raises(CheckpointError, match="pretrained_model not found") as caught:
+        load_pretrained(torch.nn.Linear(1, 1), cfg)
+    assert str(tmp_path / "missing.pth") in str(caught.value) and expected in str(caught.value)

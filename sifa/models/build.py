@@ -1,22 +1,42 @@
 """Networks as a configuration asks for them: built, initialised from ImageNet or loaded from a checkpoint."""
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 from typing import List
 
 import torch
 from torch import nn
 
-from .registry import get_model_by_name
+from .registry import get_model_by_name, model_entry
 from .transfer import DEFCOR_WEIGHT, remove_fc, transfer_weights
-from .weights import load_checkpoint, load_weights
+from .weights import CheckpointError, load_checkpoint, load_weights
+
+# The 2-D ImageNet weights `transfer_weights: true` takes, per network family: the file the shipped
+# settings name, where it is published, and the layouts the transfer reads.
+IMAGENET_WEIGHTS = {
+    "resnet": "torchvision's ImageNet ResNet-50, resnet50-19c8e357.pth "
+              "(https://download.pytorch.org/models/resnet50-19c8e357.pth; torchvision's "
+              "ResNet50_Weights.IMAGENET1K_V1, downloaded as resnet50-0676ba61.pth, and timm's resnet50.tv_in1k "
+              "hold the same weights; for ResNet-101 resnet101-5d3b4d8f.pth there); the transfer reads torchvision's layout (a bare state dict, "
+              "or one under 'model' or 'state_dict')",
+    "swin": "the official Swin Transformer release of the network's size, e.g. swin_base_patch4_window7_224.pth "
+            "for Swin-B, as the shipped setting names it "
+            "(https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_base_patch4_window7_224.pth; "
+            "the ImageNet-22k ..._22k.pth files there transfer too; timm names them "
+            "swin_base_patch4_window7_224.ms_in1k / .ms_in22k); the transfer reads the official layout (under "
+            "'model', patch merging at the end of each stage) and timm's (patch merging at the start of the next)",
+}
 
 
 def build_model(cfg: SimpleNamespace, num_segments: int) -> nn.Module:
-    """``cfg.net_name`` for views of ``num_segments`` segments of ``cfg.clip_length`` frames."""
-    return get_model_by_name(cfg.net_name, pooling_arch=None, num_classes=cfg.num_classes,
-                             dropout_ratio=cfg.dropout_ratio, clip_length=num_segments * cfg.clip_length,
-                             sifa_kernel=cfg.sifa_kernel)
+    """``cfg.net_name`` for views of ``num_segments`` segments of ``cfg.clip_length`` frames, with
+    activation checkpointing per stage if ``cfg.use_checkpoint``."""
+    model = get_model_by_name(cfg.net_name, pooling_arch=None, num_classes=cfg.num_classes,
+                              dropout_ratio=cfg.dropout_ratio, clip_length=num_segments * cfg.clip_length,
+                              sifa_kernel=cfg.sifa_kernel)
+    model.use_checkpoint = cfg.use_checkpoint
+    return model
 
 
 def _skipped(cfg: SimpleNamespace) -> tuple:
@@ -26,6 +46,12 @@ def _skipped(cfg: SimpleNamespace) -> tuple:
 def load_pretrained(model: nn.Module, cfg: SimpleNamespace) -> None:
     """Initialise ``model`` from ``cfg.pretrained_model``: transferred from 2-D ImageNet weights if
     ``transfer_weights``, without the classifiers if ``remove_fc``; missing and unexpected keys are logged."""
+    if not os.path.isfile(cfg.pretrained_model):
+        expected = IMAGENET_WEIGHTS[model_entry(cfg.net_name).family]
+        raise CheckpointError(f"pretrained_model not found: {cfg.pretrained_model}; for {cfg.net_name} with "
+                              f"transfer_weights: true it is {expected}. Download it there, or set "
+                              f"pretrained_model to another checkpoint of this code, or to '' to train from scratch "
+                              f"(docs/training.md, 'ImageNet initialisation')")
     state = load_checkpoint(cfg.pretrained_model)
     if cfg.transfer_weights:
         state = transfer_weights(cfg.net_name, state)
