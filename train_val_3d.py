@@ -11,11 +11,12 @@ import sys
 from sifa.config import ConfigError, check_run_inputs, load_config
 from sifa.data.list_file import ListFileError
 from sifa.engine.distributed import cleanup, init_distributed
+from sifa.engine.guards import OutputDirLock, OutputDirLockedError, exit_with_launcher
 from sifa.engine.trainer import Trainer
 from sifa.models.weights import CheckpointError
 
 # Errors in what the user gave (configuration, list files, checkpoints, paths): their message says it all.
-USER_ERRORS = (ConfigError, ListFileError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (ConfigError, ListFileError, CheckpointError, FileNotFoundError, OutputDirLockedError)
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,7 +34,10 @@ def parse_args() -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config_file, args.opts)
     check_run_inputs(cfg, eval_checkpoint=args.eval_only)  # before the process group: fail fast
+    exit_with_launcher()
     ctx = init_distributed(args.local_rank)
+    # One training run per output directory; evaluations may run beside it.
+    lock = OutputDirLock(cfg.output_dir) if ctx.is_main and args.eval_only is None else None
     trainer = Trainer(cfg, ctx, eval_only=args.eval_only is not None)
     try:
         if args.eval_only is not None:
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace) -> None:
     finally:
         trainer.close()
         cleanup(ctx)
+        if lock is not None:
+            lock.release()
 
 
 def main() -> None:

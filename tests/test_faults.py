@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from sifa.engine.trainer import NonFiniteLossError, Trainer
 from sifa.models import CheckpointError, load_checkpoint
 from sifa.models.build import build_model, load_pretrained
 from sifa.models.weights import file_sha256
-from test_train import CPU, tiny_config
+from test_train import CPU, free_port, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +224,90 @@ def test_damaged_checkpoints_for_resume_eval_only_and_pretrained(tmp_path, tiny_
     damage(bare, "zero-byte")
     with pytest.raises(CheckpointError, match=f"{bare} is empty"):
         load_pretrained(build_model(cfg, 1), load_config(config, [f"pretrained_model={bare}"]))
+
+
+# ------------------------------------------------------------------------------ launcher and output dir
+def run_command(config, *opts, **popen):
+    command = [sys.executable, "train_val_3d.py", f"--config_file={config}", "--opts", *opts]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240, **popen)
+
+
+def test_an_output_dir_is_locked_by_one_training_run(tmp_path, tiny_data):
+    config = tiny_config(tmp_path, tiny_data)
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from sifa.engine.guards import OutputDirLock
+        lock = OutputDirLock({str(out)!r})
+        print("locked", flush=True)
+        time.sleep(300)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run_command(config, "epochs=1", "eva_inter=false")
+        assert result.returncode == 2 and f"is in use by another training run (pid {holder.pid} on" in result.stderr
+        assert not (out / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died holding the lock: its file still names it, and the next run takes it over.
+    assert f"pid {holder.pid} on" in (out / "run.lock").read_text()
+    result = run_command(config, "epochs=1", "eva_inter=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(str(out / "current.pth"))["epoch"] == 1
+
+
+def children_of(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:  # fields: state, ppid, ...
+                found.append(int(entry))
+    return found
+
+
+def running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_exit_when_their_launcher_is_killed_and_the_same_command_resumes(tmp_path, tiny_data):
+    config = tiny_config(tmp_path, tiny_data)
+    out = tmp_path / "out"
+    port = free_port()
+    command = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2", f"--master_port={port}",
+               "train_val_3d.py", f"--config_file={config}", "--opts", "resume=true", "eva_inter=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    with open(tmp_path / "first.log", "w") as log:
+        launcher = subprocess.Popen(command + ["epochs=50"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log,
+                                    start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while "iter [" not in ((out / "log.txt").read_text() if (out / "log.txt").exists() else ""):
+            assert time.time() < deadline and launcher.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        workers = children_of(launcher.pid)
+        assert len(workers) == 2
+    finally:
+        launcher.kill()  # SIGKILL: the launcher can tell nobody
+        launcher.wait()
+    deadline = time.time() + 30
+    while any(running(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(running(pid) for pid in workers), "workers outlived their launcher"
+    assert "the launcher (pid" in (tmp_path / "first.log").read_text()
+    saved = load_checkpoint(str(out / "current.pth"))["epoch"] if (out / "current.pth").exists() else 0
+    result = subprocess.run(command + [f"epochs={saved + 1}"], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert load_checkpoint(str(out / "current.pth"))["epoch"] == saved + 1
