@@ -113,3 +113,17 @@ def test_missing_pretrained_file_names_the_file_expected_and_where_it_is_publish
     with pytest.raises(CheckpointError, match="pretrained_model not found") as caught:
         load_pretrained(torch.nn.Linear(1, 1), cfg)
     assert str(tmp_path / "missing.pth") in str(caught.value) and expected in str(caught.value)
+
+
+def test_eval_only_result_is_plotted_at_the_epoch_of_its_checkpoint(run, tmp_path):
+    from sifa.tools import plot_log
+
+    cfg = load_config(run["config"])
+    trainer = Trainer(cfg, CPU, eval_only=True)
+    trainer.evaluate_checkpoint(str(run["out"] / "ckpt_epoch_2.pth"))
+    trainer.close()
+    assert json.loads((run["out"] / "eval_only_accuracy.json").read_text())["epoch"] == 2
+    series = plot_log.read_scalars(str(run["out"]))
+    assert series["eval_only/top1"][0] == [2] and series["val/top1"][0] == [1, 2, 3]
+    plotted = plot_log.plot_curves(series, str(tmp_path / "curves.png"))
+    assert "eval_only/top1" in plotted and os.path.getsize(tmp_path / "curves.png") > 5000

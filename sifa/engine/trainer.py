@@ -35,6 +35,7 @@ EVAL_ONLY_CONFIG_JSON = "eval_only_config.json"
 VAL_JSON = "val_accuracy.json"
 EVAL_ONLY_JSON = "eval_only_accuracy.json"
 EVAL_ONLY_SCORES = "eval_only_scores.pt"
+EPOCH_UNKNOWN = -1  # the TensorBoard step of an --eval_only result whose checkpoint does not say its epoch
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,6 +88,8 @@ class Trainer:
         path = path or cfg.eva_model
         dataset = build_eval_dataset(cfg, final=True)
         model = load_network(cfg, path, ctx.device)
+        # The epoch the checkpoint was saved after: plot_log draws the result there, apart from training's.
+        trained_epoch = load_checkpoint(path).get("epoch") if ctx.is_main else None
         self.logger.info(f"evaluating {path}: {dataset.num_videos} videos x {cfg.eva_num_clips} clips x "
                          f"{cfg.eva_num_crop} crops at {cfg.eva_crop_size}px on {ctx.world_size} process(es)")
         tic = time.time()
@@ -98,12 +101,14 @@ class Trainer:
         self.logger.info(f"eval {result.summary()} ({time.time() - tic:.1f}s)")
         if ctx.is_main:
             _write_json(os.path.join(cfg.output_dir, EVAL_ONLY_JSON), {
-                "checkpoint": path, "top1": result.top1, "top5": result.top5, "num_videos": dataset.num_videos,
+                "checkpoint": path, "epoch": trained_epoch, "top1": result.top1, "top5": result.top5,
+                "num_videos": dataset.num_videos,
                 "num_clips": cfg.eva_num_clips, "num_crops": cfg.eva_num_crop, "crop_size": cfg.eva_crop_size})
             torch.save({"scores": torch.from_numpy(result.scores), "labels": torch.from_numpy(result.labels),
                         "class_names": self.class_names}, os.path.join(cfg.output_dir, EVAL_ONLY_SCORES))
-            self.writer.add_scalar("eval_only/top1", result.top1, 0)
-            self.writer.add_scalar("eval_only/top5", result.top5, 0)
+            step = int(trained_epoch) if trained_epoch is not None else EPOCH_UNKNOWN
+            self.writer.add_scalar("eval_only/top1", result.top1, step)
+            self.writer.add_scalar("eval_only/top5", result.top5, step)
         return result
 
     # ------------------------------------------------------------------------------------ training

@@ -4,7 +4,8 @@
 
 Reads every event file under the run's output_dir (a resumed run appends new files) and plots
 the scalars whose tag names a loss (`train/loss` per iteration, `train/epoch_loss` per epoch),
-the learning rate (`train/lr`) and accuracy (`val/top1`, `val/top5`, `eval_only/*`). Writes
+the learning rate (`train/lr`) and accuracy (`val/top1`, `val/top5`; `--eval_only` results,
+`eval_only/*`, as separate stars at the epoch of the checkpoint they evaluated, labelled so). Writes
 <output_dir>/curves.png unless --out is given.
 """
 from __future__ import annotations
@@ -27,6 +28,8 @@ PANELS = (
     ("learning rate", "iteration", lambda tag: tag.rsplit("/", 1)[-1] == "lr"),
     ("accuracy (%)", "epoch", lambda tag: tag.rsplit("/", 1)[-1] in ("top1", "top5")),
 )
+EVAL_ONLY_PREFIX = "eval_only/"
+EPOCH_UNKNOWN = -1  # the step sifa.engine.trainer gives an --eval_only result of a checkpoint without an epoch
 
 Series = Dict[str, Tuple[List[int], List[float]]]
 
@@ -60,6 +63,12 @@ def plot_curves(series: Series, path: str, title: str = "") -> List[str]:
         tags = sorted(tag for tag in series if selects(tag))
         for tag in tags:
             steps, values = series[tag]
+            if tag.startswith(EVAL_ONLY_PREFIX):
+                # Evaluations of finished checkpoints, not a curve over training: stars at their checkpoint's epoch.
+                epochs = ", ".join("?" if s == EPOCH_UNKNOWN else str(s) for s in steps)
+                ax.scatter([max(s, 0) for s in steps], values, marker="*", s=120, zorder=3,
+                           label=f"{tag} (--eval_only of the epoch {epochs} checkpoint)")
+                continue
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=tag)
         plotted += tags
         ax.set_title(name)
