@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import DefCorFixW
+from .checkpointing import run_stage
 from .registry import register_model
 from .temporal import check_clip_length, check_video, previous_frame, shift_back
 from .transfer import transfer_resnet, transfer_sifa_resnet
@@ -124,6 +125,7 @@ class C2DResNet(nn.Module):
         super().__init__()
         self.name = name
         self.clip_length = clip_length
+        self.use_checkpoint = False  # activation checkpointing per stage (sifa/models/checkpointing.py)
         self.sifa = sifa_kernel is not None
         if self.sifa:
             sifa_kernel = [int(k) for k in sifa_kernel]
@@ -175,10 +177,12 @@ class C2DResNet(nn.Module):
         else:
             check_video(self.name, x, EARLY_STRIDE)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        for stage in (self.layer1, self.layer2, self.layer3):
+            x = run_stage(stage, x, self.use_checkpoint)
+        main = run_stage(self.layer4, x, self.use_checkpoint)
         if not self.sifa:
-            return [self.layer4(x)]
-        return [self.layer4(x), self.layer4_dual(self.maxpool_dual(x))]
+            return [main]
+        return [main, run_stage(self.layer4_dual, self.maxpool_dual(x), self.use_checkpoint)]
 
     def forward_head(self, features: List[Tensor], pre_logits: bool = False) -> List[Tensor]:
         """Per branch: the mean over T×H×W, dropout, then the branch's classifier (``fc``, ``fc_dual``)

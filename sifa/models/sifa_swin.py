@@ -14,6 +14,7 @@ from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, win
 from torch import Tensor, nn
 
 from ..ops import DefCorFixW
+from .checkpointing import run_stage
 from .registry import register_model
 from .temporal import check_clip_length, check_video, shift_back
 from .transfer import transfer_sifa_swin, transfer_swin
@@ -148,6 +149,7 @@ class C2DSwin(nn.Module):
         super().__init__()
         self.name = name
         self.clip_length = clip_length
+        self.use_checkpoint = False  # activation checkpointing per stage (sifa/models/checkpointing.py)
         self.sifa = sifa_kernel is not None
         check_clip_length(name, clip_length, EARLY_STRIDE)
         if self.sifa and sifa_kernel < 1:
@@ -197,7 +199,7 @@ class C2DSwin(nn.Module):
         N = x.shape[0]
         x = self.patch_embed(x)
         for stage in self.layers:
-            x = stage(x)
+            x = run_stage(stage, x, self.use_checkpoint)
         x = self.norm(x)
         return [x.view(N, -1, *x.shape[1:])]
 
