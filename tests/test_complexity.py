@@ -56,3 +56,13 @@ def test_cli_prints_parameters_and_gflops(capsys: pytest.CaptureFixture) -> None
     assert f"({sum(p.numel() for p in model.parameters())};" in out
     flops = complexity.count_flops(model, torch.randn(1, 3, 8, 64, 64))
     assert f"GFLOPs per view: {flops / 1e9:.2f}" in out
+
+
+def test_cli_takes_the_network_and_view_from_a_config_file(capsys: pytest.CaptureFixture) -> None:
+    from sifa.config import REPO_ROOT
+
+    complexity.main(["--config_file", str(REPO_ROOT / "settings/synthetic_demo.yml"), "--opts", "num_classes=10"])
+    from_config = capsys.readouterr().out
+    complexity.main(["--net_name", "c2d_sifa_resnet50", "--clip_length", "8", "--crop_size", "64",
+                     "--num_classes", "10"])  # the demo's net_name, clip_length x eva_num_segments, eva_crop_size
+    assert from_config == capsys.readouterr().out and "1×3×8×64×64" in from_config

@@ -1,6 +1,11 @@
 """Parameters and GFLOPs per view of a network.
 
     python -m sifa.tools.complexity --net_name c2d_sifa_resnet50 --clip_length 16
+    python -m sifa.tools.complexity --config_file settings/c2d_sifa_res50-1x16x1.k400.yml [--opts key=value ...]
+
+With --config_file, the network and its test view come from the experiment (net_name, eva_num_segments
+x clip_length frames at eva_crop_size, num_classes, sifa_kernel), as the other tools take them;
+flags given as well override it.
 
 One view is one clip of ``clip_length`` frames at ``crop_size``², batch 1, inference. FLOPs are
 counted by ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add of convolutions and
@@ -16,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..config import ConfigError, load_config
 from ..models import get_model_by_name
 from ..ops.flops import register_flop_formulas
 
@@ -46,12 +52,29 @@ def complexity(net_name: str, clip_length: int, crop_size: int = 224, num_classe
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--net_name", required=True)
-    parser.add_argument("--clip_length", type=int, default=16, help="frames per view")
-    parser.add_argument("--crop_size", type=int, default=224)
-    parser.add_argument("--num_classes", type=int, default=400)
+    parser.add_argument("--config_file", help="experiment YAML: the network and test view it evaluates")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--net_name")
+    parser.add_argument("--clip_length", type=int, help="frames per view (default 16)")
+    parser.add_argument("--crop_size", type=int, help="default 224")
+    parser.add_argument("--num_classes", type=int, help="default 400")
     parser.add_argument("--sifa_kernel", type=int, nargs="+", default=None)
     args = parser.parse_args(argv)
+    if args.config_file:
+        try:
+            cfg = load_config(args.config_file, args.opts)
+        except ConfigError as err:
+            raise SystemExit(f"error: {err}") from None
+        view = {"net_name": cfg.net_name, "clip_length": cfg.eva_num_segments * cfg.clip_length,
+                "crop_size": cfg.eva_crop_size, "num_classes": cfg.num_classes, "sifa_kernel": cfg.sifa_kernel}
+    elif args.net_name:
+        view = {"clip_length": 16, "crop_size": 224, "num_classes": 400, "sifa_kernel": None}
+    else:
+        parser.error("give --net_name or --config_file")
+    for key, value in vars(args).items():
+        if key in ("net_name", "clip_length", "crop_size", "num_classes", "sifa_kernel") and value is not None:
+            view[key] = value
+    args = argparse.Namespace(**view)
     try:
         register_flop_formulas()
     except RuntimeError as err:  # the extension is not built
