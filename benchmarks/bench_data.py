@@ -4,13 +4,15 @@ Generates one H.264 video (PyAV's libx264 at CRF 18; OpenCV's wheels cannot enco
 and LMDB environment, then times the evaluation's data path — VideoDataset with EvalClipTransform
 (crop 224) through a DataLoader (batch 8, no worker processes, as `sifa.tools.predict` runs it) —
 over all views of the video, each time with a new dataset so nothing decoded before is reused;
-the median of --repeat passes after a warm-up one. Two samplings:
+the median of --repeat passes after a warm-up one. Three samplings of 16-frame clips:
 
-  spanning  clip_length 16 x num_steps 8: each clip spans most of the video, so the 10 clips need
-            almost the same frames as one (the 10x3 target: <= 2x the time of one view);
-  short     clip_length 16 x num_steps 1: the 10 clips need 10 separate stretches of frames.
+  spanning     num_steps 8: a clip spans the whole 128-frame video, so all 10 clips are the same
+               frames (the 10x3 target: <= 2x the time of one view);
+  overlapping  num_steps 4: 10 clips of 64 frames spread over the video; with their different
+               offsets they need 4x the distinct frames of one;
+  short        num_steps 1: 10 separate 16-frame stretches, 10x the frames of one clip.
 
-    python benchmarks/bench_data.py [--frames 132] [--size 1280x720] [--gop 50] [--repeat 3]
+    python benchmarks/bench_data.py [--frames 128] [--size 1280x720] [--gop 50] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install needed
 
-SAMPLINGS = {"spanning": (16, 8), "short": (16, 1)}  # name -> (clip_length, num_steps)
+SAMPLINGS = {"spanning": (16, 8), "overlapping": (16, 4), "short": (16, 1)}  # name -> (clip_length, num_steps)
 VIEWS = [(1, 1), (10, 3)]  # (clips, crops)
 BATCH_SIZE = 8
 CROP = 224
@@ -71,7 +73,7 @@ def median_ms(root: str, storage_format: str, name: str, num_frames: int, sampli
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=132)
+    parser.add_argument("--frames", type=int, default=128)
     parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the generated video")
     parser.add_argument("--gop", type=int, default=50, help="keyframe interval of the generated video")
     parser.add_argument("--repeat", type=int, default=3)

@@ -49,8 +49,8 @@ def test_onnx_translation_of_the_sifa_ops_matches_the_reference(tmp_path, kernel
     offset = torch.randn(N, 2 * kernel[0] * kernel[1], T, *size) * 2  # many taps fall between and off pixels
     model = SifaOps(C, T, kernel, padding, dilation, groups).eval()
     path = str(tmp_path / "ops.onnx")
-    program = torch.onnx.export(model, (x, offset), dynamo=True, custom_translation_table=export.onnx_translation_table(),
-                                verbose=False)
+    program = torch.onnx.export(model, (x, offset), dynamo=True, verbose=False,
+                                custom_translation_table=export.onnx_translation_table())
     program.save(path)
     standard_operators_only(path)
     import onnxruntime

@@ -3,8 +3,9 @@ LMDB environments, write list files.
 
 Full videos with `(video, start, end, label)` annotations, e.g. Kinetics' CSV files
 (`label,youtube_id,time_start,time_end,split`, sources `<src>/<youtube_id>.mp4`) or a plain
-`path,start,end,label` CSV (paths relative to `--src`): cut each clip into `<out>/<label>/` as an .mp4,
-optionally with the shorter side resized, and list the clips:
+`path,start,end,label` CSV (paths relative to `--src`): cut each clip into `<out>/<label>/` as an .mp4
+(Kinetics labels with `_` for spaces, as the original's class folders), optionally with the shorter
+side resized, and list the clips:
 
     python -m sifa.data.prepare trim --annotations kinetics400/train.csv --src data/k400/raw \
         --out data/k400/train --list data/k400/train_list.txt --classes data_lists/kinetics400_classes.txt \
@@ -197,11 +198,12 @@ def read_annotations(path: str, src: str) -> List[Annotation]:
             raise PrepareError(f"{path}, line {number}: needs 0 <= start < end, got {start} and {end}")
         if not fields["label"]:
             raise PrepareError(f"{path}, line {number}: no label")
-        if kinetics:
-            source, stem = _find_source(src, fields["youtube_id"]), fields["youtube_id"]
+        label = fields["label"]
+        if kinetics:  # class folders as the original's (data_lists/kinetics400_classes.txt): no spaces
+            source, stem, label = _find_source(src, fields["youtube_id"]), fields["youtube_id"], label.replace(" ", "_")
         else:
             source, stem = os.path.join(src, fields["path"]), os.path.splitext(os.path.basename(fields["path"]))[0]
-        annotations.append(Annotation(number, source, start, end, fields["label"],
+        annotations.append(Annotation(number, source, start, end, label,
                                       f"{stem}_{_time_text(start)}_{_time_text(end)}"))
     if not annotations:
         raise PrepareError(f"{path}: no annotation")

@@ -6,7 +6,7 @@ and apply them to every leading (frame) index alike, so the frames of a clip sta
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,13 +29,19 @@ def frames_to_clip(frames: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
 
 
-def _layout(time_dim: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """'T': C x T x H x W (3-D networks); 'C': frames concatenated along channels, (T*C) x H x W."""
+def _check_time_dim(time_dim: str) -> str:
+    if time_dim not in ("T", "C"):
+        raise ValueError(f"time_dim must be 'T' or 'C', got {time_dim!r}")
+    return time_dim
+
+
+def lay_out(clip: torch.Tensor, time_dim: str, frames: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Frames ``frames`` (default: all) of a T x C x H x W clip, in one copy, as 'T': C x T x H x W (3-D
+    networks) or 'C': frames concatenated along channels, (T*C) x H x W."""
+    rows = list(range(clip.shape[0])) if frames is None else list(frames)
     if time_dim == "T":
-        return lambda clip: clip.permute(1, 0, 2, 3).contiguous()
-    if time_dim == "C":
-        return lambda clip: clip.reshape(-1, *clip.shape[2:])
-    raise ValueError(f"time_dim must be 'T' or 'C', got {time_dim!r}")
+        return clip.permute(1, 0, 2, 3)[:, rows]
+    return clip[rows].reshape(-1, *clip.shape[2:])
 
 
 def _normalize() -> List[v2.Transform]:
@@ -57,17 +63,18 @@ class TrainClipTransform:
         if not no_horizontal_flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
         self.transform = v2.Compose(steps + _normalize())
-        self.layout = _layout(time_dim)
+        self.time_dim = _check_time_dim(time_dim)
 
     def __call__(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
-        return self.layout(self.transform(frames_to_clip(frames)))
+        return lay_out(self.transform(frames_to_clip(frames)), self.time_dim)
 
 
 class EvalClipTransform:
     """Resize the shorter side to crop_size, then one of `num_crops` crops.
 
     num_crops 1: the center crop; 3: left/center/right (landscape) or top/center/bottom (portrait).
-    The two steps are also separate, so that the test views of a video resize each frame once.
+    The two steps are also separate, so that the test views of a video resize and normalize each
+    frame once.
     """
 
     def __init__(self, crop_size: int, num_crops: int = 1, time_dim: str = "T"):
@@ -77,7 +84,7 @@ class EvalClipTransform:
         self.num_crops = num_crops
         self.resize = v2.Resize(crop_size, antialias=True)
         self.normalize = v2.Compose(_normalize())
-        self.layout = _layout(time_dim)
+        self.time_dim = _check_time_dim(time_dim)
 
     def crop_origin(self, height: int, width: int, crop_index: int) -> tuple:
         """(top, left) of crop `crop_index` on a resized clip of height x width."""
@@ -89,14 +96,16 @@ class EvalClipTransform:
         return [0, center[0], height - self.crop_size][crop_index], center[1]
 
     def resize_clip(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
-        """Step 1, per frame: T x C x H' x W' uint8 frames with the shorter side at crop_size (contiguous:
-        normalizing crops of channels-last frames is several times slower)."""
-        return self.resize(frames_to_clip(frames)).contiguous()
+        """Step 1, per frame: T x C x H' x W' float frames, the shorter side at crop_size, normalized
+        (contiguous: copying crops out of channels-last frames is several times slower)."""
+        return self.normalize(self.resize(frames_to_clip(frames))).contiguous()
 
-    def crop_view(self, resized: torch.Tensor, crop_index: int = 0) -> torch.Tensor:
-        """Step 2, per view: crop `crop_index` of resized frames, normalized and laid out."""
+    def crop_view(self, resized: torch.Tensor, crop_index: int = 0,
+                  frames: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Step 2, per view: crop `crop_index` of the resized frames at positions `frames` (default: all),
+        laid out: only the crop of those frames is copied, once."""
         top, left = self.crop_origin(resized.shape[-2], resized.shape[-1], crop_index)
-        return self.layout(self.normalize(TF.crop(resized, top, left, self.crop_size, self.crop_size)))
+        return lay_out(TF.crop(resized, top, left, self.crop_size, self.crop_size), self.time_dim, frames)
 
     def __call__(self, frames: Sequence[np.ndarray], crop_index: int = 0) -> torch.Tensor:
         return self.crop_view(self.resize_clip(frames), crop_index)

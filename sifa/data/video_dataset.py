@@ -116,5 +116,5 @@ class VideoDataset(Dataset):
             clip = self.transform([frames[i] for i in clip_ids])
         else:
             rows, resized = self._test_clips(video_index)
-            clip = self.transform.crop_view(resized[rows[clip_index]], crop_index)
+            clip = self.transform.crop_view(resized, crop_index, rows[clip_index])
         return clip, self.records[video_index].label, video_index
