@@ -127,3 +127,13 @@ def test_eval_only_result_is_plotted_at_the_epoch_of_its_checkpoint(run, tmp_pat
     assert series["eval_only/top1"][0] == [2] and series["val/top1"][0] == [1, 2, 3]
     plotted = plot_log.plot_curves(series, str(tmp_path / "curves.png"))
     assert "eval_only/top1" in plotted and os.path.getsize(tmp_path / "curves.png") > 5000
+
+
+def test_pretrained_checkpoint_of_another_clip_length_suggests_remove_defcor_weight(run, tmp_path):
+    from sifa.models.weights import CheckpointMismatchError
+
+    cfg = load_config(run["config"], ["clip_length=16", f"pretrained_model={run['out'] / 'best.pth'}"])
+    with pytest.raises(CheckpointMismatchError, match="remove_defcor_weight=true"):
+        load_pretrained(build_model(cfg, cfg.num_segments), cfg)
+    cfg.remove_defcor_weight = True
+    load_pretrained(build_model(cfg, cfg.num_segments), cfg)
