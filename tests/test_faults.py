@@ -66,6 +66,22 @@ def test_nan_loss_stops_training_naming_epoch_and_iteration_and_keeps_the_last_c
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
+def test_fp16_steps_the_gradient_scaler_skips_are_not_errors(tmp_path, tiny_data):
+    # fp16 autocast on the CPU (a GPU run's path, slowly): loss_weight 1e35 times the scaler's initial 65536
+    # overflows float32, so the scaled gradients are infinite and the scaler skips steps, halving its scale.
+    torch.set_num_threads(1)
+    trainer = Trainer(load_config(tiny_config(tmp_path, tiny_data), ["epochs=1", "eva_inter=false",
+                                                                     "loss_weight=1e35"]), CPU)
+    trainer.amp_dtype = torch.float16
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    saved = load_checkpoint(str(tmp_path / "out" / "current.pth"))
+    assert saved["epoch"] == 1 and saved["scaler"]["scale"] < 65536.0
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
 def test_evaluation_refuses_non_finite_scores(tmp_path, tiny_data):
     config = tiny_config(tmp_path, tiny_data)
     cfg = load_config(config)
