@@ -15,7 +15,7 @@ from sifa.engine import checkpoint as checkpoint_module
 from sifa.engine import trainer as trainer_module
 from sifa.engine.checkpoint import CheckpointWriteError, remove_leftover_tmp, save_checkpoint
 from sifa.engine.trainer import NonFiniteLossError, Trainer
-from sifa.models import CheckpointError, load_checkpoint
+from sifa.models import CheckpointError, CheckpointMismatchError, load_checkpoint
 from sifa.models.build import build_model, load_pretrained
 from sifa.models.weights import file_sha256
 from test_train import CPU, free_port, tiny_config
@@ -229,6 +229,12 @@ def test_damaged_checkpoints_for_resume_eval_only_and_pretrained(tmp_path, tiny_
     with pytest.raises(CheckpointError, match=f"cannot resume from {bare}: it is not a training checkpoint .*"
                                               f"set pretrained_model instead"):
         train(config, f"resume={bare}")
+    other_classes = tmp_path / "five_classes.pth"
+    torch.save({"model": build_model(load_config(config, ["num_classes=5"]), 1).state_dict(), "optimizer": {},
+                "scheduler": {}, "epoch": 1}, other_classes)
+    with pytest.raises(CheckpointMismatchError, match=rf"checkpoint {other_classes} does not fit c2d_sifa_resnet50: "
+                                                      rf"shape mismatches .*fc\.weight \(5, 2048\) vs \(3, 2048\)"):
+        train(config, f"resume={other_classes}")
     with pytest.raises(CheckpointError, match=r"ckpt_epoch_2\.pth: it was saved after epoch 2, beyond epochs = 1"):
         train(config, f"resume={out / 'ckpt_epoch_2.pth'}", "epochs=1")
     trainer = Trainer(cfg, CPU, eval_only=True)
