@@ -154,6 +154,7 @@ class Trainer:
         if ctx.is_main:
             for name in remove_leftover_tmp(cfg.output_dir):
                 logger.info(f"removed {os.path.join(cfg.output_dir, name)}, left by an interrupted save")
+        barrier(ctx)  # every rank reads the checkpoint after its pending checksum, if any, is completed
         checkpoint_path = resume_path(cfg.resume, cfg.output_dir)
         if cfg.resume is True and not os.path.isfile(checkpoint_path):
             logger.info(f"resume: true, but there is no {checkpoint_path} yet: starting from scratch")
