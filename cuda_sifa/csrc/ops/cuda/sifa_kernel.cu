@@ -107,20 +107,22 @@ __device__ __forceinline__ void store_slice(scalar_t* p, const acc_t (&in)[S]) {
 template <int S, typename acc_t>
 __device__ __forceinline__ void atomic_add_slice(acc_t* dst, acc_t scale, const acc_t (&v)[S]) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-  if constexpr (std::is_same_v<acc_t, float> && S % 4 == 0) {
+  constexpr bool kVectorAtomics = std::is_same_v<acc_t, float>;
+#else
+  constexpr bool kVectorAtomics = false;
+#endif
+  if constexpr (kVectorAtomics && S % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < S; i += 4)
       atomicAdd(reinterpret_cast<float4*>(dst + i),
                 make_float4(scale * v[i], scale * v[i + 1], scale * v[i + 2], scale * v[i + 3]));
-    return;
-  } else if constexpr (std::is_same_v<acc_t, float> && S % 2 == 0) {
+  } else if constexpr (kVectorAtomics && S % 2 == 0) {
 #pragma unroll
     for (int i = 0; i < S; i += 2) atomicAdd(reinterpret_cast<float2*>(dst + i), make_float2(scale * v[i], scale * v[i + 1]));
-    return;
-  }
-#endif
+  } else {
 #pragma unroll
-  for (int i = 0; i < S; ++i) gpuAtomicAdd(dst + i, scale * v[i]);
+    for (int i = 0; i < S; ++i) gpuAtomicAdd(dst + i, scale * v[i]);
+  }
 }
 
 // Fused forward, one group, C = 32·S: per tap, the lane's S samples stay in registers from the
@@ -168,10 +170,10 @@ __global__ void forward_slice_kernel(const scalar_t* __restrict__ x, const scala
   }
 }
 
-// Fused backward, one group, C = 32·S: per tap one pass over the lane's channels samples the four
-// corners with their derivatives and reduces the score and offset gradients; the corners then
-// receive their share by vector atomics, and the query gradient, summed over the taps in registers,
-// is added once into the input gradient at prev(t).
+// Fused backward, one group, C = 32·S: per tap each corner's slice is read once, for the sample
+// and for the dot products that give the score and offset gradients; the corners then receive
+// their share by vector atomics, and the query gradient, summed over the taps in registers, is
+// added once into the input gradient at prev(t).
 template <typename scalar_t, int S>
 __global__ void backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                       const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
@@ -199,28 +201,30 @@ __global__ void backward_slice_kernel(const scalar_t* __restrict__ go, const at:
       const acc_t score = sc[si];
       acc_t w[S], sample[S], v[S];
       load_slice<S>(wt + (t * K + k) * C + lane * S, w);
-      math::ChannelTerms<acc_t> sums{acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
 #pragma unroll
       for (int i = 0; i < S; ++i) sample[i] = 0;
-      acc_t dy[S], dx[S];
-#pragma unroll
-      for (int i = 0; i < S; ++i) dy[i] = dx[i] = 0;
+      // The channel sums of section 3 of docs/design.md regrouped by corner, so that no per-channel
+      // derivative is kept: Σ_c go_c·∂s_c/∂y = Σ_corner ∂w_corner/∂y · (Σ_c go_c·v_corner,c), and
+      // likewise for the sample and the correlation's w·q terms.
+      math::ChannelTerms<acc_t> sums{acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
 #pragma unroll
       for (int corner = 0; corner < 4; ++corner) {
         if (b.weight[corner] == acc_t(0) && b.dweight_dy[corner] == acc_t(0) && b.dweight_dx[corner] == acc_t(0))
           continue;  // outside the image
         load_slice<S>(frame + b.index[corner] * C, v);
+        acc_t by_grad_out = 0, by_weight_query = 0;
 #pragma unroll
         for (int i = 0; i < S; ++i) {
           sample[i] += b.weight[corner] * v[i];
-          dy[i] += b.dweight_dy[corner] * v[i];
-          dx[i] += b.dweight_dx[corner] * v[i];
+          by_grad_out += grad_out[i] * v[i];
+          by_weight_query += w[i] * q[i] * v[i];
         }
+        sums.agg_s += b.weight[corner] * by_grad_out;
+        sums.agg_y += b.dweight_dy[corner] * by_grad_out;
+        sums.agg_x += b.dweight_dx[corner] * by_grad_out;
+        sums.cor_y += b.dweight_dy[corner] * by_weight_query;
+        sums.cor_x += b.dweight_dx[corner] * by_weight_query;
       }
-#pragma unroll
-      for (int i = 0; i < S; ++i)
-        sums += math::channel_terms<true, true>(math::SampleGrad<acc_t>{sample[i], dy[i], dx[i]}, grad_out[i],
-                                                w[i] * q[i]);
       sums.agg_s = warp_sum(sums.agg_s);
       sums.agg_y = warp_sum(sums.agg_y);
       sums.agg_x = warp_sum(sums.agg_x);
@@ -232,22 +236,20 @@ __global__ void backward_slice_kernel(const scalar_t* __restrict__ go, const at:
         goff[g.offset_index(n, k, 1, t, hw)] = static_cast<scalar_t>(score * sums.agg_x + grad_score * sums.cor_x);
       }
       if (gw) {
-        acc_t qs[S];
 #pragma unroll
-        for (int i = 0; i < S; ++i) qs[i] = q[i] * sample[i];
-        atomic_add_slice<S>(gw + (nt * K + k) * C + lane * S, grad_score, qs);
+        for (int i = 0; i < S; ++i) v[i] = q[i] * sample[i];
+        atomic_add_slice<S>(gw + (nt * K + k) * C + lane * S, grad_score, v);
       }
       if (gx) {
 #pragma unroll
-        for (int i = 0; i < S; ++i) grad_query[i] += grad_score * w[i] * sample[i];
-        acc_t corner_value[S];
-#pragma unroll
-        for (int i = 0; i < S; ++i)
-          corner_value[i] = math::corner_value<true, true>(score, grad_out[i], grad_score, w[i] * q[i]);
+        for (int i = 0; i < S; ++i) {
+          grad_query[i] += grad_score * w[i] * sample[i];
+          v[i] = math::corner_value<true, true>(score, grad_out[i], grad_score, w[i] * q[i]);
+        }
         acc_t* gx_frame = gx + nt * HW * C + lane * S;
 #pragma unroll
         for (int corner = 0; corner < 4; ++corner)
-          if (b.weight[corner] != acc_t(0)) atomic_add_slice<S>(gx_frame + b.index[corner] * C, b.weight[corner], corner_value);
+          if (b.weight[corner] != acc_t(0)) atomic_add_slice<S>(gx_frame + b.index[corner] * C, b.weight[corner], v);
       }
     }
     if (gx) atomic_add_slice<S>(gx + query_pixel * C + lane * S, acc_t(1), grad_query);

@@ -1,0 +1,155 @@
+"""The CUDA kernels' cost as the compiler sees it, no GPU needed: per kernel and architecture, the
+registers and spills `ptxas -v` reports and, from the SASS (`cuobjdump -sass`), the instruction
+count and the instructions that move data: global loads/stores by width, atomics, shared-memory
+accesses, shuffles, and 64-bit integer multiplies (address arithmetic).
+
+    python benchmarks/kernel_cost.py [--arch 80 90] [--rev GIT_REV] [--dtype float Half] [--filter fused]
+
+`--rev` measures the kernel file of another commit (e.g. the one before a change). cuobjdump and
+nvdisasm come with a full CUDA toolkit; where they are missing,
+`pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm` provides them.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = ROOT / "cuda_sifa" / "csrc" / "ops"
+sys.path.insert(0, str(ROOT))
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    import site
+
+    for base in site.getsitepackages():
+        for candidate in glob.glob(os.path.join(base, "nvidia", "*", "bin", name)):
+            return candidate
+    sys.exit(f"{name} not found: install a full CUDA toolkit or `pip install nvidia-cuda-{name}`")
+
+
+def _sources(rev: str | None, workdir: Path) -> Path:
+    """The ops folder at `rev` (or the working tree), copied to `workdir`."""
+    if rev is None:
+        return OPS
+    out = workdir / "ops"
+    for path in subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "cuda_sifa/csrc/ops"], cwd=ROOT,
+                               check=True, capture_output=True, text=True).stdout.split():
+        target = workdir / "ops" / Path(path).relative_to("cuda_sifa/csrc/ops")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True,
+                                          capture_output=True).stdout)
+    return out
+
+
+def _compile(ops_dir: Path, arch: int, workdir: Path) -> tuple[str, Path]:
+    """ptxas's report and the object file of the kernel file for one architecture."""
+    import setup  # the project's build: the real toolkit and the pip-installed CUDA headers
+    from torch.utils import cpp_extension
+
+    nvcc = Path(setup._real_cuda_home() or "/usr/local/cuda") / "bin" / "nvcc"
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{d}" for d in setup._pip_nvidia_includes()]
+    obj = workdir / f"sm_{arch}.o"
+    cmd = [str(nvcc), "-c", "-O3", "--expt-relaxed-constexpr", "-std=c++20", "-Xptxas", "-v",
+           f"-gencode=arch=compute_{arch},code=sm_{arch}", "-DTORCH_API_INCLUDE_EXTENSION_H",
+           "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+           "-D__CUDA_NO_HALF2_OPERATORS__", *includes, str(ops_dir / "cuda" / "sifa_kernel.cu"), "-o", str(obj)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(result.stdout + result.stderr)
+    return result.stdout + result.stderr, obj
+
+
+def _demangle(names: list[str]) -> dict[str, str]:
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    short = {}
+    for mangled, full in zip(names, out):
+        m = re.search(r"::(\w+_kernel)<(.*?)>\(", full)
+        short[mangled] = f"{m.group(1)}<{m.group(2).replace('c10::', '')}>" if m else full
+    return short
+
+
+def _ptxas(log: str) -> dict[str, tuple[int, int]]:
+    """Kernel -> (registers, spill bytes)."""
+    out, current, spills = {}, None, 0
+    for line in log.splitlines():
+        if m := re.search(r"Function properties for (\S+)", line):
+            current = m.group(1)
+        elif m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            spills = int(m.group(1)) + int(m.group(2))
+        elif (m := re.search(r"Used (\d+) registers", line)) and current:
+            out[current] = (int(m.group(1)), spills)
+    return out
+
+
+def _sass(obj: Path) -> dict[str, Counter]:
+    """Kernel -> counts of its SASS instructions by kind."""
+    env = {**os.environ, "NVDISASM_PATH": str(Path(_tool("nvdisasm")).parent)}
+    text = subprocess.run([_tool("cuobjdump"), "-sass", str(obj)], check=True, capture_output=True, text=True,
+                          env=env).stdout
+    out, current = {}, None
+    for line in text.splitlines():
+        if m := re.search(r"Function : (\S+)", line):
+            current = out.setdefault(m.group(1), Counter())
+        elif current is not None and (m := re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)", line)):
+            op = m.group(1)
+            current["instructions"] += 1
+            base = op.split(".")[0]
+            if base in ("LDG", "STG"):
+                width = next((w for w in ("128", "64", "U16", "S16", "U8") if f".{w}" in op), "32")
+                current[f"{base}.{width}"] += 1
+            elif base in ("ATOMG", "RED", "ATOM", "REDG"):
+                current["atomics"] += 1
+            elif base in ("LDS", "STS"):
+                current["shared"] += 1
+            elif base == "SHFL":
+                current["shuffles"] += 1
+            elif base in ("IMAD", "IMUL") and ".WIDE" in op:
+                current["64-bit mul"] += 1
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--rev", help="git revision whose kernel file to measure (default: the working tree)")
+    parser.add_argument("--dtype", nargs="+", default=["float", "Half"])
+    parser.add_argument("--filter", default="fused", help="'fused': the kernels the fused op runs; 'all'")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ops_dir = _sources(args.rev, Path(tmp))
+        print(f"kernel file: {args.rev or 'working tree'}")
+        columns = ["kernel", "arch", "registers", "spill B", "SASS", "LDG.32", "LDG.64", "LDG.128", "LDG.U16",
+                   "STG", "atomics", "shared", "shuffles", "64-bit mul"]
+        print("| " + " | ".join(columns) + " |")
+        print("|" + "---|" * len(columns))
+        for arch in args.arch:
+            log, obj = _compile(ops_dir, arch, Path(tmp))
+            regs, sass = _ptxas(log), _sass(obj)
+            names = _demangle(sorted(regs))
+            for mangled in sorted(regs, key=lambda m: names[m]):
+                name = names[mangled]
+                if not any(f"<{d}," in name for d in args.dtype):
+                    continue
+                if args.filter == "fused" and "slice" not in name and "true, true" not in name:
+                    continue
+                c = sass.get(mangled, Counter())
+                stg = sum(v for k, v in c.items() if k.startswith("STG"))
+                row = [name, f"sm_{arch}", *regs[mangled], c["instructions"], c["LDG.32"], c["LDG.64"], c["LDG.128"],
+                       c["LDG.U16"], stg, c["atomics"], c["shared"], c["shuffles"], c["64-bit mul"]]
+                print("| " + " | ".join(str(v) for v in row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
