@@ -208,8 +208,9 @@ def main(argv: Optional[List[str]] = None) -> float:
         expected = network(example)[:2 if args.heads == "both" else 1]
     difference = max(float(np.abs(got - want.numpy()).max())
                      for got, want in zip(run_exported(out, example), expected))
+    heads = "both heads" if args.heads == "both" else "main head"
     print(f"wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB): {cfg.net_name}, input N×3×"
-          f"{example.shape[2]}×{example.shape[3]}×{example.shape[4]}, {args.heads} head(s)")
+          f"{example.shape[2]}×{example.shape[3]}×{example.shape[4]}, {heads}")
     print(f"check on a batch of {args.batch_size}: largest difference from PyTorch {difference:.2e}")
     return difference
 
