@@ -48,6 +48,16 @@ def init_distributed(local_rank: Optional[int] = None) -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def wrap_ddp(ctx: DistContext, model: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:
+    """DDP around `model`, ignoring the parameters its modules declare unused (``unused_parameters``:
+    kept for the state dict, never in the forward), so that no step waits for their gradients."""
+    unused = {id(p) for m in model.modules() if hasattr(m, "unused_parameters") for p in m.unused_parameters()}
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, [name for name, p in model.named_parameters() if id(p) in unused])
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()

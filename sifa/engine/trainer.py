@@ -25,7 +25,7 @@ from ..models.weights import CheckpointError, load_checkpoint, load_weights
 from .checkpoint import (BEST, CURRENT, capture_rng_state, newest_intact_epoch_checkpoint,
                          remove_leftover_tmp, remove_old_epoch_checkpoints, restore_rng_state, resume_path,
                          save_checkpoint, save_weights)
-from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks
+from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks, wrap_ddp
 from .evaluate import EvalResult, evaluate
 from .optim import build_optimizer, build_scheduler, effective_batch_and_lr
 from .runtime import amp_dtype, seed_everything, setup_logger
@@ -161,8 +161,7 @@ class Trainer:
             checkpoint_path = None
         if checkpoint_path:
             start_epoch = self._resume(checkpoint_path, model, optimizer, scheduler, scaler)
-        ddp = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) \
-            if ctx.distributed else None
+        ddp = wrap_ddp(ctx, model) if ctx.distributed else None
 
         result = None
         for epoch in range(start_epoch, cfg.epochs + 1):

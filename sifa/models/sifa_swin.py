@@ -6,7 +6,7 @@ head ``fc``).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from timm.layers import trunc_normal_
@@ -78,9 +78,10 @@ class SIFASwinBlock(SwinBlock):
     """Swin block with the inter-frame step: SIFA with zero offsets on non-shifted blocks, a
     temporal 1×3 convolution on shifted ones (docs/design.md §4.3). Both paths' modules exist
     in every block, as in the original's state dict; its parameter-free ``def_agg`` does not (the
-    fused op aggregates). The path a block does not take has ``requires_grad`` False: DDP then
-    waits for no gradient of it (no ``find_unused_parameters``), and the optimizer leaves it as
-    loaded, as the original's does with parameters that never get a gradient."""
+    fused op aggregates). The path a block does not take is listed by ``unused_parameters``:
+    training tells DDP to ignore it (no ``find_unused_parameters`` on every step), and it gets no
+    gradient, so the optimizer leaves it as loaded, as the original's does; it stays trainable in
+    the state dict's terms, as in the original's listing."""
 
     def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int, shift_size: int,
                  drop_path: float, times: int, kernel_size: int = 3):
@@ -91,9 +92,10 @@ class SIFASwinBlock(SwinBlock):
         self.def_cor = DefCorFixW(dim, times, kernel_size, 1, pad)
         self.conv = nn.Conv2d(dim, dim, (1, 3), padding=(0, 1), bias=False)
         self.tda_norm = nn.LayerNorm(dim)
-        unused = (self.def_cor, self.tda_norm) if self.shifted else (self.conv,)
-        for module in unused:
-            module.requires_grad_(False)
+
+    def unused_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters of the temporal path this block does not take."""
+        return (self.tda_norm if self.shifted else self.conv).parameters()
 
     def inter_frame(self, x: Tensor) -> Tensor:
         B, H, W, C = x.shape
