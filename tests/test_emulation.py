@@ -26,7 +26,8 @@ def _load(source=None, tag="kernels"):
     from emulation import build
 
     if SANITIZER == "address" and "libasan" not in os.environ.get("LD_PRELOAD", ""):
-        pytest.fail("SIFA_EMULATION_SANITIZER=address needs LD_PRELOAD=$(gcc -print-file-name=libasan.so)")
+        pytest.fail("SIFA_EMULATION_SANITIZER=address needs LD_PRELOAD=\"$(gcc -print-file-name=libasan.so) "
+                    "$(gcc -print-file-name=libstdc++.so)\" (as .ci/run sets it)")
     # UBSan reports go to a file the emulator reads after each launch and raises with
     os.environ.setdefault("UBSAN_OPTIONS", f"log_path={build.BUILD / 'ubsan'}:print_stacktrace=1")
     name = build.library_name(tag)
