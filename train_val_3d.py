@@ -9,14 +9,14 @@ import os
 import sys
 
 from sifa.config import ConfigError, check_run_inputs, load_config
-from sifa.data.list_file import ListFileError
+from sifa.data import BadSampleError, ListFileError
 from sifa.engine.distributed import cleanup, init_distributed
 from sifa.engine.guards import OutputDirLock, OutputDirLockedError, exit_with_launcher
 from sifa.engine.trainer import Trainer
 from sifa.models.weights import CheckpointError
 
-# Errors in what the user gave (configuration, list files, checkpoints, paths): their message says it all.
-USER_ERRORS = (ConfigError, ListFileError, CheckpointError, FileNotFoundError, OutputDirLockedError)
+# Errors in what the user gave (configuration, list files, data, checkpoints, paths): their message says it all.
+USER_ERRORS = (ConfigError, ListFileError, BadSampleError, CheckpointError, FileNotFoundError, OutputDirLockedError)
 
 
 def parse_args() -> argparse.Namespace:

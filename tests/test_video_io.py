@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sifa.config import ConfigError, load_config
-from sifa.data import ClipTooShortError, VideoDataset, VideoRecord
+from sifa.data import BadSampleError, VideoDataset, VideoRecord
 from sifa.data import video_io
 from sifa.data.storage import count_video_frames, make_reader, write_video_file
 from sifa.data.transforms import EvalClipTransform, TrainClipTransform
@@ -164,8 +164,8 @@ def test_dataset_samples_a_lying_video_within_the_frames_that_decode(truncated, 
     (tmp_path / "long.txt").write_text(f"cut.mp4 {NUM_FRAMES} 3\n")
     too_long = VideoDataset(str(tmp_path / "long.txt"), str(cut.parent), "VIDEO", 16, 5, 1, EvalClipTransform(32),
                             train=False)
-    with pytest.raises(ClipTooShortError, match=rf"long\.txt, line 1: only {decodable} of the {NUM_FRAMES} listed "
-                                                rf"frames decode: video 'cut\.mp4' has {decodable} frames"):
+    with pytest.raises(BadSampleError, match=rf"long\.txt, line 1: only {decodable} of the {NUM_FRAMES} listed "
+                                             rf"frames decode: video 'cut\.mp4' has {decodable} frames"):
         too_long[0]
 
 

@@ -17,7 +17,7 @@ def build_train_dataset(cfg: SimpleNamespace) -> VideoDataset:
                                    cfg.time_dim)
     return VideoDataset(cfg.list_file, cfg.root_path, cfg.format, cfg.clip_length, cfg.num_steps, cfg.num_segments,
                         transform, train=True, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes,
-                        video_backend=cfg.video_backend)
+                        video_backend=cfg.video_backend, skip_bad_samples=cfg.skip_bad_samples)
 
 
 def build_eval_dataset(cfg: SimpleNamespace, final: bool,
@@ -32,7 +32,7 @@ def build_eval_dataset(cfg: SimpleNamespace, final: bool,
     return VideoDataset(cfg.eva_list_file if videos is None else videos, cfg.eva_root_path or cfg.root_path,
                         cfg.format, cfg.clip_length, cfg.num_steps, segments, transform, train=False,
                         num_clips=clips, num_crops=crops, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes,
-                        video_backend=cfg.video_backend)
+                        video_backend=cfg.video_backend, skip_bad_samples=cfg.skip_bad_samples)
 
 
 def prepare_synthetic_data(cfg: SimpleNamespace) -> bool:

@@ -26,13 +26,27 @@ class VideoRecord:
         return f"{self.list_file}, line {self.line}: " if self.list_file else ""
 
 
+def read_text_lines(path: str | os.PathLike, kind: str) -> List[str]:
+    """The lines of a UTF-8 text file (a leading byte-order mark is dropped); a missing file or bytes that
+    are not UTF-8 (Latin-1, binary) raise a ListFileError naming the file, the line and ``kind``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ListFileError(f"{kind} not found: {path}") from None
+    try:
+        # utf-8-sig: editors on Windows start files with a BOM, which would become part of the first path.
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        undecoded = err.object  # the bytes after a byte-order mark, which err.start counts in
+        line = undecoded[:err.start].count(b"\n") + 1
+        raise ListFileError(f"{path}, line {line}: byte 0x{undecoded[err.start]:02x} is not UTF-8 text; a {kind} "
+                            f"must be UTF-8 (re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def read_list_file(list_file: str | os.PathLike, num_classes: Optional[int] = None) -> List[VideoRecord]:
     records = []
-    try:
-        with open(list_file, "r", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise ListFileError(f"list file not found: {list_file}") from None
+    lines = read_text_lines(list_file, "list file")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -57,11 +71,7 @@ def read_list_file(list_file: str | os.PathLike, num_classes: Optional[int] = No
 
 def read_class_names(path: str | os.PathLike, num_classes: int) -> List[str]:
     """One class name per line, line i naming label i."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            names = [line.strip() for line in f.read().splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise ListFileError(f"class-name file not found: {path}") from None
+    names = [line.strip() for line in read_text_lines(path, "class-name file") if line.strip()]
     if len(names) != num_classes:
         raise ListFileError(f"{path}: has {len(names)} class names, expected num_classes = {num_classes}")
     return names

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -105,19 +106,30 @@ def write_list(path: str, lines: List[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- videos
-def _convert(job: Tuple[str, str, str, Optional[int], str]) -> int:
-    """Frames of the video written as FRAME/LMDB (or counted, for VIDEO); 0 when none decodes."""
+def stated_frame_count(video: str) -> int:
+    """The number of frames a video file's header states (read by OpenCV whatever the decoder); 0 if none."""
+    capture = cv2.VideoCapture(video)
+    try:
+        return max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+    finally:
+        capture.release()
+
+
+def _convert(job: Tuple[str, str, str, Optional[int], str]) -> Tuple[int, int]:
+    """(frames of the video written as FRAME/LMDB, or counted for VIDEO, 0 when none decodes; frames
+    its header states)."""
     source, target, storage_format, short_side, backend = job
+    stated = stated_frame_count(source)
     if storage_format == "VIDEO":
-        return count_video_frames(source, backend)
+        return count_video_frames(source, backend), stated
     try:
         frames = [resized(frame, short_side) for frame in decode_all(source, backend)]
     except FrameReadError:
-        return 0
+        return 0, stated
     if frames:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         (write_frame_folder if storage_format == "FRAME" else write_lmdb)(target, frames)
-    return len(frames)
+    return len(frames), stated
 
 
 def prepare_videos(args: argparse.Namespace) -> None:
@@ -142,10 +154,14 @@ def prepare_videos(args: argparse.Namespace) -> None:
     counts = dict(run_jobs(_convert, jobs, args.workers, "videos"))
     lines = []
     for index, (relative, label) in enumerate(entries):
-        if counts[index] == 0:
+        decoded, stated = counts[index]
+        if decoded == 0:
             print(f"skipped (no frame decodes): {jobs[index][0]}")
             continue
-        lines.append(f"{relative} {counts[index]} {label}\n")
+        if decoded < stated:  # cut short or damaged: listed with the frames that decode
+            print(f"warning: {jobs[index][0]}: only {decoded} of the {stated} frames its header states decode "
+                  f"(cut short or damaged?); listed with {decoded}", file=sys.stderr)
+        lines.append(f"{relative} {decoded} {label}\n")
     write_list(args.list, lines)
     print(f"{len(lines)} of {len(jobs)} videos listed in {args.list} (paths relative to {root})")
 
@@ -290,6 +306,10 @@ def prepare_frame_list(args: argparse.Namespace) -> None:
             if not os.path.isdir(folder):
                 raise PrepareError(f"{args.labels}, line {number}: frame folder {folder} not found")
             count = len([p for p in os.listdir(folder) if p.endswith(".jpg")])
+            if count == 0:
+                print(f"warning: {args.labels}, line {number}: frame folder {folder} holds no .jpg frame; "
+                      f"left out of the list", file=sys.stderr)
+                continue
             lines.append(f"{video} {count} {labels[name]}\n")
     write_list(args.list, lines)
     print(f"{len(lines)} videos listed in {args.list}")

@@ -2,19 +2,20 @@
 
 Every rank scores a strided share of the (video, clip, crop) views; the scores are gathered and
 each video's softmax scores are averaged over its views and over both heads of a dual-head
-network. The number of videos comes from the list file.
+network. The number of videos comes from the list file; videos that skip_bad_samples left out are
+not scored (EvalResult.skipped names them).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List
+from dataclasses import dataclass, field
+from typing import Dict, List
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from ..data import VideoDataset
+from ..data import BadSampleError, VideoDataset, collate_samples
 from .distributed import DistContext, all_gather_objects
 
 
@@ -22,8 +23,9 @@ from .distributed import DistContext, all_gather_objects
 class EvalResult:
     top1: float  # percent
     top5: float  # percent (top-k with k = min(5, num_classes))
-    scores: np.ndarray  # num_videos x num_classes, averaged softmax
-    labels: np.ndarray  # num_videos
+    scores: np.ndarray  # scored videos x num_classes, averaged softmax
+    labels: np.ndarray  # scored videos
+    skipped: List[str] = field(default_factory=list)  # the videos left out (skip_bad_samples), one message each
 
     def summary(self) -> str:
         """``top1 X topK Y`` with K = min(5, number of classes): top-5 of fewer classes would always be 100."""
@@ -52,30 +54,44 @@ def evaluate(model: torch.nn.Module, dataset: VideoDataset, batch_size: int, num
     shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
     # A private generator keeps evaluation from consuming the global RNG (resumed runs stay identical).
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=ctx.device.type == "cuda", generator=torch.Generator())
+                        pin_memory=ctx.device.type == "cuda", generator=torch.Generator(),
+                        collate_fn=collate_samples)
     video_indices: List[np.ndarray] = []
     probabilities: List[np.ndarray] = []
-    for clips, _, videos in tqdm(loader, desc=description, unit="batch", disable=not ctx.is_main, leave=False):
+    skipped: Dict[int, str] = {}  # video index -> why it was left out
+    for clips, _, videos, skipped_views in tqdm(loader, desc=description, unit="batch", disable=not ctx.is_main,
+                                                leave=False):
+        skipped.update(skipped_views)
+        if clips is None:
+            continue
         with torch.autocast(ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(clips.to(ctx.device, non_blocking=True))
         probabilities.append(view_probabilities(outputs).double().cpu().numpy())
         video_indices.append(videos.numpy())
     local = (np.concatenate(video_indices) if video_indices else np.zeros(0, np.int64),
-             np.concatenate(probabilities) if probabilities else np.zeros((0, num_classes)))
+             np.concatenate(probabilities) if probabilities else np.zeros((0, num_classes)), skipped)
     totals = np.zeros((dataset.num_videos, num_classes))
     counts = np.zeros(dataset.num_videos, np.int64)
-    for videos, probs in all_gather_objects(ctx, local):
+    for videos, probs, rank_skipped in all_gather_objects(ctx, local):
         np.add.at(totals, videos, probs)
         np.add.at(counts, videos, 1)
-    if not (counts == dataset.views_per_video).all():
-        raise RuntimeError(f"evaluation gathered {counts.sum()} views, expected {len(dataset)}")
+        skipped.update(rank_skipped)
     model.train(was_training)
-    scores = totals / counts[:, None]
+    # A video with one unreadable view is left out whole: its other views alone would score it differently.
+    scored = np.ones(dataset.num_videos, bool)
+    scored[list(skipped)] = False
+    if not scored.any():
+        raise BadSampleError(f"no video could be read (skip_bad_samples left out all {dataset.num_videos}), "
+                             f"e.g. {next(iter(skipped.values()))}")
+    if not (counts[scored] == dataset.views_per_video).all():
+        raise RuntimeError(f"evaluation gathered {counts[scored].sum()} views of the videos read, expected "
+                           f"{scored.sum() * dataset.views_per_video}")
+    scores = totals[scored] / counts[scored, None]
     finite = np.isfinite(scores).all(axis=1)
     if not finite.all():
         raise FloatingPointError(f"the network's scores are NaN or infinite for {int((~finite).sum())} of "
                                  f"{len(scores)} videos, so no accuracy is reported: its weights are not finite "
                                  f"or it overflows")
-    labels = dataset.labels()
+    labels = dataset.labels()[scored]
     return EvalResult(top1=topk_accuracy(scores, labels, 1), top5=topk_accuracy(scores, labels, 5),
-                      scores=scores, labels=labels)
+                      scores=scores, labels=labels, skipped=[skipped[i] for i in sorted(skipped)])

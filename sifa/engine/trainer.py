@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
 from ..config import ConfigError, check_run_inputs, config_to_dict, save_config_json
-from ..data import VideoDataset, read_class_names
+from ..data import BadSampleError, VideoDataset, collate_samples, read_class_names
 from ..data.build import build_eval_dataset, build_train_dataset, prepare_synthetic_data
 from ..models.build import build_model, freeze_bn, load_network, load_pretrained
 from ..models.weights import CheckpointError, load_checkpoint, load_weights
@@ -35,6 +35,8 @@ EVAL_ONLY_CONFIG_JSON = "eval_only_config.json"
 VAL_JSON = "val_accuracy.json"
 EVAL_ONLY_JSON = "eval_only_accuracy.json"
 EVAL_ONLY_SCORES = "eval_only_scores.pt"
+SKIPPED_JSON = "skipped_samples.json"  # per epoch, the samples skip_bad_samples replaced or left out
+SKIP_HINT = "; with skip_bad_samples: true such samples are replaced (training) or left out (evaluation)"
 EPOCH_UNKNOWN = -1  # the TensorBoard step of an --eval_only result whose checkpoint does not say its epoch
 
 
@@ -98,11 +100,15 @@ class Trainer:
                               description=f"evaluating {os.path.basename(path)}")
         except FloatingPointError as e:
             raise FloatingPointError(f"{path}: {e}") from None
+        except BadSampleError as e:
+            raise BadSampleError(f"evaluating {path}: {e}{SKIP_HINT}") from None
+        for message in result.skipped:
+            self.logger.warning(f"left out (skip_bad_samples): {message}")
         self.logger.info(f"eval {result.summary()} ({time.time() - tic:.1f}s)")
         if ctx.is_main:
             _write_json(os.path.join(cfg.output_dir, EVAL_ONLY_JSON), {
                 "checkpoint": path, "epoch": trained_epoch, "top1": result.top1, "top5": result.top5,
-                "num_videos": dataset.num_videos,
+                "num_videos": len(result.labels), "skipped_samples": result.skipped,
                 "num_clips": cfg.eva_num_clips, "num_crops": cfg.eva_num_crop, "crop_size": cfg.eva_crop_size})
             torch.save({"scores": torch.from_numpy(result.scores), "labels": torch.from_numpy(result.labels),
                         "class_names": self.class_names}, os.path.join(cfg.output_dir, EVAL_ONLY_SCORES))
@@ -121,7 +127,8 @@ class Trainer:
                                      seed=cfg.seed)
         loader_generator = torch.Generator()
         loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                            pin_memory=ctx.device.type == "cuda", drop_last=True, generator=loader_generator)
+                            pin_memory=ctx.device.type == "cuda", drop_last=True, generator=loader_generator,
+                            collate_fn=collate_samples)
         iters_per_epoch = len(loader)
         if iters_per_epoch == 0:
             raise ValueError(f"{train_set.num_videos} training videos over {ctx.world_size} process(es) do not fill "
@@ -245,8 +252,10 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         loss_sum, batch_time_sum, data_time_sum = 0.0, 0.0, 0.0
         grad_norm = math.nan  # of the last optimizer step (none yet in this epoch)
+        skipped: List[str] = []  # (skip_bad_samples) the samples replaced on this rank
         end = time.time()
-        for idx, (clips, labels, _) in enumerate(loader):
+        for idx, (clips, labels, _, skipped_in_batch) in enumerate(self._training_batches(epoch, loader)):
+            skipped += [message for _, message in skipped_in_batch]
             data_time = time.time() - end
             clips = clips.to(ctx.device, non_blocking=True)
             labels = labels.to(ctx.device, non_blocking=True)
@@ -268,11 +277,9 @@ class Trainer:
             # float32: gradients that overflow only make the GradScaler skip the step, which is no error.
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                saved = os.path.join(cfg.output_dir, CURRENT)
-                kept = f"the last good checkpoint is {saved}" if os.path.isfile(saved) else "no epoch was saved"
                 raise NonFiniteLossError(f"training diverged: the loss is {loss_value} at epoch {epoch}, iteration "
                                          f"{idx + 1}/{iters} (rank {ctx.rank}); stopped without saving this epoch, "
-                                         f"{kept}; lower base_learning_rate or set clip_gradient")
+                                         f"{self._last_checkpoint()}; lower base_learning_rate or set clip_gradient")
             if step:
                 scaler.unscale_(optimizer)
                 # The norm before clipping, as the original logs it: a diverging run shows here first.
@@ -314,7 +321,43 @@ class Trainer:
                     self.writer.add_scalar("train/loss", loss_value, global_step)
                     self.writer.add_scalar("train/lr", lr, global_step)
                     self.writer.add_scalar("train/clips_per_s", clips_per_s, global_step)
+        if cfg.skip_bad_samples:
+            replaced = [message for rank_skipped in all_gather_objects(ctx, skipped) for message in rank_skipped]
+            self._record_skipped(epoch, "train", replaced, "replaced by another random sample")
         return mean_over_ranks(ctx, loss_sum / iters)
+
+    def _last_checkpoint(self) -> str:
+        saved = os.path.join(self.cfg.output_dir, CURRENT)
+        return f"the last good checkpoint is {saved}" if os.path.isfile(saved) else "no epoch was saved"
+
+    def _training_batches(self, epoch: int, loader: DataLoader):
+        """The loader's batches; an unreadable sample (skip_bad_samples off) stops training with its list line."""
+        try:
+            yield from loader
+        except BadSampleError as e:
+            raise BadSampleError(f"epoch {epoch} training: {e}; stopped without saving this epoch, "
+                                 f"{self._last_checkpoint()}{SKIP_HINT}") from None
+
+    def _record_skipped(self, epoch: int, phase: str, messages: List[str], action: str) -> None:
+        """Logs the samples skip_bad_samples skipped in ``phase`` of ``epoch`` and lists them in SKIPPED_JSON."""
+        for message in messages:
+            self.logger.warning(f"epoch {epoch} {phase}: {action}: {message}")
+        if not self.ctx.is_main:
+            return
+        path = os.path.join(self.cfg.output_dir, SKIPPED_JSON)
+        entries = []
+        if os.path.isfile(path):
+            with open(path, "r", encoding="utf-8") as f:
+                entries = json.load(f)
+        # A resumed run repeats the epochs after its checkpoint: training replaces their entries.
+        last_kept = epoch - 1 if phase == "train" else epoch
+        entries = [entry for entry in entries if entry["epoch"] <= last_kept]
+        entry = next((entry for entry in entries if entry["epoch"] == epoch), None)
+        if entry is None:
+            entry = {"epoch": epoch}
+            entries.append(entry)
+        entry[phase] = messages
+        _write_json(path, entries)
 
     def _validate(self, epoch: int, model: torch.nn.Module, val_set: VideoDataset) -> EvalResult:
         cfg, ctx = self.cfg, self.ctx
@@ -325,9 +368,15 @@ class Trainer:
         except FloatingPointError as e:
             raise FloatingPointError(f"epoch {epoch} validation: {e}; the epoch is saved in "
                                      f"{os.path.join(cfg.output_dir, CURRENT)}") from None
+        except BadSampleError as e:
+            raise BadSampleError(f"epoch {epoch} validation: {e}; the epoch is saved in "
+                                 f"{os.path.join(cfg.output_dir, CURRENT)}{SKIP_HINT}") from None
+        if cfg.skip_bad_samples:
+            self._record_skipped(epoch, "validation", result.skipped, "left out")
         self.validation_seconds = time.time() - tic
         self.logger.info(f"epoch {epoch} val {result.summary()} "
-                         f"({val_set.num_videos} videos x {val_set.views_per_video} views, {self.validation_seconds:.1f}s)")
+                         f"({len(result.labels)} videos x {val_set.views_per_video} views, "
+                         f"{self.validation_seconds:.1f}s)")
         if ctx.is_main:
             self.writer.add_scalar("val/top1", result.top1, epoch)
             self.writer.add_scalar("val/top5", result.top5, epoch)
@@ -339,7 +388,8 @@ class Trainer:
                     history = [entry for entry in json.load(f) if entry["epoch"] < epoch]
             best_before = max((entry["top1"] for entry in history), default=-1.0)
             history.append({"epoch": epoch, "top1": result.top1, "top5": result.top5,
-                            "num_videos": val_set.num_videos, "views_per_video": val_set.views_per_video})
+                            "num_videos": len(result.labels), "views_per_video": val_set.views_per_video,
+                            "skipped_samples": result.skipped})
             _write_json(path, history)
             best = os.path.join(cfg.output_dir, BEST)
             if result.top1 > best_before or not os.path.isfile(best):

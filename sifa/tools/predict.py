@@ -67,6 +67,12 @@ def storage_of(path: str, video_backend: str = "opencv") -> Tuple[str, int]:
     if count == 0:
         raise InputError(f"cannot read input folder {path}: it holds no frame {frame_file_name(1)} "
                          f"(FRAME folders are numbered 00001.jpg, 00002.jpg, ...) and no LMDB data.mdb")
+    # A gap would end the video there: its later frames would be dropped without a word.
+    later = [name for name in os.listdir(path) if name > frame_file_name(count + 1) and len(name) == 9
+             and name.endswith(".jpg") and name[:5].isdigit()]
+    if later:
+        raise InputError(f"input folder {path}: frame {frame_file_name(count + 1)} is missing, but {len(later)} "
+                         f"later frames (up to {max(later)}) exist; FRAME folders are numbered without gaps")
     return "FRAME", count
 
 
