@@ -45,6 +45,8 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "dataset_class": ("video_dataset",),
     "pooling_name": ("PoolingAverage",),
     "amp": ("fp16", "bf16", "none"),
+    "offset_mode": ("learned", "zero"),
+    "offset_guide": ("difference", "plain"),
 }
 _POSITIVE = ("crop_size", "eva_crop_size", "num_classes", "epochs", "num_clips", "num_segments",
              "clip_length", "num_steps", "eva_num_segments", "eva_num_clips", "batch_size",
@@ -236,6 +238,10 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
         fail("momentum", f"must lie in [0, 1), got {cfg['momentum']!r}")
     if not cfg["output_dir"].strip():
         fail("output_dir", "is empty: checkpoints and logs need a folder")
+    for key, default in (("offset_mode", "learned"), ("offset_guide", "difference")):
+        if cfg[key] != default and not cfg["net_name"].startswith("c2d_sifa_resnet"):
+            fail(key, f"is {cfg[key]!r}, but only the SIFA ResNets (c2d_sifa_resnet*) have offsets; "
+                      f"net_name is {cfg['net_name']!r}")
     for key in ("crop_size", "eva_crop_size"):
         problem = _crop_size_problem(cfg["net_name"], cfg[key])
         if problem:

@@ -32,9 +32,13 @@ IMAGENET_WEIGHTS = {
 def build_model(cfg: SimpleNamespace, num_segments: int) -> nn.Module:
     """``cfg.net_name`` for views of ``num_segments`` segments of ``cfg.clip_length`` frames, with
     activation checkpointing per stage if ``cfg.use_checkpoint``."""
+    # the SIFA ablations only where set: the other networks have no offsets (the config checks the pairing)
+    ablations = {key: getattr(cfg, key)
+                 for key, default in (("offset_mode", "learned"), ("offset_guide", "difference"))
+                 if getattr(cfg, key) != default}
     model = get_model_by_name(cfg.net_name, pooling_arch=None, num_classes=cfg.num_classes,
                               dropout_ratio=cfg.dropout_ratio, clip_length=num_segments * cfg.clip_length,
-                              sifa_kernel=cfg.sifa_kernel)
+                              sifa_kernel=cfg.sifa_kernel, **ablations)
     model.use_checkpoint = cfg.use_checkpoint
     return model
 

@@ -4,7 +4,7 @@ Layout and attribute names follow the original so its checkpoints load unchanged
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Type
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,9 @@ from .transfer import transfer_resnet, transfer_sifa_resnet
 EARLY_STRIDE = 4  # frames folded by the stem's temporal kernel/stride
 OUTPUT_STRIDE = 32  # pixels per position of the last stage: stem 2, max-pool 2, three strided stages
 DEFAULT_SIFA_KERNEL = (1, 3, 3, 3)
+# SIFA ablations (docs/reproduction.md); the first of each is the paper's design.
+OFFSET_MODES = ("learned", "zero")  # zero: attend over the fixed K×K window, conv_offset unused
+OFFSET_GUIDES = ("difference", "plain")  # what conv_offset reads: the difference-rescaled guide, or f itself
 
 
 def _downsample(inplanes: int, outplanes: int, stride: int) -> Optional[nn.Sequential]:
@@ -82,20 +85,40 @@ class SIFABottleneck(Bottleneck):
     """
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, times: int = 4, kernel_size: int = 3,
-                 dilation: int = 1, groups: int = 1):
+                 dilation: int = 1, groups: int = 1, offset_mode: str = "learned", offset_guide: str = "difference"):
         super().__init__(inplanes, planes, stride)
+        _check_choice("offset_mode", offset_mode, OFFSET_MODES)
+        _check_choice("offset_guide", offset_guide, OFFSET_GUIDES)
+        self.offset_mode = offset_mode
+        self.offset_guide = offset_guide
         pad = (dilation * (kernel_size - 1) + 1) // 2
+        # kept with offset_mode "zero" too: the state dict stays the original's
         self.conv_offset = nn.Conv3d(planes, 2 * kernel_size * kernel_size, (1, 3, 3), padding=(0, 1, 1),
                                      bias=False)
         self.def_cor = DefCorFixW(planes, times, kernel_size, 1, pad, dilation, groups)
 
-    def inter_frame(self, f: Tensor) -> Tensor:
-        guide = torch.sigmoid(f - previous_frame(f)) * f + f
+    def unused_parameters(self) -> Iterator[nn.Parameter]:
+        """conv_offset's weight when the offsets are fixed at zero (DDP must not wait for its gradient)."""
+        return self.conv_offset.parameters() if self.offset_mode == "zero" else iter(())
+
+    def offsets(self, f: Tensor) -> Tensor:
+        """N×2K²×T×h×w sampling offsets of frame t+1 for each position of frame t."""
+        if self.offset_mode == "zero":
+            return f.new_zeros((f.shape[0], self.conv_offset.out_channels, *f.shape[2:]))
+        guide = f if self.offset_guide == "plain" else torch.sigmoid(f - previous_frame(f)) * f + f
         # under autocast the conv and the scores may come out in another precision than f;
         # the SIFA ops need matching dtypes
-        offset = self.conv_offset(guide).to(f.dtype)
+        return self.conv_offset(guide).to(f.dtype)
+
+    def inter_frame(self, f: Tensor) -> Tensor:
+        offset = self.offsets(f)
         # = def_agg(f, offset, def_cor(f, offset)), fused into one op
         return f + shift_back(self.def_cor.attend(f, offset))
+
+
+def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
 
 
 def _init_weights(net: nn.Module) -> None:
@@ -121,9 +144,14 @@ class C2DResNet(nn.Module):
     """
 
     def __init__(self, layers: Sequence[int], num_classes: int = 400, dropout_ratio: float = 0.5,
-                 clip_length: int = 16, sifa_kernel: Optional[Sequence[int]] = None, name: str = "c2d_resnet"):
+                 clip_length: int = 16, sifa_kernel: Optional[Sequence[int]] = None, name: str = "c2d_resnet",
+                 block: Type[Bottleneck] = Bottleneck, offset_mode: str = "learned",
+                 offset_guide: str = "difference"):
         super().__init__()
         self.name = name
+        self.block = block  # the bottleneck of the blocks without SIFA (all of them in the baselines)
+        self.offset_mode = offset_mode
+        self.offset_guide = offset_guide
         self.clip_length = clip_length
         self.use_checkpoint = False  # activation checkpointing per stage (sifa/models/checkpointing.py)
         self.sifa = sifa_kernel is not None
@@ -162,12 +190,13 @@ class C2DResNet(nn.Module):
         for i in range(blocks):
             block_in, block_stride = (inplanes, stride) if i == 0 else (planes * Bottleneck.expansion, 1)
             if not self.sifa or stage == 0:
-                out.append(Bottleneck(block_in, planes, block_stride))
+                out.append(self.block(block_in, planes, block_stride))
             elif i % 2 == 0:
                 out.append(GBottleneck(block_in, planes, block_stride))
             else:
                 out.append(SIFABottleneck(block_in, planes, block_stride, times=times,
-                                          kernel_size=self.sifa_kernel[stage]))
+                                          kernel_size=self.sifa_kernel[stage], offset_mode=self.offset_mode,
+                                          offset_guide=self.offset_guide))
         return nn.Sequential(*out)
 
     def forward_features(self, x: Tensor) -> List[Tensor]:
@@ -203,18 +232,21 @@ def _sifa_kernel(sifa_kernel: Optional[Sequence[int]]) -> List[int]:
 
 @register_model("resnet", transfer_sifa_resnet)
 def c2d_sifa_resnet50(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                      sifa_kernel: Optional[Sequence[int]] = None) -> C2DResNet:
-    """C2D-SIFA-ResNet-50 (blocks [3, 4, 6, 3])."""
+                      sifa_kernel: Optional[Sequence[int]] = None, offset_mode: str = "learned",
+                      offset_guide: str = "difference") -> C2DResNet:
+    """C2D-SIFA-ResNet-50 (blocks [3, 4, 6, 3]); ``offset_mode``/``offset_guide``: the ablations of OFFSET_MODES,
+    OFFSET_GUIDES."""
     return C2DResNet([3, 4, 6, 3], num_classes, dropout_ratio, clip_length, _sifa_kernel(sifa_kernel),
-                     name="c2d_sifa_resnet50")
+                     name="c2d_sifa_resnet50", offset_mode=offset_mode, offset_guide=offset_guide)
 
 
 @register_model("resnet", transfer_sifa_resnet)
 def c2d_sifa_resnet101(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                       sifa_kernel: Optional[Sequence[int]] = None) -> C2DResNet:
-    """C2D-SIFA-ResNet-101 (blocks [3, 4, 23, 3])."""
+                       sifa_kernel: Optional[Sequence[int]] = None, offset_mode: str = "learned",
+                       offset_guide: str = "difference") -> C2DResNet:
+    """C2D-SIFA-ResNet-101 (blocks [3, 4, 23, 3]); ``offset_mode``/``offset_guide`` as for ResNet-50."""
     return C2DResNet([3, 4, 23, 3], num_classes, dropout_ratio, clip_length, _sifa_kernel(sifa_kernel),
-                     name="c2d_sifa_resnet101")
+                     name="c2d_sifa_resnet101", offset_mode=offset_mode, offset_guide=offset_guide)
 
 
 @register_model("resnet", transfer_resnet)

@@ -1,0 +1,236 @@
+"""The ablation study of docs/reproduction.md: C2D, TSM and three SIFA designs, trained with one recipe
+(settings/ablation.yml) on synthetic motion videos of each regime, several seeds each.
+
+    python -m sifa.tools.ablation --out output/ablation            # the full study
+    python -m sifa.tools.ablation --out output/ablation_quick --quick
+
+Every run goes through train_val_3d.py (a subprocess, 1 or 2 processes). After each run
+<out>/results.json is rewritten; a study started again with the same --out skips the runs listed
+there. Then <out>/results.md (table) and <out>/results.png (plot) summarise the last evaluation of
+each run: mean ± sd over seeds. The control "c2d_shuffled_frames" trains C2D on videos whose frames
+are randomly permuted (training and validation): it should stay at chance.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence
+
+from ..config import REPO_ROOT
+from ..data.synthetic import REGIMES, generate
+
+RECIPE = REPO_ROOT / "settings" / "ablation.yml"
+NUM_CLASSES = 4  # the four directions of travel
+# variant -> (network overrides, frames shuffled)
+VARIANTS: Dict[str, tuple] = {
+    "c2d": ({"net_name": "c2d_resnet50"}, False),
+    "tsm": ({"net_name": "c2d_tsm_resnet50"}, False),
+    "sifa_fixed_window": ({"net_name": "c2d_sifa_resnet50", "offset_mode": "zero"}, False),
+    "sifa_plain_guide": ({"net_name": "c2d_sifa_resnet50", "offset_guide": "plain"}, False),
+    "sifa": ({"net_name": "c2d_sifa_resnet50"}, False),
+    "c2d_shuffled_frames": ({"net_name": "c2d_resnet50"}, True),
+}
+QUICK_VARIANTS = ("c2d", "sifa")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every run gets, whatever the variant."""
+    epochs: int = 4
+    videos_per_class: int = 40
+    val_videos_per_class: int = 10
+    size: int = 64
+    frames: int = 8
+    nproc: int = 2
+
+
+def data_dir(out: str, regime: str, shuffled: bool) -> str:
+    return os.path.join(out, "data", regime + ("_shuffled_frames" if shuffled else ""))
+
+
+def prepare_data(out: str, regime: str, shuffled: bool, budget: Budget) -> Dict[str, str]:
+    """The regime's data set under <out>/data, generated once (data seed 0 for every run)."""
+    folder = data_dir(out, regime, shuffled)
+    paths = {"root_path": os.path.join(folder, "frames"), "train_list": os.path.join(folder, "train_list.txt"),
+             "val_list": os.path.join(folder, "val_list.txt"), "class_names": os.path.join(folder, "classes.txt")}
+    if not all(os.path.isfile(paths[k]) for k in ("train_list", "val_list", "class_names")):
+        paths = generate(folder, NUM_CLASSES, budget.videos_per_class, budget.val_videos_per_class, budget.frames,
+                         budget.size, seed=0, regime=regime, shuffle_frames=shuffled)
+    return paths
+
+
+def run_overrides(variant: str, seed: int, data: Dict[str, str], run_dir: str, budget: Budget) -> List[str]:
+    """train_val_3d.py --opts for one run on top of the shared recipe."""
+    network, _ = VARIANTS[variant]
+    opts = {**network, "seed": seed, "epochs": budget.epochs, "output_dir": run_dir, "num_classes": NUM_CLASSES,
+            "crop_size": budget.size, "eva_crop_size": budget.size, "clip_length": budget.frames,
+            "root_path": data["root_path"], "list_file": data["train_list"], "eva_list_file": data["val_list"],
+            "class_name_file": data["class_names"]}
+    return [f"{key}={value}" for key, value in opts.items()]
+
+
+def train(overrides: Sequence[str], nproc: int, log_path: str) -> None:
+    """One training run through train_val_3d.py; its output goes to ``log_path``."""
+    script = str(REPO_ROOT / "train_val_3d.py")
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                    f"--nproc_per_node={nproc}"]
+    command = launcher + [script, f"--config_file={RECIPE}", "--opts", *overrides]
+    with open(log_path, "w", encoding="utf-8") as log:
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"training failed (exit {result.returncode}); its output: {log_path}")
+
+
+def run_one(out: str, variant: str, regime: str, seed: int, budget: Budget) -> dict:
+    """Train one variant on one regime with one seed; the result entry of results.json."""
+    data = prepare_data(out, regime, VARIANTS[variant][1], budget)
+    run_dir = os.path.join(out, "runs", variant, regime, f"seed{seed}")
+    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt: start it over
+    os.makedirs(run_dir)
+    tic = time.time()
+    train(run_overrides(variant, seed, data, run_dir, budget), budget.nproc, os.path.join(run_dir, "stdout.txt"))
+    with open(os.path.join(run_dir, "val_accuracy.json"), encoding="utf-8") as f:
+        history = json.load(f)
+    # the study keeps accuracies and logs; two ResNet-50 checkpoints per run would fill the disk
+    for name in os.listdir(run_dir):
+        if name.endswith((".pth", ".pth.sha256")):
+            os.remove(os.path.join(run_dir, name))
+    return {"variant": variant, "regime": regime, "seed": seed, "epochs": budget.epochs,
+            "val_top1": [{"epoch": e["epoch"], "top1": e["top1"]} for e in history],
+            "wall_time_s": round(time.time() - tic, 1), "budget": asdict(budget)}
+
+
+def load_results(path: str) -> List[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_results(path: str, results: List[dict]) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)  # an interrupted write leaves the previous list intact
+
+
+def final_top1(entry: dict) -> float:
+    return entry["val_top1"][-1]["top1"]
+
+
+def summarise(results: List[dict]) -> Dict[tuple, List[float]]:
+    """(variant, regime) -> final top-1 of each seed, in seed order."""
+    table: Dict[tuple, List[float]] = {}
+    for entry in sorted(results, key=lambda e: e["seed"]):
+        table.setdefault((entry["variant"], entry["regime"]), []).append(final_top1(entry))
+    return table
+
+
+def _mean_sd(values: List[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+
+
+def markdown_table(results: List[dict]) -> str:
+    """Final validation top-1 (%), mean ± sd over seeds, the seeds' values in brackets."""
+    table = summarise(results)
+    regimes = [r for r in REGIMES if any(key[1] == r for key in table)]
+    lines = ["| variant | " + " | ".join(f"{r} motion" for r in regimes) + " |",
+             "|---|" + "---|" * len(regimes)]
+    for variant in VARIANTS:
+        if not any(key[0] == variant for key in table):
+            continue
+        cells = []
+        for regime in regimes:
+            values = table.get((variant, regime))
+            cells.append(f"{_mean_sd(values)} ({', '.join(f'{v:.1f}' for v in values)})" if values else "—")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: List[dict], path: str) -> None:
+    """One panel per regime: a bar per variant (mean, sd as error bar), each seed a dot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summarise(results)
+    regimes = [r for r in REGIMES if any(key[1] == r for key in table)]
+    variants = [v for v in VARIANTS if any(key[0] == v for key in table)]
+    fig, axes = plt.subplots(1, len(regimes), figsize=(4.5 * len(regimes), 4), sharey=True, squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        for i, variant in enumerate(variants):
+            values = table.get((variant, regime), [])
+            if not values:
+                continue
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            ax.bar(i, statistics.mean(values), yerr=sd, color="0.8", edgecolor="0.3", capsize=4)
+            ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
+        ax.axhline(100.0 / NUM_CLASSES, color="red", linestyle="--", linewidth=1, label="chance")
+        ax.set_xticks(range(len(variants)), variants, rotation=35, ha="right")
+        ax.set_title(f"{regime} motion")
+        ax.set_ylim(0, 100)
+    axes[0][0].set_ylabel("validation top-1 (%), last epoch")
+    axes[0][0].legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def study(out: str, variants: Sequence[str], regimes: Sequence[str], seeds: Sequence[int],
+          budget: Budget) -> List[dict]:
+    """Run every (variant, regime, seed) not yet in <out>/results.json, then write the table and plot."""
+    os.makedirs(out, exist_ok=True)
+    results_path = os.path.join(out, "results.json")
+    results = load_results(results_path)
+    done = {(e["variant"], e["regime"], e["seed"]) for e in results}
+    for regime in regimes:
+        for seed in seeds:
+            for variant in variants:
+                if (variant, regime, seed) in done:
+                    print(f"skip {variant} / {regime} / seed {seed}: in {results_path}", flush=True)
+                    continue
+                print(f"run {variant} / {regime} / seed {seed} ...", flush=True)
+                entry = run_one(out, variant, regime, seed, budget)
+                print(f"  top-1 {final_top1(entry):.2f} % in {entry['wall_time_s']:.0f} s", flush=True)
+                results.append(entry)
+                save_results(results_path, results)
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(markdown_table(results))
+    plot(results, os.path.join(out, "results.png"))
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    defaults = Budget()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder of results.json, results.md, results.png, data, runs")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"one seed, slow motion, {' vs '.join(QUICK_VARIANTS)} only (a smoke run)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 of the full study")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--regimes", nargs="+", choices=list(REGIMES), default=list(REGIMES))
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--videos_per_class", type=int, default=defaults.videos_per_class)
+    parser.add_argument("--val_videos_per_class", type=int, default=defaults.val_videos_per_class)
+    parser.add_argument("--size", type=int, default=defaults.size, help="frame height and width (≥ 32)")
+    parser.add_argument("--nproc", type=int, choices=(1, 2), default=defaults.nproc, help="training processes")
+    args = parser.parse_args(argv)
+    budget = Budget(args.epochs, args.videos_per_class, args.val_videos_per_class, args.size, defaults.frames,
+                    args.nproc)
+    if args.quick:
+        variants, regimes, seeds = QUICK_VARIANTS, ("slow",), (0,)
+    else:
+        variants, regimes, seeds = args.variants, args.regimes, range(args.seeds)
+    results = study(args.out, variants, regimes, seeds, budget)
+    print(markdown_table(results), end="")
+
+
+if __name__ == "__main__":
+    main()
