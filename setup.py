@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "cuda_sifa" / "csrc"
@@ -79,8 +80,49 @@ def _extension():
     return cpp_extension.CppExtension("sifa._C", sources, extra_compile_args={"cxx": cxx})
 
 
-def main():
+class BuildPyWithConfigs(build_py):
+    """Ships the top-level base_config/*.yml (the source of truth, not duplicated in git) inside the
+    package as sifa/base_config/, where sifa.config finds them when the repository is not around.
+    An editable install skips the copy: it reads the repository's base_config/ directly."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib) / "sifa" / "base_config"
+        self.mkpath(str(target))
+        for source in sorted((ROOT / "base_config").glob("*.yml")):
+            self.copy_file(str(source), str(target / source.name))
+
+    def get_outputs(self, include_bytecode=True):
+        outputs = super().get_outputs(include_bytecode)
+        if not getattr(self, "editable_mode", False):
+            outputs += [str(Path(self.build_lib) / "sifa" / "base_config" / source.name)
+                        for source in sorted((ROOT / "base_config").glob("*.yml"))]
+        return outputs
+
+
+def _build_ext_class():
     from torch.utils.cpp_extension import BuildExtension
+
+    base = BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+
+    class BuildExt(base):
+        """An editable install (PEP 660) would compile in a fresh temporary folder each time; compile
+        in the repository's build/temp.* instead, as `bash make.sh` and `pip install .` do, so that
+        ninja recompiles only what changed (it also notices changed flags, e.g. FORCE_CUDA)."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            if getattr(self, "editable_mode", False):
+                import sysconfig
+                self.build_temp = str(ROOT / "build" / f"temp.{sysconfig.get_platform()}-"
+                                                      f"{sys.implementation.cache_tag}")
+
+    return BuildExt
+
+
+def main():
 
     setup(
         name="sifa",
@@ -89,7 +131,8 @@ def main():
         packages=find_packages(include=["sifa", "sifa.*"]),
         python_requires=">=3.10",
         ext_modules=[_extension()],
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+        cmdclass={"build_ext": _build_ext_class(),
+                  "build_py": BuildPyWithConfigs},
     )
 
 

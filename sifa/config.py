@@ -22,7 +22,19 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "base_config" / "default.yml"
+
+
+def _config_root() -> Path:
+    """The directory holding `base_config/`: the repository's (the source of truth; also what an
+    editable install reads), else the copy that setup.py ships inside an installed package."""
+    if (REPO_ROOT / "base_config" / "default.yml").is_file():
+        return REPO_ROOT
+    from importlib.resources import files
+    return Path(str(files("sifa")))  # sifa/base_config/ of a non-editable install
+
+
+CONFIG_ROOT = _config_root()
+DEFAULT_CONFIG = CONFIG_ROOT / "base_config" / "default.yml"
 
 # The original's keys that nothing reads here: accepted in its files, dropped with a warning.
 IGNORED_KEYS: Dict[str, str] = {
@@ -145,12 +157,12 @@ def _check_type(key: str, value: Any, default: Any, source: str) -> Any:
 
 
 def _resolve_base(base: str, experiment: Path) -> Path:
-    candidates = [Path(base), experiment.parent / base, REPO_ROOT / base]
+    candidates = [Path(base), experiment.parent / base, CONFIG_ROOT / base]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise ConfigError(f"{experiment}: base file '{base}' not found (looked in the working directory, "
-                      f"next to the experiment and in {REPO_ROOT})")
+                      f"next to the experiment and in {CONFIG_ROOT})")
 
 
 def parse_override(text: str) -> Tuple[str, Any]:
