@@ -207,8 +207,7 @@ void resume(Thread& t) {
 #endif
   sifa_emu_switch(&rt().scheduler_sp, t.sp);
 #if defined(__SANITIZE_ADDRESS__)
-  __sanitizer_finish_switch_fiber(rt().scheduler_fake_stack, &rt().scheduler_stack_bottom,
-                                  &rt().scheduler_stack_size);
+  __sanitizer_finish_switch_fiber(rt().scheduler_fake_stack, nullptr, nullptr);  // back on the scheduler's stack
 #endif
   current = nullptr;
 }
