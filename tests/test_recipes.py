@@ -15,12 +15,14 @@ EXPECTED = {  # setting -> (effective batch, lr)
     "c2d_sifa_swin-b-1x64x2.k400.yml": (2 * 4 * 8, 0.04),
     "c2d_sifa_res50-16x1x1.ssv1.yml": (8 * 4 * 1, 0.02),
     "synthetic_demo.yml": (8 * 2 * 1, 0.01),
+    "ablation.yml": (8 * 2 * 1, 0.01),  # the demo's recipe, for the study of docs/reproduction.md
 }
 
 
 def documented_processes():
-    """settings file -> --nproc_per_node of its launch command in docs/training.md (or the setting's own header)."""
-    text = (REPO_ROOT / "docs" / "training.md").read_text() + (REPO_ROOT / "settings" / "synthetic_demo.yml").read_text()
+    """settings file -> --nproc_per_node of its launch command in the docs (or the setting's own header)."""
+    text = "".join((REPO_ROOT / path).read_text() for path in (
+        "docs/training.md", "docs/reproduction.md", "settings/synthetic_demo.yml"))
     launches = re.findall(r"--nproc_per_node=(\d+)[^\n]*?--config_file=settings/([\w.-]+\.yml)", text)
     found = {}
     for nproc, setting in launches:
