@@ -135,7 +135,7 @@ inline at::Tensor from_channels_last(const at::Tensor& x_cl, const at::Tensor& l
 }
 
 inline at::Tensor accumulator(const at::Tensor& like, at::IntArrayRef sizes) {
-  return at::zeros(sizes, like.options().dtype(like.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  return at::zeros(sizes, like.options().dtype(accumulation_type(like)));
 }
 
 // weight C×T×kh×kw -> T×K×C, the layout the channel loops read contiguously

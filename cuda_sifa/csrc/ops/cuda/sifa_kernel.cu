@@ -10,8 +10,8 @@
 // - the slice kernels, for the fused op with one group and C = 32·S (S = 2, 4, 8 or 16 channels per
 //   lane: C = 64…512, every SIFA block of the networks): each lane keeps its S contiguous channels
 //   in registers, reads them with vector loads, and sweeps the taps once — forward: sample, score,
-//   accumulate; backward: sample with derivatives, reduce, add its query gradient in registers and
-//   scatter with vector atomics;
+//   accumulate; backward: read each corner's slice once for the sample and the score and offset
+//   reductions, add the query gradient in registers and scatter with vector atomics;
 // - the general kernels, for every other op and shape: lanes stride over each group's channels.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
