@@ -59,7 +59,11 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "amp": ("fp16", "bf16", "none"),
     "offset_mode": ("learned", "zero"),
     "offset_guide": ("difference", "plain"),
+    "offset_init": ("kaiming", "zero"),
 }
+# The SIFA ResNets' ablation keys (docs/reproduction.md) and their defaults, the paper's design.
+SIFA_ABLATION_DEFAULTS: Dict[str, str] = {"offset_mode": "learned", "offset_guide": "difference",
+                                          "offset_init": "kaiming"}
 _POSITIVE = ("crop_size", "eva_crop_size", "num_classes", "epochs", "num_clips", "num_segments",
              "clip_length", "num_steps", "eva_num_segments", "eva_num_clips", "batch_size",
              "iter_size", "print_freq", "save_freq", "eva_inter_freq", "warmup_multiplier",
@@ -250,7 +254,7 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
         fail("momentum", f"must lie in [0, 1), got {cfg['momentum']!r}")
     if not cfg["output_dir"].strip():
         fail("output_dir", "is empty: checkpoints and logs need a folder")
-    for key, default in (("offset_mode", "learned"), ("offset_guide", "difference")):
+    for key, default in SIFA_ABLATION_DEFAULTS.items():
         if cfg[key] != default and not cfg["net_name"].startswith("c2d_sifa_resnet"):
             fail(key, f"is {cfg[key]!r}, but only the SIFA ResNets (c2d_sifa_resnet*) have offsets; "
                       f"net_name is {cfg['net_name']!r}")

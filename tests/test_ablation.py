@@ -77,6 +77,26 @@ def test_zero_offsets_make_the_logits_independent_of_conv_offset() -> None:
     assert not any(True for m in learned.modules() if hasattr(m, "unused_parameters") for _ in m.unused_parameters())
 
 
+def test_zero_offset_init_starts_at_the_fixed_window_and_then_learns() -> None:
+    video = torch.randn(1, 3, 8, 32, 32)
+    kaiming, zero_init, fixed = _sifa_net(), _sifa_net(offset_init="zero"), _sifa_net(offset_mode="zero")
+    assert all(conv.weight.abs().sum() > 0 for conv in _offset_convs(kaiming))  # the original's random start
+    assert all(torch.count_nonzero(conv.weight) == 0 for conv in _offset_convs(zero_init))
+    # same seed, so the other weights agree: at the start it is the fixed-window network
+    assert not any(torch.equal(a, b) for a, b in zip(kaiming(video), fixed(video)))
+    for a, b in zip(zero_init(video), fixed(video)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # ... but its offsets take a gradient, unlike offset_mode zero's (except in layer4_dual: at 8 frames its
+    # single feature frame has no next frame to attend to)
+    sum(logits.sum() for logits in zero_init(video)).backward()
+    learning = [m.conv_offset.weight.grad for name, m in zero_init.named_modules()
+                if isinstance(m, SIFABottleneck) and not name.startswith("layer4_dual")]
+    assert len(learning) == 6 and all(grad.abs().sum() > 0 for grad in learning)
+    assert list(zero_init.state_dict()) == list(kaiming.state_dict())
+    with pytest.raises(ValueError, match="offset_init must be one of"):
+        _sifa_net(offset_init="uniform")
+
+
 @pytest.mark.parametrize("guide", ["difference", "plain"])
 def test_conv_offset_reads_the_guide_or_the_features(guide: str) -> None:
     block = SIFABottleneck(16, 8, times=4, kernel_size=3, offset_guide=guide)
@@ -134,7 +154,8 @@ def test_runner_resume_skips_finished_runs(tmp_path, monkeypatch) -> None:
     trained.clear()
     ablation.study(out, ["c2d", "sifa_fixed_window"], ["slow"], [0, 1], budget)
     assert trained == [("c2d_sifa_resnet50", "zero", "1")]
-    assert "25.0 ± 0.0 (25.0, 25.0)" in open(os.path.join(out, "results.md")).read()
+    table = open(os.path.join(out, "results.md")).read()
+    assert "25.0 ± 0.0 (25.0, 25.0)" in table and "| sifa_fixed_window | 25.0 |" in table
     assert os.path.getsize(os.path.join(out, "results.png")) > 0
 
 
@@ -142,9 +163,15 @@ def test_config_takes_the_ablations_for_sifa_resnets_only() -> None:
     from sifa.config import ConfigError, load_config
 
     recipe = str(ablation.RECIPE)
-    cfg = load_config(recipe, ["offset_mode=zero", "offset_guide=plain"])
-    assert (cfg.offset_mode, cfg.offset_guide) == ("zero", "plain")
+    cfg = load_config(recipe, ["offset_mode=zero", "offset_guide=plain", "offset_init=zero"])
+    assert (cfg.offset_mode, cfg.offset_guide, cfg.offset_init) == ("zero", "plain", "zero")
+    from sifa.models.build import build_model
+
+    net = build_model(load_config(recipe, ["net_name=c2d_sifa_resnet50", "offset_init=zero"]), 1)
+    assert all(torch.count_nonzero(conv.weight) == 0 for conv in _offset_convs(net))
     with pytest.raises(ConfigError, match="only the SIFA ResNets"):
         load_config(recipe, ["net_name=c2d_tsm_resnet50", "offset_mode=zero"])
+    with pytest.raises(ConfigError, match="only the SIFA ResNets"):
+        load_config(recipe, ["net_name=c2d_resnet50", "offset_init=zero"])
     with pytest.raises(ConfigError, match="offset_guide' must be one of"):
         load_config(recipe, ["offset_guide=features"])

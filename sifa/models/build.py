@@ -8,6 +8,7 @@ from typing import List
 import torch
 from torch import nn
 
+from ..config import SIFA_ABLATION_DEFAULTS
 from .registry import get_model_by_name, model_entry
 from .transfer import DEFCOR_WEIGHT, remove_fc, transfer_weights
 from .weights import CheckpointError, load_checkpoint, load_weights
@@ -33,8 +34,7 @@ def build_model(cfg: SimpleNamespace, num_segments: int) -> nn.Module:
     """``cfg.net_name`` for views of ``num_segments`` segments of ``cfg.clip_length`` frames, with
     activation checkpointing per stage if ``cfg.use_checkpoint``."""
     # the SIFA ablations only where set: the other networks have no offsets (the config checks the pairing)
-    ablations = {key: getattr(cfg, key)
-                 for key, default in (("offset_mode", "learned"), ("offset_guide", "difference"))
+    ablations = {key: getattr(cfg, key) for key, default in SIFA_ABLATION_DEFAULTS.items()
                  if getattr(cfg, key) != default}
     model = get_model_by_name(cfg.net_name, pooling_arch=None, num_classes=cfg.num_classes,
                               dropout_ratio=cfg.dropout_ratio, clip_length=num_segments * cfg.clip_length,

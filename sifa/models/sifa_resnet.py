@@ -21,6 +21,9 @@ DEFAULT_SIFA_KERNEL = (1, 3, 3, 3)
 # SIFA ablations (docs/reproduction.md); the first of each is the paper's design.
 OFFSET_MODES = ("learned", "zero")  # zero: attend over the fixed K×K window, conv_offset unused
 OFFSET_GUIDES = ("difference", "plain")  # what conv_offset reads: the difference-rescaled guide, or f itself
+# conv_offset's initial weights: Kaiming like every conv (the original's, offsets start random), or zero
+# (offsets start at the fixed K×K window, the deformable-convolution convention)
+OFFSET_INITS = ("kaiming", "zero")
 
 
 def _downsample(inplanes: int, outplanes: int, stride: int) -> Optional[nn.Sequential]:
@@ -121,8 +124,10 @@ def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
 
 
-def _init_weights(net: nn.Module) -> None:
-    """Kaiming conv init (conv_offset included, as in the original), unit BN, zero last BN of each block."""
+def _init_weights(net: nn.Module, offset_init: str = "kaiming") -> None:
+    """Kaiming conv init (conv_offset included, as in the original, unless ``offset_init`` is "zero"),
+    unit BN, zero last BN of each block."""
+    _check_choice("offset_init", offset_init, OFFSET_INITS)
     for m in net.modules():
         if isinstance(m, nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -132,6 +137,8 @@ def _init_weights(net: nn.Module) -> None:
     for m in net.modules():
         if isinstance(m, Bottleneck):
             nn.init.zeros_(m.bn3.weight)
+        if isinstance(m, SIFABottleneck) and offset_init == "zero":
+            nn.init.zeros_(m.conv_offset.weight)
 
 
 class C2DResNet(nn.Module):
@@ -146,7 +153,7 @@ class C2DResNet(nn.Module):
     def __init__(self, layers: Sequence[int], num_classes: int = 400, dropout_ratio: float = 0.5,
                  clip_length: int = 16, sifa_kernel: Optional[Sequence[int]] = None, name: str = "c2d_resnet",
                  block: Type[Bottleneck] = Bottleneck, offset_mode: str = "learned",
-                 offset_guide: str = "difference"):
+                 offset_guide: str = "difference", offset_init: str = "kaiming"):
         super().__init__()
         self.name = name
         self.block = block  # the bottleneck of the blocks without SIFA (all of them in the baselines)
@@ -182,7 +189,7 @@ class C2DResNet(nn.Module):
         self.fc = nn.Linear(2048, num_classes)
         if self.sifa:
             self.fc_dual = nn.Linear(2048, num_classes)
-        _init_weights(self)
+        _init_weights(self, offset_init)
 
     def _make_layer(self, inplanes: int, planes: int, blocks: int, stride: int, stage: int,
                     times: int) -> nn.Sequential:
@@ -233,20 +240,22 @@ def _sifa_kernel(sifa_kernel: Optional[Sequence[int]]) -> List[int]:
 @register_model("resnet", transfer_sifa_resnet)
 def c2d_sifa_resnet50(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                       sifa_kernel: Optional[Sequence[int]] = None, offset_mode: str = "learned",
-                      offset_guide: str = "difference") -> C2DResNet:
-    """C2D-SIFA-ResNet-50 (blocks [3, 4, 6, 3]); ``offset_mode``/``offset_guide``: the ablations of OFFSET_MODES,
-    OFFSET_GUIDES."""
+                      offset_guide: str = "difference", offset_init: str = "kaiming") -> C2DResNet:
+    """C2D-SIFA-ResNet-50 (blocks [3, 4, 6, 3]); ``offset_mode``/``offset_guide``/``offset_init``: the ablations
+    of OFFSET_MODES, OFFSET_GUIDES, OFFSET_INITS."""
     return C2DResNet([3, 4, 6, 3], num_classes, dropout_ratio, clip_length, _sifa_kernel(sifa_kernel),
-                     name="c2d_sifa_resnet50", offset_mode=offset_mode, offset_guide=offset_guide)
+                     name="c2d_sifa_resnet50", offset_mode=offset_mode, offset_guide=offset_guide,
+                     offset_init=offset_init)
 
 
 @register_model("resnet", transfer_sifa_resnet)
 def c2d_sifa_resnet101(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
                        sifa_kernel: Optional[Sequence[int]] = None, offset_mode: str = "learned",
-                       offset_guide: str = "difference") -> C2DResNet:
-    """C2D-SIFA-ResNet-101 (blocks [3, 4, 23, 3]); ``offset_mode``/``offset_guide`` as for ResNet-50."""
+                       offset_guide: str = "difference", offset_init: str = "kaiming") -> C2DResNet:
+    """C2D-SIFA-ResNet-101 (blocks [3, 4, 23, 3]); ``offset_mode``/``offset_guide``/``offset_init`` as for ResNet-50."""
     return C2DResNet([3, 4, 23, 3], num_classes, dropout_ratio, clip_length, _sifa_kernel(sifa_kernel),
-                     name="c2d_sifa_resnet101", offset_mode=offset_mode, offset_guide=offset_guide)
+                     name="c2d_sifa_resnet101", offset_mode=offset_mode, offset_guide=offset_guide,
+                     offset_init=offset_init)
 
 
 @register_model("resnet", transfer_resnet)

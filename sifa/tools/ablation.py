@@ -6,9 +6,10 @@
 
 Every run goes through train_val_3d.py (a subprocess, 1 or 2 processes). After each run
 <out>/results.json is rewritten; a study started again with the same --out skips the runs listed
-there. Then <out>/results.md (table) and <out>/results.png (plot) summarise the last evaluation of
-each run: mean ± sd over seeds. The control "c2d_shuffled_frames" trains C2D on videos whose frames
-are randomly permuted (training and validation): it should stay at chance.
+there. Then <out>/results.md (the last evaluation of each run, mean ± sd over seeds; the mean after
+each epoch) and <out>/results.png (the last evaluation) summarise them. The control
+"c2d_shuffled_frames" trains C2D on videos whose frames are randomly permuted (training and
+validation): it should stay at chance.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ VARIANTS: Dict[str, tuple] = {
     "sifa_fixed_window": ({"net_name": "c2d_sifa_resnet50", "offset_mode": "zero"}, False),
     "sifa_plain_guide": ({"net_name": "c2d_sifa_resnet50", "offset_guide": "plain"}, False),
     "sifa": ({"net_name": "c2d_sifa_resnet50"}, False),
+    "sifa_zero_init": ({"net_name": "c2d_sifa_resnet50", "offset_init": "zero"}, False),
     "c2d_shuffled_frames": ({"net_name": "c2d_resnet50"}, True),
 }
 QUICK_VARIANTS = ("c2d", "sifa")
@@ -44,8 +46,8 @@ QUICK_VARIANTS = ("c2d", "sifa")
 class Budget:
     """What every run gets, whatever the variant."""
     epochs: int = 4
-    videos_per_class: int = 40
-    val_videos_per_class: int = 10
+    videos_per_class: int = 48  # 12 steps of 16 clips an epoch: 36 runs fit in about 75 min on 2 cores
+    val_videos_per_class: int = 15
     size: int = 64
     frames: int = 8
     nproc: int = 2
@@ -154,6 +156,26 @@ def markdown_table(results: List[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_curves(results: List[dict]) -> str:
+    """Validation top-1 (%) after each epoch, mean over seeds: a table per regime."""
+    curves: Dict[tuple, List[List[float]]] = {}
+    for entry in results:
+        curves.setdefault((entry["variant"], entry["regime"]), []).append([e["top1"] for e in entry["val_top1"]])
+    sections = []
+    for regime in [r for r in REGIMES if any(key[1] == r for key in curves)]:
+        epochs = max(len(c) for key, runs in curves.items() if key[1] == regime for c in runs)
+        lines = [f"**{regime} motion**, mean top-1 after each epoch", "",
+                 "| variant | " + " | ".join(f"epoch {e + 1}" for e in range(epochs)) + " |",
+                 "|---|" + "---|" * epochs]
+        for variant in VARIANTS:
+            runs = curves.get((variant, regime))
+            if runs:
+                means = [statistics.mean(c[e] for c in runs if len(c) > e) for e in range(epochs)]
+                lines.append(f"| {variant} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+        sections.append("\n".join(lines) + "\n")
+    return "\n".join(sections)
+
+
 def plot(results: List[dict], path: str) -> None:
     """One panel per regime: a bar per variant (mean, sd as error bar), each seed a dot."""
     import matplotlib
@@ -202,7 +224,7 @@ def study(out: str, variants: Sequence[str], regimes: Sequence[str], seeds: Sequ
                 results.append(entry)
                 save_results(results_path, results)
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown_table(results))
+        f.write(markdown_table(results) + "\n" + markdown_curves(results))
     plot(results, os.path.join(out, "results.png"))
     return results
 
