@@ -46,7 +46,7 @@ QUICK_VARIANTS = ("c2d", "sifa")
 class Budget:
     """What every run gets, whatever the variant."""
     epochs: int = 4
-    videos_per_class: int = 48  # 12 steps of 16 clips an epoch: 36 runs fit in about 75 min on 2 cores
+    videos_per_class: int = 48  # 12 steps of 16 clips an epoch: the 42 runs took 82 min on 2 cores
     val_videos_per_class: int = 15
     size: int = 64
     frames: int = 8
