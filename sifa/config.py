@@ -61,9 +61,9 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "offset_guide": ("difference", "plain"),
     "offset_init": ("kaiming", "zero"),
 }
-# The SIFA ResNets' ablation keys (docs/reproduction.md) and their defaults, the paper's design.
-SIFA_ABLATION_DEFAULTS: Dict[str, str] = {"offset_mode": "learned", "offset_guide": "difference",
-                                          "offset_init": "kaiming"}
+# The SIFA ResNets' ablation keys (docs/reproduction.md) and their defaults: the first choice, the paper's design.
+SIFA_ABLATION_DEFAULTS: Dict[str, str] = {key: _CHOICES[key][0] for key in ("offset_mode", "offset_guide",
+                                                                           "offset_init")}
 _POSITIVE = ("crop_size", "eva_crop_size", "num_classes", "epochs", "num_clips", "num_segments",
              "clip_length", "num_steps", "eva_num_segments", "eva_num_clips", "batch_size",
              "iter_size", "print_freq", "save_freq", "eva_inter_freq", "warmup_multiplier",

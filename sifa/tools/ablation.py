@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config import REPO_ROOT
 from ..data.synthetic import REGIMES, generate
@@ -126,28 +126,40 @@ def final_top1(entry: dict) -> float:
     return entry["val_top1"][-1]["top1"]
 
 
-def summarise(results: List[dict]) -> Dict[tuple, List[float]]:
-    """(variant, regime) -> final top-1 of each seed, in seed order."""
-    table: Dict[tuple, List[float]] = {}
+def histories(results: List[dict]) -> Dict[tuple, List[List[float]]]:
+    """(variant, regime) -> the top-1 after each evaluation of each seed's run, in seed order."""
+    table: Dict[tuple, List[List[float]]] = {}
     for entry in sorted(results, key=lambda e: e["seed"]):
-        table.setdefault((entry["variant"], entry["regime"]), []).append(final_top1(entry))
+        table.setdefault((entry["variant"], entry["regime"]), []).append([e["top1"] for e in entry["val_top1"]])
     return table
 
 
+def summarise(results: List[dict]) -> Dict[tuple, List[float]]:
+    """(variant, regime) -> final top-1 of each seed, in seed order."""
+    return {key: [history[-1] for history in runs] for key, runs in histories(results).items()}
+
+
+def _present(table: Dict[tuple, object]) -> Tuple[List[str], List[str]]:
+    """The variants and the regimes that ``table``'s keys hold, in the study's order."""
+    return ([v for v in VARIANTS if any(key[0] == v for key in table)],
+            [r for r in REGIMES if any(key[1] == r for key in table)])
+
+
+def _sd(values: List[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def _mean_sd(values: List[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+    return f"{statistics.mean(values):.1f} ± {_sd(values):.1f}"
 
 
 def markdown_table(results: List[dict]) -> str:
     """Final validation top-1 (%), mean ± sd over seeds, the seeds' values in brackets."""
     table = summarise(results)
-    regimes = [r for r in REGIMES if any(key[1] == r for key in table)]
+    variants, regimes = _present(table)
     lines = ["| variant | " + " | ".join(f"{r} motion" for r in regimes) + " |",
              "|---|" + "---|" * len(regimes)]
-    for variant in VARIANTS:
-        if not any(key[0] == variant for key in table):
-            continue
+    for variant in variants:
         cells = []
         for regime in regimes:
             values = table.get((variant, regime))
@@ -158,16 +170,15 @@ def markdown_table(results: List[dict]) -> str:
 
 def markdown_curves(results: List[dict]) -> str:
     """Validation top-1 (%) after each epoch, mean over seeds: a table per regime."""
-    curves: Dict[tuple, List[List[float]]] = {}
-    for entry in results:
-        curves.setdefault((entry["variant"], entry["regime"]), []).append([e["top1"] for e in entry["val_top1"]])
+    curves = histories(results)
+    variants, regimes = _present(curves)
     sections = []
-    for regime in [r for r in REGIMES if any(key[1] == r for key in curves)]:
+    for regime in regimes:
         epochs = max(len(c) for key, runs in curves.items() if key[1] == regime for c in runs)
         lines = [f"**{regime} motion**, mean top-1 after each epoch", "",
                  "| variant | " + " | ".join(f"epoch {e + 1}" for e in range(epochs)) + " |",
                  "|---|" + "---|" * epochs]
-        for variant in VARIANTS:
+        for variant in variants:
             runs = curves.get((variant, regime))
             if runs:
                 means = [statistics.mean(c[e] for c in runs if len(c) > e) for e in range(epochs)]
@@ -183,16 +194,14 @@ def plot(results: List[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     table = summarise(results)
-    regimes = [r for r in REGIMES if any(key[1] == r for key in table)]
-    variants = [v for v in VARIANTS if any(key[0] == v for key in table)]
+    variants, regimes = _present(table)
     fig, axes = plt.subplots(1, len(regimes), figsize=(4.5 * len(regimes), 4), sharey=True, squeeze=False)
     for ax, regime in zip(axes[0], regimes):
         for i, variant in enumerate(variants):
             values = table.get((variant, regime), [])
             if not values:
                 continue
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            ax.bar(i, statistics.mean(values), yerr=sd, color="0.8", edgecolor="0.3", capsize=4)
+            ax.bar(i, statistics.mean(values), yerr=_sd(values), color="0.8", edgecolor="0.3", capsize=4)
             ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
         ax.axhline(100.0 / NUM_CLASSES, color="red", linestyle="--", linewidth=1, label="chance")
         ax.set_xticks(range(len(variants)), variants, rotation=35, ha="right")
