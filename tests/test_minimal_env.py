@@ -96,6 +96,8 @@ print("ok")
 
 
 def test_operator_tests_pass(minimal_python):
-    result = _run(minimal_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ops.py")
+    # the CPU and (where a GPU is visible) CUDA operator tests
+    result = _run(minimal_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ops.py",
+                  "tests/test_ops_cuda.py")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
