@@ -12,7 +12,6 @@ import torch
 
 import sifa.ops as ops
 from kernel_catalogue import assert_same
-from sifa.models.temporal import shift_back
 
 HAS_EXT = ops.backend() == "extension"
 pytestmark = pytest.mark.skipif(not HAS_EXT, reason="compiled extension not built (run `bash make.sh`)")
@@ -175,25 +174,26 @@ def test_cuda_non_default_stream():
                 what="side stream")
 
 
-class SwinInterFrame(torch.nn.Module):
-    """The SIFA step of a non-shifted SIFA-Swin block on B×H×W×C tokens (sifa_swin.py), with learned offsets."""
-
-    def __init__(self, C, T):
-        super().__init__()
-        self.T = T
-        self.def_cor = ops.DefCorFixW(C, T, 3, 1, 1)
-        self.offset = torch.nn.Linear(C, 18)
-
-    def forward(self, tokens):
-        B, H, W, C = tokens.shape
-        v = tokens.reshape(B // self.T, self.T, H, W, C).permute(0, 4, 1, 2, 3)  # channels_last_3d view
-        offset = self.offset(tokens).reshape(B // self.T, self.T, H, W, 18).permute(0, 4, 1, 2, 3)
-        agg = shift_back(self.def_cor.attend(v, offset))
-        return tokens + agg.permute(0, 2, 3, 4, 1).reshape(B, H, W, C)
-
-
 @needs_cuda
 def test_cuda_torch_compile():
+    from sifa.models.temporal import shift_back  # here: sifa.models needs timm, the other tests do not
+
+    class SwinInterFrame(torch.nn.Module):
+        """The SIFA step of a non-shifted SIFA-Swin block on B×H×W×C tokens (sifa_swin.py), learned offsets."""
+
+        def __init__(self, C, T):
+            super().__init__()
+            self.T = T
+            self.def_cor = ops.DefCorFixW(C, T, 3, 1, 1)
+            self.offset = torch.nn.Linear(C, 18)
+
+        def forward(self, tokens):
+            B, H, W, C = tokens.shape
+            v = tokens.reshape(B // self.T, self.T, H, W, C).permute(0, 4, 1, 2, 3)  # channels_last_3d view
+            offset = self.offset(tokens).reshape(B // self.T, self.T, H, W, 18).permute(0, 4, 1, 2, 3)
+            agg = shift_back(self.def_cor.attend(v, offset))
+            return tokens + agg.permute(0, 2, 3, 4, 1).reshape(B, H, W, C)
+
     torch.manual_seed(0)
     block = SwinInterFrame(128, 4).cuda()
     tokens = torch.randn(8, 14, 14, 128, device="cuda", requires_grad=True)
