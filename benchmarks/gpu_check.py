@@ -185,12 +185,13 @@ def run_kernels(results: Optional[Path], rehearsal: bool) -> None:
                         except Exception as exc:  # noqa: BLE001
                             _report_error(results, row, exc)
                             continue
-                        row["floor_ms"] = min_bytes(N, C, T, S, S, torch.empty((), dtype=getattr(torch, dtype))
-                                                    .element_size(), pass_) / (bandwidth * 1e9) * 1e3
-                        row["floor_pct"] = 100 * row["floor_ms"] / (row["graph_cold_ms"] or row["eager_cold_ms"])
+                        element = getattr(torch, dtype).itemsize
+                        row["floor_ms"] = min_bytes(N, C, T, S, S, element, pass_) / (bandwidth * 1e9) * 1e3
+                        cold = row["eager_cold_ms"] if row["graph_cold_ms"] is None else row["graph_cold_ms"]
+                        row["floor_pct"] = 100 * row["floor_ms"] / cold
                         _emit(results, row)
-                        us = [row[k] and row[k] * 1e3 for k in ("graph_warm_ms", "graph_cold_ms", "eager_warm_ms",
-                                                                 "eager_cold_ms", "floor_ms")]
+                        us = [None if row[k] is None else row[k] * 1e3 for k in
+                              ("graph_warm_ms", "graph_cold_ms", "eager_warm_ms", "eager_cold_ms", "floor_ms")]
                         print(f"| {row['layer']} | {dtype} | {layout} | {pass_} | "
                               + " | ".join(_fmt(v) for v in us) + f" | {row['floor_pct']:.0f} % |", flush=True)
                     del calls
@@ -231,8 +232,8 @@ def _time_call(call: Callable, device: str, clock: Clock, repeat: int, flush: Ca
                 graph = capture_graph(call)
             except Exception as exc:  # noqa: BLE001
                 print(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); eager figures only", flush=True)
-        return {"graph_warm_ms": graph and time_ms(graph.replay, clock, repeat),
-                "graph_cold_ms": graph and time_ms(graph.replay, clock, repeat, flush),
+        return {"graph_warm_ms": None if graph is None else time_ms(graph.replay, clock, repeat),
+                "graph_cold_ms": None if graph is None else time_ms(graph.replay, clock, repeat, flush),
                 "eager_warm_ms": time_ms(call, clock, repeat),
                 "eager_cold_ms": time_ms(call, clock, repeat, flush)}
 
@@ -265,8 +266,9 @@ def run_network(results: Optional[Path], rehearsal: bool) -> None:
     repeat, warmup = (1, 1) if rehearsal else (5, 2)
     pairs = NETWORK_PAIRS[:1] if rehearsal else NETWORK_PAIRS  # Swin-B needs 224² inputs: too slow for a rehearsal
     print(f"torch {torch.__version__}, device {device}, mean of {repeat} steps after {warmup} warm-up steps")
-    print("| network | input | precision | pass | ms | baseline | baseline ms | time ratio | peak MiB | baseline peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    header = ["network", "input", "precision", "pass", "ms", "baseline", "baseline ms", "time ratio", "peak MiB",
+              "baseline peak MiB"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
     # the rehearsal runs each precision and each pass once, not every combination
     combinations = [(False, "train"), (True, "inference")] if rehearsal else \
         [(amp, mode) for amp in (False, True) for mode in ("train", "inference")]
@@ -399,8 +401,9 @@ def write_summary(work: Path, out: Path) -> None:
     lines += ["", "| what | shape / input | measured | floor / baseline | ratio |", "|---|---|---|---|---|"]
     counts = test_counts(out / "tests.xml")
     if counts is not None:
-        lines.append(f"| CUDA tests (tests.xml) | test_ops_cuda.py, test_ops.py -k cuda | {counts['passed']} passed, {counts['failures']} failed, "
-                     f"{counts['errors']} errors, {counts['skipped']} skipped in {counts['time']:.0f} s | | |")
+        lines.append(f"| CUDA tests (tests.xml) | test_ops_cuda.py, test_ops.py -k cuda | {counts['passed']} passed, "
+                     f"{counts['failures']} failed, {counts['errors']} errors, {counts['skipped']} skipped in "
+                     f"{counts['time']:.0f} s | | |")
         lines += [f"| failed | {name} | | | |" for name in counts["failed"][:20]]
     for row in rows:
         if row["kind"] == "bandwidth":

@@ -11,7 +11,6 @@ so the extension is the one built in place (``sifa/_C*.so``).
 import importlib.metadata
 import os
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
