@@ -56,7 +56,8 @@ REHEARSAL_LAYERS = {"rehearsal": (1, 2, [(32, 6)], 2.0)}
 PASSES = {"fwd": None, "bwd offset": [False, True, False], "bwd input+offset": [True, True, False]}
 NETWORK_PAIRS = [("SIFA-R50", "c2d_sifa_resnet50", "C2D-R50", "c2d_resnet50"),
                  ("SIFA-Swin-B", "c2d_sifa_swin_vit_b_p4_w7", "Swin-B", "c2d_swin_vit_b_p4_w7")]
-OPTIONAL = ["timm", "yaml", "numpy", "ninja", "pytest", "cv2", "lmdb", "av", "tensorboard", "matplotlib", "tqdm",
+# the packages the preflight reports missing (needed ones and optional ones)
+PACKAGES = ["timm", "yaml", "numpy", "ninja", "pytest", "cv2", "lmdb", "av", "tensorboard", "matplotlib", "tqdm",
             "onnx", "onnxscript", "onnxruntime"]
 
 
@@ -258,6 +259,7 @@ def require_cuda_kernels() -> None:
 def run_network(results: Optional[Path], rehearsal: bool) -> None:
     import torch
     from bench_models import SIZES, build
+    from sifa.models import model_entry
 
     device = "cpu" if rehearsal else "cuda"
     if not rehearsal:
@@ -273,8 +275,7 @@ def run_network(results: Optional[Path], rehearsal: bool) -> None:
     combinations = [(False, "train"), (True, "inference")] if rehearsal else \
         [(amp, mode) for amp in (False, True) for mode in ("train", "inference")]
     for label, net, base_label, base in pairs:
-        family = "resnet" if "resnet" in net else "swin"
-        size = (1, 8, 32) if rehearsal else SIZES[device][family]
+        size = (1, 8, 32) if rehearsal else SIZES[device][model_entry(net).family]
         for amp, mode in combinations:
             figures = []
             for name in (net, base):
@@ -346,7 +347,7 @@ def preflight() -> None:
                   f"{p.total_memory / 2**30:.1f} GiB, L2 {getattr(p, 'L2_cache_size', 0) / 2**20:.0f} MiB")
     else:
         print("GPU: none visible to torch")
-    missing = [m for m in OPTIONAL if importlib.util.find_spec(m) is None]
+    missing = [m for m in PACKAGES if importlib.util.find_spec(m) is None]
     print("missing packages:", ", ".join(missing) or "none")
     for tool in ("nvcc", "ncu", "compute-sanitizer", "ninja"):
         print(f"{tool}: {shutil.which(tool) or 'not found'}")

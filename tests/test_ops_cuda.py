@@ -216,3 +216,5 @@ def test_deterministic_mode_gives_identical_gradients(device):
         torch.use_deterministic_algorithms(False)
     for key in ("out", "scores", "grad input", "grad offset"):
         assert torch.equal(runs[0][key], runs[1][key]), f"{key} differs between two runs on {device}"
+    assert_same(on_cpu(runs[0]), reference(*tensors, torch.float32), rtol=TOLERANCE[torch.float32],
+                atol=TOLERANCE[torch.float32], what=f"deterministic mode on {device}")
