@@ -1,8 +1,9 @@
-"""Builds the SIFA kernels (cuda_sifa/) into sifa/_C: CPU always, CUDA when nvcc is found.
+"""Builds the SIFA kernels (cuda_sifa/) into sifa/_C: CPU always, CUDA when a GPU is visible.
 
-Environment: FORCE_CUDA=1 builds the CUDA kernels even without a visible GPU (needs nvcc);
-FORCE_CUDA=0 builds the CPU kernels only; TORCH_CUDA_ARCH_LIST picks the GPU architectures
-(default: the visible GPU's, else a list covering Turing to Hopper); CUDA_HOME the toolkit.
+As torchvision and mmcv decide: the CUDA kernels are built when nvcc is found and a CUDA device is
+visible, or when FORCE_CUDA=1 (a machine without a GPU building for one; needs nvcc); FORCE_CUDA=0
+builds the CPU kernels only. TORCH_CUDA_ARCH_LIST picks the GPU architectures (default: the visible
+GPU's, else — FORCE_CUDA=1 without a GPU — a list covering Turing to Hopper); CUDA_HOME the toolkit.
 """
 import glob
 import os
@@ -39,9 +40,14 @@ def _want_cuda(cuda_home):
     force = os.environ.get("FORCE_CUDA", "").strip()
     if force == "0":
         return False
-    if force == "1" and cuda_home is None:
-        sys.exit("FORCE_CUDA=1 but no CUDA toolkit with nvcc was found; set CUDA_HOME")
-    return cuda_home is not None
+    if force == "1":
+        if cuda_home is None:
+            sys.exit("FORCE_CUDA=1 but no CUDA toolkit with nvcc was found; set CUDA_HOME")
+        return True
+    if cuda_home is None:
+        return False
+    import torch
+    return torch.cuda.is_available()
 
 
 def _pip_nvidia_includes():
@@ -65,7 +71,10 @@ def _extension():
         cpp_extension.CUDA_HOME = cuda_home
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             import torch
-            if not torch.cuda.is_available():
+            if torch.cuda.is_available():  # the visible GPUs' architectures (torch's default adds PTX: a second compile)
+                capabilities = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+                os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{major}.{minor}" for major, minor in sorted(capabilities))
+            else:
                 os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;8.6;8.9;9.0+PTX"
     sources = [str(CSRC / "ops" / "sifa.cpp"), str(CSRC / "ops" / "autocast" / "sifa_kernel.cpp"),
                str(CSRC / "ops" / "cpu" / "sifa_kernel.cpp")]

@@ -19,12 +19,13 @@ SIZES = {  # device -> family -> (batch, frames, crop)
 }
 
 
-def build(net_name: str, device: str, mode: str, amp: bool):
-    """One training step (SGD) or inference forward of ``net_name`` at the device's input size."""
+def build(net_name: str, device: str, mode: str, amp: bool, size: tuple | None = None):
+    """One training step (SGD) or inference forward of ``net_name`` at ``size`` (batch, frames, crop),
+    by default the device's input size."""
     import torch
     from sifa.models import get_model_by_name, model_entry
 
-    batch, frames, crop = SIZES[device][model_entry(net_name).family]
+    batch, frames, crop = size or SIZES[device][model_entry(net_name).family]
     model = get_model_by_name(net_name, num_classes=400, clip_length=frames).to(device)
     x = torch.randn(batch, 3, frames, crop, crop, device=device)
     labels = torch.randint(0, 400, (batch,), device=device)

@@ -4,8 +4,10 @@ Shapes are SIFA-Net's SIFA layers for a 16-frame 224² clip (N=8, T=4); timing a
 benchmarks/harness.py measures them. Ops: `separate` = defcor then defagg (two ops, the scores
 between them in memory), `fused` = sifa_attention (what the SIFA blocks call). The reference
 computes both the same way (its sifa_attention is the composition). On a GPU the last column is
-the extension's achieved memory bandwidth against the device's peak, counting the bytes a pass
-must move at least once: features in and out, offsets, scores (and their gradients in backward).
+the extension's achieved memory bandwidth, counting the bytes a pass must move at least once:
+features in and out, offsets, scores (and their gradients in backward), against the device's peak
+(from its properties' memory clock and bus width, or, where this PyTorch lacks them, the bandwidth
+a device-to-device copy reaches).
 
     python benchmarks/bench_ops.py [--device cpu|cuda] [--shapes 128 256 512] [--ops separate fused]
         [--dtype float32|float16|bfloat16] [--channels-last] [--repeat 3]
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness import measure
+from harness import copy_bandwidth_gbs, measure, peak_bandwidth_gbs
 
 SHAPES = {128: 28, 256: 14, 512: 7}  # channels -> map size
 N, T, K = 8, 4, 3
@@ -58,14 +60,6 @@ def min_bytes(C: int, mode: str, element: int) -> int:
     return element * (forward if mode == "fwd" else forward + 3 * features + 2 * offsets)
 
 
-def peak_bandwidth_gbs() -> float:
-    """The device's peak DRAM bandwidth: double data rate × bus width."""
-    import torch
-
-    props = torch.cuda.get_device_properties(0)
-    return 2 * props.memory_clock_rate * 1e3 * props.memory_bus_width / 8 / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -83,8 +77,10 @@ def main() -> None:
     gpu = args.device == "cuda"
     repeat = args.repeat or (50 if gpu else 3)
     header = f"torch {torch.__version__}, device {args.device}"
-    if gpu:
-        header += f" ({torch.cuda.get_device_name(0)}, peak {peak_bandwidth_gbs():.0f} GB/s)"
+    if gpu:  # the properties' peak where this PyTorch reports it, else the bandwidth a copy reaches
+        peak = peak_bandwidth_gbs()
+        peak, peak_name = (peak, "peak") if peak else (copy_bandwidth_gbs("cuda"), "measured copy")
+        header += f" ({torch.cuda.get_device_name(0)}, {peak_name} {peak:.0f} GB/s)"
     layout = "channels_last_3d" if args.channels_last else "contiguous"
     print(f"{header}, threads {torch.get_num_threads()}, N={N} T={T} K={K} {args.dtype}, {layout} features")
     columns = ["shape", "op", "pass", "reference ms", "extension ms", "speed-up", "reference peak MiB",
@@ -102,7 +98,7 @@ def main() -> None:
                        f"{ref.peak_mib:.0f}", f"{ext.peak_mib:.0f}", f"{ext.peak_mib / max(ref.peak_mib, 1e-9):.2f}"]
                 if gpu:
                     gbs = min_bytes(C, mode, element) / (ext.kernel_ms * 1e-3) / 1e9
-                    row += [f"{ext.kernel_ms:.3f}", f"{gbs:.0f} ({100 * gbs / peak_bandwidth_gbs():.0f} %)"]
+                    row += [f"{ext.kernel_ms:.3f}", f"{gbs:.0f} ({100 * gbs / peak:.0f} %)"]
                 print("| " + " | ".join(row) + " |", flush=True)
 
 

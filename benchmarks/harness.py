@@ -76,6 +76,40 @@ def _sifa_kernel_ms(step: Callable, torch, steps: int = 5) -> float:
     return total_us / 1e3 / steps
 
 
+def copy_bandwidth_gbs(device: str, nbytes: int = 1 << 30, repeat: int = 10) -> float:
+    """The memory bandwidth a plain copy reaches here: bytes read and written by ``dst.copy_(src)`` of an
+    ``nbytes`` buffer per second, median of ``repeat`` (CUDA events on a GPU, the host clock on the CPU)."""
+    import torch
+
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up
+    seconds = []
+    for _ in range(repeat):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dst.copy_(src)
+            end.record()
+            end.synchronize()
+            seconds.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            seconds.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / statistics.median(seconds) / 1e9
+
+
+def peak_bandwidth_gbs() -> Optional[float]:
+    """GPU 0's peak DRAM bandwidth from its properties (double data rate × bus width); None where this
+    PyTorch's device properties lack the memory clock or bus width."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    clock_khz, bus_bits = getattr(props, "memory_clock_rate", None), getattr(props, "memory_bus_width", None)
+    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9 if clock_khz and bus_bits else None
+
+
 class Measurement(NamedTuple):
     ms: float  # per step: median on the CPU, mean over back-to-back steps between CUDA events on a GPU
     peak_mib: float

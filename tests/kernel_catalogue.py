@@ -61,8 +61,8 @@ def run_ops(lib, tensors, geo, masks=((True, True, True),), with_grad_scores=Tru
     out["defagg"] = lib.defagg(x, off, scores, k, s, p, d, G)
     fused, fused_scores = lib.sifa_attention(x, off, w, s, p, d, G)
     out["fused"], out["fused scores"] = fused, fused_scores
-    grad_out = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype)
-    grad_scores = torch.randn(out["defcor"].shape, generator=g, dtype=torch.float64).to(x.dtype)
+    grad_out = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x)  # x's device and dtype
+    grad_scores = torch.randn(out["defcor"].shape, generator=g, dtype=torch.float64).to(x)
     for mask in masks:
         m = list(mask)
         tag = "".join("x" if b else "-" for b in mask)

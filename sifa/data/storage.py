@@ -2,6 +2,7 @@
 
 Readers return the requested 1-based frame ids as RGB uint8 arrays of shape H x W x 3.
 Writers create each format; they serve the synthetic data set, the tests and data conversion.
+OpenCV and lmdb are imported by the functions that use them, so that ``import sifa.data`` needs neither.
 """
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import functools
 import os
 from typing import Callable, Dict, List, Sequence
 
-import cv2
-import lmdb
 import numpy as np
 
 from .video_io import FrameReadError, check_backend, open_video, read_video_frames
@@ -27,6 +26,8 @@ def lmdb_key(frame_id: int) -> str:
 
 
 def _decode(data: bytes | np.ndarray, video: str, name: str) -> np.ndarray:
+    import cv2
+
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if len(data) else None
     if image is None:
         raise FrameReadError(f"video '{video}': cannot decode image '{name}'")
@@ -49,6 +50,8 @@ def read_frame_folder(video: str, frame_ids: Sequence[int]) -> List[np.ndarray]:
 def read_lmdb(video: str, frame_ids: Sequence[int]) -> List[np.ndarray]:
     if not os.path.isdir(video):
         raise FrameReadError(f"video '{video}': LMDB environment not found")
+    import lmdb
+
     # One environment per video, opened per read: worker processes must not share handles.
     env = lmdb.open(video, readonly=True, lock=False, readahead=False, meminit=False)
     try:
@@ -97,6 +100,8 @@ def make_reader(storage_format: str, video_backend: str = "opencv") -> Callable[
 
 
 def _encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    import cv2
+
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
@@ -111,6 +116,8 @@ def write_frame_folder(video: str, frames: Sequence[np.ndarray], quality: int = 
 
 
 def write_lmdb(video: str, frames: Sequence[np.ndarray], quality: int = 95) -> None:
+    import lmdb
+
     size = sum(frame.nbytes for frame in frames) * 2 + (1 << 20)
     env = lmdb.open(video, map_size=size)
     try:
@@ -123,6 +130,8 @@ def write_lmdb(video: str, frames: Sequence[np.ndarray], quality: int = 95) -> N
 
 def write_video_file(video: str, frames: Sequence[np.ndarray], fps: float = 25.0) -> None:
     """MJPEG in AVI at the highest quality: supported by every OpenCV build, close to lossless."""
+    import cv2
+
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
     if not writer.isOpened():

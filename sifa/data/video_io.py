@@ -10,6 +10,7 @@ Seeking keeps that numbering: OpenCV maps the id to a timestamp at the stream's 
 forward from the keyframe before it; PyAV looks the id up in the stream's packet timestamps (read
 without decoding) and seeks to the keyframe before it. Where a seek cannot be trusted (the stream's
 frame count or timestamps are wrong, the file is cut short) the read starts again without seeking.
+Each backend's package is imported where that backend is used, so that ``import sifa.data`` needs neither.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import os
 from fractions import Fraction
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 VIDEO_BACKENDS = ("opencv", "pyav")
@@ -67,6 +67,8 @@ class _OpenCVStream:
     """The frames of a video file through cv2.VideoCapture; ``position`` is the id of the next frame - 1."""
 
     def __init__(self, video: str):
+        import cv2
+
         self.video = video
         self.capture = cv2.VideoCapture(video)
         if not self.capture.isOpened():
@@ -81,6 +83,8 @@ class _OpenCVStream:
         """Seek so that the next grab returns frame ``index`` (0-based) when that saves decoding."""
         if index - self.position <= OPENCV_SEEK_GAP:
             return
+        import cv2
+
         self.capture.set(cv2.CAP_PROP_POS_FRAMES, index)
         # OpenCV clamps the target to the stream's stated frame count and stops early in a cut-short
         # file; either leaves it elsewhere.
@@ -95,6 +99,8 @@ class _OpenCVStream:
         return True
 
     def retrieve(self) -> np.ndarray:
+        import cv2
+
         ok, image = self.capture.retrieve()
         if not ok:
             raise FrameReadError(f"video '{self.video}': frame {self.position} cannot be decoded")
@@ -102,6 +108,8 @@ class _OpenCVStream:
 
     def timestamp(self) -> float:
         """Seconds from the stream's start to the frame last grabbed."""
+        import cv2
+
         return self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
 
 
@@ -224,12 +232,16 @@ class VideoWriter:
         else:
             if keyframe_interval:
                 raise ValueError("OpenCV's video writer cannot set the keyframe interval: use backend 'pyav'")
+            import cv2
+
             self._writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
             if not self._writer.isOpened():
                 raise OSError(f"OpenCV cannot write '{path}'")
 
     def write(self, frame: np.ndarray) -> None:
         if self._writer is not None:
+            import cv2
+
             self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         else:
             self._container.mux(self._stream.encode(self._frame_type.from_ndarray(frame, format="rgb24")))

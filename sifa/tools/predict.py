@@ -17,7 +17,6 @@ import sys
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
-import lmdb
 import numpy as np
 import torch
 
@@ -50,6 +49,8 @@ def storage_of(path: str, video_backend: str = "opencv") -> Tuple[str, int]:
                              f"from it")
         return "VIDEO", count
     if os.path.isfile(os.path.join(path, "data.mdb")):
+        import lmdb  # only for LMDB input
+
         try:
             env = lmdb.open(path, readonly=True, lock=False)
         except lmdb.Error as err:
