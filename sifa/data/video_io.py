@@ -3,7 +3,8 @@
 Two backends decode a file into identical RGB frames (both wrap FFmpeg, and both convert with its
 swscale): OpenCV, the default and a core dependency, and PyAV (``video_backend: pyav``, an optional
 package whose wheels ship their own FFmpeg). PyAV is there because it reads files OpenCV's wheels
-cannot: AV1, which YouTube serves for many Kinetics videos, opens in OpenCV but yields no frame.
+may not: AV1, which YouTube serves for many Kinetics videos, opened in earlier OpenCV wheels but
+yielded no frame (opencv-python-headless 5.1 decodes it).
 
 Frame ids count the frames in the order the decoder returns them, as a sequential decode does.
 Seeking keeps that numbering: OpenCV maps the id to a timestamp at the stream's frame rate and decodes
