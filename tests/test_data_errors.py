@@ -1,4 +1,4 @@
-"""Data errors that name the problem, and skip_bad_samples (issue 12, points 4 and 9)."""
+"""Data errors that name the problem, and skip_bad_samples."""
 import json
 import os
 import re

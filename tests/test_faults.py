@@ -1,4 +1,4 @@
-"""Training and checkpoints under faults (issue 12): divergence, bad checkpoints, kills and full disks."""
+"""Training and checkpoints under faults: divergence, bad checkpoints, kills and full disks."""
 import errno
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""Packaging (issue 14, point 3): `pip install --no-build-isolation .` and `-e .` in a fresh venv,
+"""Packaging: `pip install --no-build-isolation .` and `-e .` in a fresh venv,
 then sifa.ops (compiled kernels) and load_config on a settings file from a directory outside the
 repository, where only the base_config/ that travels inside the package can supply the defaults.
 
