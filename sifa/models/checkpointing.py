@@ -1,7 +1,8 @@
-"""Activation checkpointing per stage (``net.set_grad_checkpointing()``; the config's ``use_checkpoint``): a
-stage's activations are recomputed in the backward pass instead of kept, trading compute for memory
-(long clips, e.g. SIFA-Swin-B at 64 frames). Gradients are those of the plain forward: the recomputation replays the same random draws
-(dropout, drop path) and leaves BatchNorm's running statistics as the forward updated them once.
+"""Activation checkpointing per stage (``net.set_grad_checkpointing()``; the config's ``use_checkpoint``):
+a stage's activations are recomputed in the backward pass instead of kept, trading compute for memory
+(long clips, e.g. SIFA-Swin-B at 64 frames). Gradients are those of the plain forward: the
+recomputation replays the same random draws (dropout, drop path) and leaves BatchNorm's running
+statistics as the forward updated them once.
 """
 from __future__ import annotations
 

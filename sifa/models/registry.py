@@ -31,8 +31,8 @@ class ModelSpec:
     # None: no SIFA blocks, and a given sifa_kernel is unused (one config drives every network)
     options: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)  # option -> choices, the first the default
     clip_divisor: int = 1  # the frames of a view (clip_length) must be a multiple of it
-    crop_size: Optional[int] = None  # the one frame size (square, pixels) the network takes, if it has one
-    min_crop_size: int = 1  # the smallest frame size it takes
+    window_grid_size: Optional[int] = None  # the one frame size (square) its attention windows are laid out for
+    output_stride: int = 1  # pixels per position of its last stage: the smallest frame size it takes
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -142,11 +142,11 @@ def check_model_config(cfg: SimpleNamespace) -> None:
                             f"{list(spec.sifa_kernel)}), got {kernel!r}")
     for key in ("crop_size", "eva_crop_size"):
         size = getattr(cfg, key)
-        if spec.crop_size is not None and size != spec.crop_size:
-            fail(key, f"must be {spec.crop_size} for {net} (its windows are laid out for {spec.crop_size}² frames), "
-                      f"got {size}")
-        if size < spec.min_crop_size:
-            fail(key, f"must be at least {spec.min_crop_size} for {net} (its output stride; smaller frames leave the "
+        if spec.window_grid_size is not None and size != spec.window_grid_size:
+            fail(key, f"must be {spec.window_grid_size} for {net} (its windows are laid out for "
+                      f"{spec.window_grid_size}² frames), got {size}")
+        if size < spec.output_stride:
+            fail(key, f"must be at least {spec.output_stride} for {net} (its output stride; smaller frames leave the "
                       f"last stages only padding), got {size}")
     for key in ("num_segments", "eva_num_segments"):
         frames = getattr(cfg, key) * cfg.clip_length

@@ -27,9 +27,9 @@ OFFSET_OPTIONS = {
 }
 SIFA_RESNET = ModelSpec("the SIFA ResNets", "resnet", transfer_sifa_resnet, sifa_kernel=(1, 3, 3, 3),
                         options=OFFSET_OPTIONS, clip_divisor=2 * EARLY_STRIDE,  # the dual branch halves time again
-                        min_crop_size=OUTPUT_STRIDE)
+                        output_stride=OUTPUT_STRIDE)
 C2D_RESNET = ModelSpec("the C2D ResNets", "resnet", transfer_resnet, clip_divisor=EARLY_STRIDE,
-                       min_crop_size=OUTPUT_STRIDE)
+                       output_stride=OUTPUT_STRIDE)
 
 
 def _downsample(inplanes: int, outplanes: int, stride: int) -> Optional[nn.Sequential]:

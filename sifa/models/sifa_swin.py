@@ -28,8 +28,8 @@ WINDOW_SIZE = 7
 IMG_SIZE = 224
 # every SIFA block of SIFA-Swin uses one kernel size: 3, the original's
 SIFA_SWIN = ModelSpec("the SIFA Swins", "swin", transfer_sifa_swin, sifa_kernel=(3,), clip_divisor=EARLY_STRIDE,
-                      crop_size=IMG_SIZE)
-C2D_SWIN = ModelSpec("the C2D Swins", "swin", transfer_swin, clip_divisor=EARLY_STRIDE, crop_size=IMG_SIZE)
+                      window_grid_size=IMG_SIZE)
+C2D_SWIN = ModelSpec("the C2D Swins", "swin", transfer_swin, clip_divisor=EARLY_STRIDE, window_grid_size=IMG_SIZE)
 
 
 class SwinBlock(SwinTransformerBlock):

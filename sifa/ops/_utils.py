@@ -20,7 +20,8 @@ def int_pair(value: Any, name: str = "value", op: str = "sifa") -> Tuple[int, in
             raise TypeError
         return operator.index(items[0]), operator.index(items[1])
     except TypeError:
-        raise OpInputTypeError(f"{op}: {name} must be an int or a pair of ints (height, width), got {value!r}") from None
+        raise OpInputTypeError(f"{op}: {name} must be an int or a pair of ints (height, width), "
+                               f"got {value!r}") from None
 
 
 def previous_frame(x: Tensor) -> Tensor:

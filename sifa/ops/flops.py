@@ -32,8 +32,8 @@ def register_flop_formulas() -> None:
     Register before creating the FlopCounterMode: it copies the registry when constructed.
     """
     if backend() != "extension":
-        raise ExtensionNotBuiltError("FLOP counting of the SIFA ops needs the compiled extension (torch.ops.sifa), which is "
-                           "not loaded; run `bash make.sh` in the repository root to build it")
+        raise ExtensionNotBuiltError("FLOP counting of the SIFA ops needs the compiled extension (torch.ops.sifa), "
+                                     "which is not loaded; run `bash make.sh` in the repository root to build it")
     if torch.ops.sifa.defcor in flop_registry:
         return
 

@@ -42,14 +42,14 @@ def _check_common(input: Tensor, offset: Tensor, weight: Tensor, kernel: Tuple[i
         raise OpInputError(f"{op}: only stride 1 is supported (the output keeps the input's size), got {stride}")
     if min(kernel) < 1 or min(dilation) < 1 or min(padding) < 0:
         raise OpInputError(f"{op}: kernel size and dilation must be ≥ 1 and padding ≥ 0, got kernel {kernel}, "
-                         f"dilation {dilation}, padding {padding}")
+                           f"dilation {dilation}, padding {padding}")
     N, C, T, H, W = input.shape
     if offset.shape[1] != 2 * kernel[0] * kernel[1]:
         raise OpInputError(f"{op}: offset must have 2·kh·kw = {2 * kernel[0] * kernel[1]} channels for kernel "
-                         f"{kernel}, got shape {_shape(offset)}")
+                           f"{kernel}, got shape {_shape(offset)}")
     if offset.shape[0] != N or offset.shape[2:] != input.shape[2:]:
         raise OpInputError(f"{op}: offset batch and T×H×W must equal the input's ({N}, {T}×{H}×{W}), "
-                         f"got offset {_shape(offset)} for input {_shape(input)}")
+                           f"got offset {_shape(offset)} for input {_shape(input)}")
     if groups < 1 or C % groups != 0:
         raise OpInputError(f"{op}: groups ({groups}) must be ≥ 1 and divide the input channels ({C})")
     _check_dtypes(input, offset, weight, weight_is_scores, op)
@@ -59,8 +59,9 @@ def _check_common(input: Tensor, offset: Tensor, weight: Tensor, kernel: Tuple[i
     if not (input.is_floating_point()):
         raise OpInputTypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
     if input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16) and _autocast_dtype(input) is None:
-        raise OpInputTypeError(f"{op}: on the CPU the SIFA ops run in float32 or float64, got {input.dtype}; convert the "
-                        f"tensors, or run under torch.autocast('cpu'), which computes these ops in float32")
+        raise OpInputTypeError(f"{op}: on the CPU the SIFA ops run in float32 or float64, got {input.dtype}; "
+                               f"convert the tensors, or run under torch.autocast('cpu'), which computes these ops "
+                               f"in float32")
 
 
 def _check_dtypes(input: Tensor, offset: Tensor, weight: Tensor, weight_is_scores: bool, op: str) -> None:
@@ -91,7 +92,7 @@ def _check_correlation(input: Tensor, offset: Tensor, weight: Tensor, stride: Tu
     _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, False, op)
     if tuple(weight.shape[:2]) != (input.shape[1], input.shape[2]):
         raise OpInputError(f"{op}: weight must be C×T×kh×kw = {input.shape[1]}×{input.shape[2]}×kh×kw, "
-                         f"got {_shape(weight)}")
+                           f"got {_shape(weight)}")
 
 
 def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 1,
@@ -128,7 +129,7 @@ def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair =
     expected = (N, groups * kernel[0] * kernel[1], T, H, W)
     if tuple(weight.shape) != expected:
         raise OpInputError(f"defagg: weight (scores) must be N×G·kh·kw×T×H×W = {'×'.join(map(str, expected))}, "
-                         f"got {_shape(weight)}")
+                           f"got {_shape(weight)}")
     if _extension.use_extension():
         return torch.ops.sifa.defagg(input, offset, weight, kernel, stride, padding, dilation, groups)
     dtype = input.dtype

@@ -59,7 +59,7 @@ class DefAgg(nn.Module):
     def forward(self, input: Tensor, offset: Tensor, weight: Tensor) -> Tensor:
         if input.dim() == 5 and tuple(input.shape[1:3]) != (self.in_channels, self.times):
             raise OpInputError(f"DefAgg({self.in_channels}, times={self.times}): input has {input.shape[1]} channels "
-                             f"and {input.shape[2]} frames (shape {tuple(input.shape)})")
+                               f"and {input.shape[2]} frames (shape {tuple(input.shape)})")
         return defagg(input, offset, weight, self.kernel_size, self.stride, self.padding, self.dilation,
                       self.groups)
 
