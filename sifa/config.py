@@ -37,8 +37,8 @@ IGNORED_KEYS: Dict[str, str] = {
     "num_gpu": "the number of processes is the launcher's (--nproc_per_node); set reference_batch and "
                "auto_scale_lr: true to rescale base_learning_rate",
 }
-# Keys whose values may take more than the type of their default.
-# null in the default file: the network's own default (sifa.models.registry).
+# Keys whose values may take more than the type of their default; the network's keys default to null (the
+# network's own value, from its registry entry) and take a list or a string.
 _EXTRA_TYPES: Dict[str, Tuple[type, ...]] = {
     "resume": (bool, str),
     "sifa_kernel": (list, type(None)),
