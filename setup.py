@@ -7,12 +7,12 @@ GPU's, else — FORCE_CUDA=1 without a GPU — a list covering Turing to Hopper)
 """
 import glob
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
-from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "cuda_sifa" / "csrc"
@@ -84,31 +84,8 @@ def _extension():
         nvcc = ["-O3", "--expt-relaxed-constexpr"]
         nvcc += [f"-I{d}" for d in _pip_nvidia_includes()]
         cxx += [f"-I{d}" for d in _pip_nvidia_includes()]
-        return cpp_extension.CUDAExtension("sifa._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-                                           define_macros=[("WITH_CUDA", None)])
+        return cpp_extension.CUDAExtension("sifa._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc})
     return cpp_extension.CppExtension("sifa._C", sources, extra_compile_args={"cxx": cxx})
-
-
-class BuildPyWithConfigs(build_py):
-    """Ships the top-level base_config/*.yml (the source of truth, not duplicated in git) inside the
-    package as sifa/base_config/, where sifa.config finds them when the repository is not around.
-    An editable install skips the copy: it reads the repository's base_config/ directly."""
-
-    def run(self):
-        super().run()
-        if getattr(self, "editable_mode", False):
-            return
-        target = Path(self.build_lib) / "sifa" / "base_config"
-        self.mkpath(str(target))
-        for source in sorted((ROOT / "base_config").glob("*.yml")):
-            self.copy_file(str(source), str(target / source.name))
-
-    def get_outputs(self, include_bytecode=True):
-        outputs = super().get_outputs(include_bytecode)
-        if not getattr(self, "editable_mode", False):
-            outputs += [str(Path(self.build_lib) / "sifa" / "base_config" / source.name)
-                        for source in sorted((ROOT / "base_config").glob("*.yml"))]
-        return outputs
 
 
 def _build_ext_class():
@@ -131,17 +108,22 @@ def _build_ext_class():
     return BuildExt
 
 
-def main():
+def _version():
+    """sifa.__version__, read without importing the package (whose extension is what is being built)."""
+    text = (ROOT / "sifa" / "__init__.py").read_text(encoding="utf-8")
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
 
+
+def main():
     setup(
         name="sifa",
-        version="0.1.0",
+        version=_version(),
         description="Stand-Alone Inter-Frame Attention in Video Models (SIFA-Net, SIFA-Transformer)",
         packages=find_packages(include=["sifa", "sifa.*"]),
+        package_data={"sifa": ["base_config/*.yml"]},
         python_requires=">=3.10",
         ext_modules=[_extension()],
-        cmdclass={"build_ext": _build_ext_class(),
-                  "build_py": BuildPyWithConfigs},
+        cmdclass={"build_ext": _build_ext_class()},
     )
 
 

@@ -1,4 +1,4 @@
-"""YAML configuration: `base_config/default.yml` <- the experiment's `base:` file <- the experiment.
+"""YAML configuration: `sifa/base_config/default.yml` <- the experiment's `base:` file <- the experiment.
 
 Sections (`dataset`, `sampler`, ...) only group keys; the merged leaves form one flat namespace,
 as in the original (whose own settings file `resume` and `eva_model` under `network:`). Every key
@@ -6,6 +6,10 @@ must be declared in the default file, and a value must have the type of its defa
 accepted where a float is expected); the original's keys that nothing here reads are accepted,
 dropped and warned about (IGNORED_KEYS). Errors name the key, the file that set it and the closest
 known key. `check_run_inputs` adds what a run needs beyond valid values, before any work starts.
+
+This module knows YAML types and its own keys only: what a network accepts (its options, SIFA kernel
+sizes, frame size, clip length) is the network registry's, checked by `sifa.models.check_model_config`
+when the network is built. Loading a setting imports neither the networks nor the compiled operator.
 """
 from __future__ import annotations
 
@@ -21,19 +25,10 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .errors import ConfigError
 
-
-def _config_root() -> Path:
-    """The directory holding `base_config/`: the repository's (the source of truth; also what an
-    editable install reads), else the copy that setup.py ships inside an installed package."""
-    if (REPO_ROOT / "base_config" / "default.yml").is_file():
-        return REPO_ROOT
-    from importlib.resources import files
-    return Path(str(files("sifa")))  # sifa/base_config/ of a non-editable install
-
-
-CONFIG_ROOT = _config_root()
+# The folder holding `base_config/` (package data): `base: base_config/x.yml` resolves there from any directory.
+CONFIG_ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = CONFIG_ROOT / "base_config" / "default.yml"
 
 # The original's keys that nothing reads here: accepted in its files, dropped with a warning.
@@ -42,10 +37,14 @@ IGNORED_KEYS: Dict[str, str] = {
     "num_gpu": "the number of processes is the launcher's (--nproc_per_node); set reference_batch and "
                "auto_scale_lr: true to rescale base_learning_rate",
 }
-# Keys whose values may take more than the type of their default.
+# Keys whose values may take more than the type of their default; the network's keys default to null (the
+# network's own value, from its registry entry) and take a list or a string.
 _EXTRA_TYPES: Dict[str, Tuple[type, ...]] = {
     "resume": (bool, str),
     "sifa_kernel": (list, type(None)),
+    "offset_mode": (str, type(None)),
+    "offset_guide": (str, type(None)),
+    "offset_init": (str, type(None)),
 }
 # Keys restricted to a set of values.
 _CHOICES: Dict[str, Tuple[Any, ...]] = {
@@ -57,23 +56,13 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "dataset_class": ("video_dataset",),
     "pooling_name": ("PoolingAverage",),
     "amp": ("fp16", "bf16", "none"),
-    "offset_mode": ("learned", "zero"),
-    "offset_guide": ("difference", "plain"),
-    "offset_init": ("kaiming", "zero"),
 }
-# The SIFA ResNets' ablation keys (docs/reproduction.md) and their defaults: the first choice, the paper's design.
-SIFA_ABLATION_DEFAULTS: Dict[str, str] = {key: _CHOICES[key][0] for key in ("offset_mode", "offset_guide",
-                                                                           "offset_init")}
 _POSITIVE = ("crop_size", "eva_crop_size", "num_classes", "epochs", "num_clips", "num_segments",
              "clip_length", "num_steps", "eva_num_segments", "eva_num_clips", "batch_size",
              "iter_size", "print_freq", "save_freq", "eva_inter_freq", "warmup_multiplier",
              "synthetic_frames", "synthetic_size")
 _NON_NEGATIVE = ("num_workers", "warmup_epoch", "ra_n", "weight_decay", "clip_gradient", "reference_batch",
                  "keep_last", "synthetic_videos_per_class", "synthetic_val_videos_per_class")
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used."""
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -254,31 +243,6 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
         fail("momentum", f"must lie in [0, 1), got {cfg['momentum']!r}")
     if not cfg["output_dir"].strip():
         fail("output_dir", "is empty: checkpoints and logs need a folder")
-    for key, default in SIFA_ABLATION_DEFAULTS.items():
-        if cfg[key] != default and not cfg["net_name"].startswith("c2d_sifa_resnet"):
-            fail(key, f"is {cfg[key]!r}, but only the SIFA ResNets (c2d_sifa_resnet*) have offsets; "
-                      f"net_name is {cfg['net_name']!r}")
-    for key in ("crop_size", "eva_crop_size"):
-        problem = _crop_size_problem(cfg["net_name"], cfg[key])
-        if problem:
-            fail(key, problem)
-
-
-def _crop_size_problem(net_name: str, crop_size: int) -> str:
-    """Why ``net_name`` cannot take square frames of ``crop_size`` pixels, or '' when it can (or is unknown)."""
-    from .models import registry  # imported on use: the networks pull in timm and the operator
-    from .models.sifa_resnet import OUTPUT_STRIDE
-    from .models.sifa_swin import IMG_SIZE
-
-    if net_name not in registry.list_models():
-        return ""
-    family = registry.model_entry(net_name).family
-    if family == "swin" and crop_size != IMG_SIZE:
-        return f"must be {IMG_SIZE} for {net_name} (its windows are laid out for {IMG_SIZE}² frames), got {crop_size}"
-    if family == "resnet" and crop_size < OUTPUT_STRIDE:
-        return (f"must be at least {OUTPUT_STRIDE} for {net_name} (its output stride; smaller frames leave the "
-                f"last stages only padding), got {crop_size}")
-    return ""
 
 
 def check_run_inputs(cfg: SimpleNamespace, eval_checkpoint: Optional[str] = None) -> None:

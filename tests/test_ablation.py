@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import REPO_ROOT
 from sifa.data.synthetic import render_video
 from sifa.models import get_model_by_name
 from sifa.models.sifa_resnet import SIFABottleneck
-from sifa.models.temporal import previous_frame
 from sifa.models.tsm_resnet import TSMBottleneck, temporal_shift
+from sifa.ops import previous_frame
 from sifa.tools import ablation
 
 
@@ -131,7 +132,7 @@ def test_fast_regime_moves_faster_and_slow_regime_is_the_default() -> None:
 def test_runner_resume_skips_finished_runs(tmp_path, monkeypatch) -> None:
     trained = []
 
-    def fake_train(overrides, nproc, log_path):
+    def fake_train(overrides, nproc, log_path, recipe):
         opts = dict(o.split("=", 1) for o in overrides)
         trained.append((opts["net_name"], opts.get("offset_mode"), opts["seed"]))
         with open(os.path.join(opts["output_dir"], "val_accuracy.json"), "w") as f:
@@ -160,18 +161,21 @@ def test_runner_resume_skips_finished_runs(tmp_path, monkeypatch) -> None:
 
 
 def test_config_takes_the_ablations_for_sifa_resnets_only() -> None:
-    from sifa.config import ConfigError, load_config
+    from sifa.config import load_config
+    from sifa.errors import ConfigError
+    from sifa.models import check_model_config
 
-    recipe = str(ablation.RECIPE)
+    recipe = str(REPO_ROOT / ablation.RECIPE)
     cfg = load_config(recipe, ["offset_mode=zero", "offset_guide=plain", "offset_init=zero"])
+    check_model_config(cfg)
     assert (cfg.offset_mode, cfg.offset_guide, cfg.offset_init) == ("zero", "plain", "zero")
     from sifa.models.build import build_model
 
     net = build_model(load_config(recipe, ["net_name=c2d_sifa_resnet50", "offset_init=zero"]), 1)
     assert all(torch.count_nonzero(conv.weight) == 0 for conv in _offset_convs(net))
     with pytest.raises(ConfigError, match="only the SIFA ResNets"):
-        load_config(recipe, ["net_name=c2d_tsm_resnet50", "offset_mode=zero"])
+        check_model_config(load_config(recipe, ["net_name=c2d_tsm_resnet50", "offset_mode=zero"]))
     with pytest.raises(ConfigError, match="only the SIFA ResNets"):
-        load_config(recipe, ["net_name=c2d_resnet50", "offset_init=zero"])
+        check_model_config(load_config(recipe, ["net_name=c2d_resnet50", "offset_init=zero"]))
     with pytest.raises(ConfigError, match="offset_guide' must be one of"):
-        load_config(recipe, ["offset_guide=features"])
+        check_model_config(load_config(recipe, ["offset_guide=features"]))

@@ -21,7 +21,7 @@ def test_checkpointed_stages_give_identical_gradients(net_name):
     plain = get_model_by_name(net_name, num_classes=3, clip_length=frames, dropout_ratio=0.5,
                               sifa_kernel=[3] if "swin" in net_name else [1, 3, 3, 3]).train()
     checkpointed = copy.deepcopy(plain)
-    checkpointed.use_checkpoint = True
+    checkpointed.set_grad_checkpointing()
     video = torch.randn(2, 3, frames, size, size)
     results = []
     for model in (plain, checkpointed):

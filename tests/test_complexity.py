@@ -7,6 +7,7 @@ import torchvision
 
 import sifa.ops
 import sifa.ops.flops
+from helpers import user_error
 from sifa.models import get_model_by_name
 from sifa.models.sifa_resnet import Bottleneck, SIFABottleneck
 from sifa.tools import complexity
@@ -15,11 +16,11 @@ needs_extension = pytest.mark.skipif(sifa.ops.backend() != "extension",
                                      reason="the compiled SIFA extension is not built (run `bash make.sh`)")
 
 
-def test_without_extension_the_error_says_to_build(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_extension_the_error_says_to_build(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(sifa.ops.flops, "backend", lambda: "reference")
     with pytest.raises(RuntimeError, match="bash make.sh"):
         sifa.ops.flops.register_flop_formulas()
-    with pytest.raises(SystemExit, match="bash make.sh"):
+    with user_error(capsys, "bash make.sh"):
         complexity.main(["--net_name", "c2d_resnet50", "--clip_length", "4"])
 
 
@@ -59,7 +60,7 @@ def test_cli_prints_parameters_and_gflops(capsys: pytest.CaptureFixture) -> None
 
 
 def test_cli_takes_the_network_and_view_from_a_config_file(capsys: pytest.CaptureFixture) -> None:
-    from sifa.config import REPO_ROOT
+    from helpers import REPO_ROOT
 
     complexity.main(["--config_file", str(REPO_ROOT / "settings/synthetic_demo.yml"), "--opts", "num_classes=10"])
     from_config = capsys.readouterr().out

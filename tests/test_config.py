@@ -1,12 +1,17 @@
 """Configuration: three-layer merge, flat namespace, overrides and their errors."""
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
-from sifa.config import (DEFAULT_CONFIG, IGNORED_KEYS, REPO_ROOT, ConfigError, load_config, parse_override,
-                         save_config_json)
+from helpers import REPO_ROOT
+from sifa.config import DEFAULT_CONFIG, IGNORED_KEYS, load_config, parse_override, save_config_json
+from sifa.errors import ConfigError
+from sifa.models import check_model_config
 
 ORIGINAL_KEYS = """time_dim crop_size eva_crop_size eva_num_crop num_workers no_horizontal_flip rand_augment ra_n ra_m
 use_flow dataset_class format list_file root_path num_classes eva_list_file eva_root_path val_video_num
@@ -118,15 +123,15 @@ def test_invalid_values_are_rejected(tmp_path, key, value, fragment):
 def test_non_finite_and_out_of_range_numbers_are_rejected(tmp_path, key, value, fragment):
     exp = write(tmp_path / "exp.yml", {key: value})
     with pytest.raises(ConfigError) as err:
-        load_config(exp)
+        check_model_config(load_config(exp))  # the crop sizes: what the network takes
     assert f"'{key}'" in str(err.value) and fragment in str(err.value) and str(exp) in str(err.value)
 
 
 def test_swin_takes_224_pixel_frames_only(tmp_path):
     exp = write(tmp_path / "exp.yml", {"net_name": "c2d_sifa_swin_vit_s_p4_w7", "crop_size": 112})
     with pytest.raises(ConfigError, match="'crop_size' must be 224 for c2d_sifa_swin_vit_s_p4_w7"):
-        load_config(exp)
-    assert load_config(exp, ["crop_size=224"]).crop_size == 224
+        check_model_config(load_config(exp))
+    check_model_config(load_config(exp, ["crop_size=224"]))
 
 
 def test_key_repeated_inside_one_section_is_rejected(tmp_path):
@@ -173,7 +178,7 @@ def test_merged_config_round_trips_through_json(tmp_path):
     save_config_json(cfg, tmp_path / "config.json")
     import json
     data = json.loads((tmp_path / "config.json").read_text())
-    assert data["epochs"] == 3 and data["sifa_kernel"] == [1, 3, 3, 3]
+    assert data["epochs"] == 3 and data["sifa_kernel"] is None  # null: the network's own kernel sizes
 
 
 SHIPPED = sorted((REPO_ROOT / "settings").glob("*.yml"))
@@ -193,7 +198,7 @@ def test_shipped_settings_match_the_spec():
                 cfg.lr_scheduler, cfg.warmup_epoch, cfg.num_classes) == (0.04, 64, batch, 4, 4.0, "cosine", 1, 400)
     swin = load_config(REPO_ROOT / "settings" / "c2d_sifa_swin-b-1x64x2.k400.yml")
     assert (swin.clip_length, swin.num_steps, swin.crop_size) == (64, 2, 224)
-    ssv1 = load_config(REPO_ROOT / "base_config" / "ssv1_base.yml")
+    ssv1 = load_config(REPO_ROOT / "sifa" / "base_config" / "ssv1_base.yml")
     assert (ssv1.num_classes, ssv1.base_learning_rate, ssv1.epochs, ssv1.warmup_epoch, ssv1.rand_augment,
             ssv1.ra_n, ssv1.ra_m, ssv1.no_horizontal_flip) == (174, 0.02, 64, 5, True, 2, 27, True)
 
@@ -207,3 +212,14 @@ def test_scientific_notation_loads_as_float_in_files_and_overrides(tmp_path):
     cfg = load_config(exp, ["base_learning_rate=1e-3", "weight_decay=+5e-4"])
     assert (cfg.base_learning_rate, cfg.weight_decay) == (0.001, 0.0005)
     assert parse_override("output_dir=1e-3x") == ("output_dir", "1e-3x")
+
+
+def test_loading_a_setting_imports_neither_the_networks_nor_the_operator():
+    # sifa.config knows YAML types and its own keys; the networks' checks are sifa.models' (timm, the extension)
+    code = ("import sys; from sifa.config import load_config; "
+            "load_config('settings/c2d_sifa_swin-b-1x64x2.k400.yml', ['net_name=c2d_sifa_resnet50']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'timm' or m in ('sifa._C', 'sifa.ops', "
+            "'sifa.models', 'torch')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

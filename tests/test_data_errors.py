@@ -1,4 +1,4 @@
-"""Data errors that name the problem, and skip_bad_samples (issue 12, points 4 and 9)."""
+"""Data errors that name the problem, and skip_bad_samples."""
 import json
 import os
 import re
@@ -9,17 +9,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from helpers import run_command, tiny_config, train
+from sifa.checkpoint_file import load_checkpoint
 from sifa.data import (BadSampleError, ListFileError, VideoDataset, collate_samples, read_class_names,
                        read_list_file, synthetic)
-from sifa.data import prepare
-from sifa.data.storage import frame_file_name, write_frame_folder
+from sifa.data.storage import frame_file_name, storage_of, write_frame_folder
 from sifa.data.transforms import EvalClipTransform, TrainClipTransform
 from sifa.engine.distributed import DistContext
 from sifa.engine.evaluate import evaluate
-from sifa.models import load_checkpoint
-from sifa.tools.predict import InputError, storage_of
-from test_faults import run_command, train
-from test_train import tiny_config
+from sifa.errors import InputError
+from sifa.tools import prepare
 
 
 def frames(count, height=24, width=32):
@@ -132,6 +131,16 @@ def damaged_data(tmp_path):
     shutil.copy(tmp_path / "wide" / frame_file_name(6), os.path.join(val_video, frame_file_name(6)))
     data.update(train_video=train_video, val_video=val_video)
     return data
+
+
+def test_a_too_short_training_video_is_one_line_and_exit_status_2(tmp_path, tiny_data):
+    # raised while the training set is built, before any process group or epoch
+    result = run_command(tiny_config(tmp_path, tiny_data), "clip_length=16")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert re.fullmatch(r"error: .*train_list\.txt, line 1: video '.*' has 8 frames, fewer than clip_length x "
+                        r"num_steps = 16; set loop_pad: true to wrap such videos around",
+                        result.stderr.strip().splitlines()[-1]), result.stderr[-3000:]
 
 
 def test_an_unreadable_validation_video_stops_after_the_epoch_is_saved(tmp_path, damaged_data):

@@ -5,8 +5,9 @@ import torch
 import yaml
 
 from sifa.data import synthetic
-from sifa.models import get_model_by_name, load_checkpoint
-from test_train import launch, tiny_config
+from helpers import launch, tiny_config
+from sifa.checkpoint_file import load_checkpoint
+from sifa.models import get_model_by_name
 
 # net name -> (frames per clip, crop size): Swin takes 224² frames only; 4 frames are one Swin clip.
 FAMILIES = {

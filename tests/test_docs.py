@@ -1,7 +1,7 @@
 """The documentation agrees with itself and with the shipped files."""
 import re
 
-from sifa.config import REPO_ROOT
+from helpers import REPO_ROOT
 
 
 def test_the_demo_figures_are_given_in_the_readme_only():

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import user_error
 from sifa.models import get_model_by_name
 from sifa.models.sifa_swin import C2DSwin, SIFASwinBlock
 from sifa.ops import functional, reference
@@ -15,7 +16,8 @@ pytest.importorskip("onnxscript", reason="ONNX export needs the export extras (r
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the export extras (requirements-extra.txt)")
 pytest.importorskip("onnxruntime", reason="the ONNX check runs in onnxruntime (requirements-extra.txt)")
 
-from sifa.tools import export  # noqa: E402  (needs the extras above)
+from sifa.ops.onnx import onnx_translation_table  # noqa: E402  (needs the extras above)
+from sifa.tools import export  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -50,7 +52,7 @@ def test_onnx_translation_of_the_sifa_ops_matches_the_reference(tmp_path, kernel
     model = SifaOps(C, T, kernel, padding, dilation, groups).eval()
     path = str(tmp_path / "ops.onnx")
     program = torch.onnx.export(model, (x, offset), dynamo=True, verbose=False,
-                                custom_translation_table=export.onnx_translation_table())
+                                custom_translation_table=onnx_translation_table())
     program.save(path)
     standard_operators_only(path)
     import onnxruntime
@@ -125,16 +127,16 @@ def test_sifa_swin_exports_match(tmp_path, export_format):
     np.testing.assert_allclose(got, expected.numpy(), atol=TOLERANCE, rtol=0)
 
 
-def test_export_errors_are_one_line(sifa_net, tmp_path):
+def test_export_errors_are_one_line(sifa_net, tmp_path, capsys):
     root, _ = sifa_net
     single_head = C2DSwin(32, (2, 2), (1, 2), 0.0, num_classes=4, clip_length=8, sifa_kernel=3)
     with pytest.raises(ValueError, match="--heads both: the network has 1 head"):
         export.export(single_head, torch.randn(2, 3, 8, 224, 224), str(tmp_path / "x.onnx"), "onnx", both_heads=True)
     with pytest.raises(ValueError, match="2 or more views"):
         export.export(single_head, torch.randn(1, 3, 8, 224, 224), str(tmp_path / "x.pt2"), "pt2")
-    with pytest.raises(SystemExit, match="does not exist"):
+    with user_error(capsys, "does not exist"):
         export.main(["--config_file", str(root / "net.yml"), "--checkpoint", str(root / "net.pth"), "--format", "pt2",
                      "--out", str(tmp_path / "absent" / "x.pt2")])
-    with pytest.raises(SystemExit, match="error: checkpoint not found"):
+    with user_error(capsys, "error: checkpoint not found"):
         export.main(["--config_file", str(root / "net.yml"), "--checkpoint", str(tmp_path / "absent.pth"),
                      "--format", "pt2", "--out", str(tmp_path / "x.pt2")])

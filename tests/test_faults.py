@@ -1,4 +1,4 @@
-"""Training and checkpoints under faults (issue 12): divergence, bad checkpoints, kills and full disks."""
+"""Training and checkpoints under faults: divergence, bad checkpoints, kills and full disks."""
 import errno
 import os
 import subprocess
@@ -9,40 +9,15 @@ import time
 import pytest
 import torch
 
-from sifa.config import REPO_ROOT, ConfigError, load_config
-from sifa.data import synthetic
+from helpers import (CPU, REPO_ROOT, free_port, run_command, small_training_state, subprocess_env, tiny_config,
+                     train)
+from sifa.checkpoint_file import CheckpointWriteError, file_sha256, load_checkpoint, remove_leftover_tmp
+from sifa.config import load_config
 from sifa.engine import checkpoint as checkpoint_module
 from sifa.engine import trainer as trainer_module
-from sifa.engine.checkpoint import CheckpointWriteError, remove_leftover_tmp, save_checkpoint
 from sifa.engine.trainer import NonFiniteLossError, Trainer
-from sifa.models import CheckpointError, CheckpointMismatchError, load_checkpoint
+from sifa.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from sifa.models.build import build_model, load_pretrained
-from sifa.models.weights import file_sha256
-from test_train import CPU, free_port, tiny_config
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    return synthetic.generate(str(root), num_classes=3, videos_per_class=4, val_videos_per_class=2, frames=8,
-                              size=32, seed=0)
-
-
-def train(config, *overrides):
-    torch.set_num_threads(1)
-    trainer = Trainer(load_config(config, list(overrides)), CPU)
-    try:
-        return trainer.train()
-    finally:
-        trainer.close()
-
-
-def small_training_state(output_dir, epoch, save_freq=1):
-    """A real checkpoint of a tiny network, written by the training's save."""
-    model = torch.nn.Linear(4, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
-    return save_checkpoint(str(output_dir), epoch, save_freq, model, optimizer, scheduler, None, [], {"epochs": 9})
 
 
 # ------------------------------------------------------------------------------------ non-finite training
@@ -132,7 +107,7 @@ def test_a_kill_during_a_save_keeps_the_reported_checkpoint(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, torch
         sys.path.insert(0, {str(REPO_ROOT)!r}); sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
-        from test_faults import small_training_state
+        from helpers import small_training_state
         def killed_while_writing(obj, f):
             f.write(b"PK\\x03\\x04 half a checkpoint"); f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -249,12 +224,6 @@ def test_damaged_checkpoints_for_resume_eval_only_and_pretrained(tmp_path, tiny_
 
 
 # ------------------------------------------------------------------------------ launcher and output dir
-def run_command(config, *opts, **popen):
-    command = [sys.executable, "train_val_3d.py", f"--config_file={config}", "--opts", *opts]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240, **popen)
-
-
 def test_an_output_dir_is_locked_by_one_training_run(tmp_path, tiny_data):
     config = tiny_config(tmp_path, tiny_data)
     out = tmp_path / "out"
@@ -309,7 +278,7 @@ def test_workers_exit_when_their_launcher_is_killed_and_the_same_command_resumes
     port = free_port()
     command = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2", f"--master_port={port}",
                "train_val_3d.py", f"--config_file={config}", "--opts", "resume=true", "eva_inter=false"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    env = subprocess_env()
     with open(tmp_path / "first.log", "w") as log:
         launcher = subprocess.Popen(command + ["epochs=50"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log,
                                     start_new_session=True)

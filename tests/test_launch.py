@@ -1,20 +1,13 @@
 """train_val_3d.py under the launchers: a user error is one message, once, without a traceback."""
 import os
-import socket
 import subprocess
 import sys
 
 import yaml
 
-from sifa.config import REPO_ROOT
+from helpers import REPO_ROOT, free_port
 
 SCRIPT = str(REPO_ROOT / "train_val_3d.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(command, tmp_path):
@@ -24,7 +17,8 @@ def run(command, tmp_path):
 
 def test_config_error_under_the_launcher_is_printed_once_without_a_traceback(tmp_path):
     config = tmp_path / "bad.yml"
-    config.write_text(yaml.safe_dump({"base": "settings/synthetic_demo.yml", "optimizer": {"base_lerning_rate": 0.1}}))
+    config.write_text(yaml.safe_dump({"base": str(REPO_ROOT / "settings" / "synthetic_demo.yml"),
+                                      "optimizer": {"base_lerning_rate": 0.1}}))
     result = run([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2",
                   f"--master_port={free_port()}", SCRIPT, f"--config_file={config}"], tmp_path)
     output = result.stdout + result.stderr

@@ -9,11 +9,15 @@ from typing import Dict, Tuple
 import pytest
 import torch
 
-from sifa.models import get_model_by_name, list_models, model_entry
+import yaml
+
+from sifa.config import load_config
+from sifa.errors import ConfigError
+from sifa.models import check_model_config, get_model_by_name, list_models, model_entry
+from sifa.models.build import build_model
 from sifa.models.sifa_resnet import SIFABottleneck
 from sifa.models.sifa_swin import SIFASwinBlock, SwinBlock
-from sifa.models.temporal import previous_frame
-from sifa.ops import defagg
+from sifa.ops import defagg, previous_frame
 
 LISTINGS = sorted((Path(__file__).resolve().parent / "data" / "state_dict").glob("*.txt"))
 
@@ -227,3 +231,58 @@ def test_factory_rejects_bad_arguments() -> None:
         get_model_by_name("c2d_sifa_swin_vit_s_p4_w7", clip_length=6)
     with pytest.raises(ValueError, match="4 kernel sizes"):
         get_model_by_name("c2d_sifa_resnet50", sifa_kernel=[3, 3])
+
+
+def test_a_sifa_swin_setting_without_sifa_kernel_gets_the_originals_kernel_3(tmp_path):
+    # The default file's kernel sizes are the network's own: a SIFA-Net list there gave SIFA-Swin 1×1 blocks.
+    setting = tmp_path / "swin.yml"
+    setting.write_text(yaml.safe_dump({"network": {"net_name": "c2d_sifa_swin_vit_s_p4_w7"}}))
+    model = build_model(load_config(setting), 1)
+    assert {m.kernel_size for m in model.modules() if isinstance(m, SIFASwinBlock)} == {3}
+    assert {m.def_cor.weight.shape[2:] for m in model.modules() if isinstance(m, SIFASwinBlock)} == {(3, 3)}
+
+
+def test_sifa_kernel_is_checked_per_design(tmp_path):
+    setting = tmp_path / "swin.yml"
+    setting.write_text(yaml.safe_dump({"network": {"net_name": "c2d_sifa_swin_vit_s_p4_w7"}}))
+    with pytest.raises(ConfigError, match=r"'sifa_kernel' must list 1 kernel size\(s\) for c2d_sifa_swin_vit_s_p4_w7 "
+                                          r"\(the SIFA Swins; default \[3\]\), got \[1, 3, 3, 3\]"):
+        check_model_config(load_config(setting, ["sifa_kernel=[1, 3, 3, 3]"]))
+    with pytest.raises(ConfigError, match=r"'sifa_kernel' must list 4 kernel size\(s\) for c2d_sifa_resnet50"):
+        check_model_config(load_config(setting, ["net_name=c2d_sifa_resnet50", "sifa_kernel=[3]"]))
+    check_model_config(load_config(setting, ["net_name=c2d_resnet50", "sifa_kernel=[3]"]))  # unused there
+    with pytest.raises(ValueError, match="c2d_sifa_swin_vit_s_p4_w7: sifa_kernel must be one kernel size"):
+        get_model_by_name("c2d_sifa_swin_vit_s_p4_w7", sifa_kernel=[1, 3, 3, 3])
+    assert get_model_by_name("c2d_sifa_resnet50", clip_length=8).sifa_kernel == [1, 3, 3, 3]
+
+
+def test_model_names_come_from_the_registry():
+    for name in ("c2d_sifa_resnet50", "c2d_tsm_resnet50", "c2d_swin_vit_s_p4_w7"):
+        assert get_model_by_name(name, num_classes=2, clip_length=8).name == name == model_entry(name).name
+
+
+def test_config_checks_the_clip_length_against_the_networks_strides(tmp_path):
+    setting = tmp_path / "net.yml"
+    setting.write_text(yaml.safe_dump({"sampler": {"clip_length": 4}, "dataset": {"crop_size": 64,
+                                                                                   "eva_crop_size": 64}}))
+    with pytest.raises(ConfigError, match=r"'clip_length' \(4\) × num_segments \(1\) = 4 frames per view, but "
+                                          r"c2d_sifa_resnet50 needs a multiple of 8"):
+        check_model_config(load_config(setting))
+    check_model_config(load_config(setting, ["net_name=c2d_resnet50"]))
+    with pytest.raises(ConfigError, match="key 'net_name' names an unknown network 'c2d_resnet18'"):
+        check_model_config(load_config(setting, ["net_name=c2d_resnet18"]))
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_the_timm_internals_the_swin_block_uses_still_give_timms_forward(shift):
+    # SwinBlock recomputes timm's block forward from window_partition, window_reverse and the block's attributes
+    # (attn, attn_mask, window_size, window_area, shift_size, norms, mlp, drop paths): a timm that renames or
+    # changes them breaks this equality (or the construction).
+    from timm.models.swin_transformer import SwinTransformerBlock
+
+    torch.manual_seed(0)
+    block = SwinBlock(32, (14, 14), num_heads=2, shift_size=shift, drop_path=0.0).eval()
+    assert block.shifted == bool(shift)
+    x = torch.randn(2, 14, 14, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), SwinTransformerBlock.forward(block, x), rtol=0, atol=0)

@@ -1,4 +1,4 @@
-"""The operator's argument checks (issue 12, point 10): one message naming the argument and the rule."""
+"""The operator's argument checks: one message naming the argument and the rule."""
 import pytest
 import torch
 
@@ -63,3 +63,20 @@ def test_half_precision_on_the_cpu_says_what_the_cpu_runs(dtype):
             call()
     with torch.autocast("cpu", dtype=dtype):  # autocast computes them in float32
         assert ops.sifa_attention(x, off, w).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_defagg_takes_float32_scores_of_half_features_as_the_kernels_do(dtype):
+    # sifa_attention(..., return_scores=True) returns float32 scores for half features (the kernels' accumulation
+    # type); defagg takes them back. Meta tensors: the dtype rule without the CPU's float32-only rule.
+    x, off, _, scores = (t.to("meta") for t in tensors())
+    x, off = x.to(dtype), off.to(dtype)
+    assert ops.defagg(x, off, scores).dtype == dtype
+    assert ops.defagg(x, off, scores.to(dtype)).dtype == dtype
+    with pytest.raises(TypeError, match=rf"defagg: weight has dtype torch.float64 but must be .*for input {dtype}"):
+        ops.defagg(x, off, scores.double())
+    with pytest.raises(TypeError, match="defcor: weight has dtype torch.float32"):  # a weight, not scores
+        ops.defcor(x, off, tensors()[2].to("meta"))
+    x64, off64 = x.double(), off.double()
+    with pytest.raises(TypeError, match="defagg: weight has dtype torch.float32 but must be torch.float64"):
+        ops.defagg(x64, off64, scores)

@@ -1,4 +1,4 @@
-"""Packaging (issue 14, point 3): `pip install --no-build-isolation .` and `-e .` in a fresh venv,
+"""Packaging: `pip install --no-build-isolation .` and `-e .` in a fresh venv,
 then sifa.ops (compiled kernels) and load_config on a settings file from a directory outside the
 repository, where only the base_config/ that travels inside the package can supply the defaults.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sifa.config import REPO_ROOT
+from helpers import REPO_ROOT
 
 pytestmark = pytest.mark.packaging
 
@@ -91,12 +91,12 @@ def test_pip_install_outside_repository(tmp_path):
     assert info["backend"] == "extension", info
     assert Path(info["default"]) == Path(info["sifa"]).parent / "base_config" / "default.yml", info
     assert sorted(p.name for p in (Path(info["sifa"]).parent / "base_config").glob("*.yml")) == \
-        sorted(p.name for p in (REPO_ROOT / "base_config").glob("*.yml"))
+        sorted(p.name for p in (REPO_ROOT / "sifa" / "base_config").glob("*.yml"))
     assert (info["demo_classes"], info["k400_classes"]) == (4, 400), info
 
-    # editable (PEP 660), same venv: the sources and the copy's base_config/ are what runs
+    # editable (PEP 660), same venv: the sources and their sifa/base_config/ are what runs
     info = install_and_check("-e", str(src))
     assert Path(info["sifa"]).resolve() == (src / "sifa" / "__init__.py").resolve(), info
     assert info["backend"] == "extension", info
-    assert Path(info["default"]).resolve() == (src / "base_config" / "default.yml").resolve(), info
+    assert Path(info["default"]).resolve() == (src / "sifa" / "base_config" / "default.yml").resolve(), info
     assert (info["demo_classes"], info["k400_classes"]) == (4, 400), info

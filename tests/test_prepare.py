@@ -6,11 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers import user_error
 from sifa.data import VideoDataset, read_class_names, read_list_file
-from sifa.data.prepare import main
 from sifa.data.storage import write_frame_folder
 from sifa.data.transforms import EvalClipTransform
 from sifa.data.video_io import VideoWriter, decode_all
+from sifa.tools.prepare import main
 
 FPS = 10
 SECONDS = 8
@@ -117,19 +118,19 @@ def test_trim_plain_layout_with_pyav_writes_h264(tmp_path):
     assert [frame_index(f) for f in frames] == list(range(15, 25))
 
 
-def test_trim_checks_outputs_and_annotations_before_decoding(kinetics, monkeypatch):
+def test_trim_checks_outputs_and_annotations_before_decoding(kinetics, monkeypatch, capsys):
     import sifa.data.prepare as prepare
     monkeypatch.setattr(prepare, "read_time_range", lambda *a: pytest.fail("decoded before the checks"))
-    with pytest.raises(SystemExit, match=r"error: --list .*absent/list.txt: folder .*absent does not exist"):
+    with user_error(capsys, r"error: --list .*absent/list.txt: folder .*absent does not exist"):
         main(["trim", "--annotations", str(kinetics / "train.csv"), "--src", str(kinetics / "raw"), "--out",
               str(kinetics / "clips"), "--list", str(kinetics / "absent" / "list.txt"), "--classes",
               str(kinetics / "classes.txt")])
     (kinetics / "bad.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,x,5,2,train\n")
-    with pytest.raises(SystemExit, match=r"bad.csv, line 2: needs 0 <= start < end"):
+    with user_error(capsys, r"bad.csv, line 2: needs 0 <= start < end"):
         main(["trim", "--annotations", str(kinetics / "bad.csv"), "--src", str(kinetics / "raw"), "--out",
               str(kinetics / "clips"), "--list", str(kinetics / "list.txt"), "--classes", str(kinetics / "c.txt")])
     (kinetics / "twice.csv").write_text("path,start,end,label\na.mp4,0,1,x\nb/a.mp4,0,1,x\n")
-    with pytest.raises(SystemExit, match=r"twice.csv, lines 2 and 3: the same clip"):
+    with user_error(capsys, r"twice.csv, lines 2 and 3: the same clip"):
         main(["trim", "--annotations", str(kinetics / "twice.csv"), "--src", str(kinetics / "raw"), "--out",
               str(kinetics / "clips"), "--list", str(kinetics / "list.txt"), "--classes", str(kinetics / "c.txt")])
 
@@ -139,7 +140,7 @@ def test_videos_list_check_comes_before_decoding_and_video_format_rules(kinetics
     (kinetics / "classes" / "a").mkdir(parents=True)
     write_source(kinetics / "classes" / "a" / "v.mp4")
     monkeypatch.setattr(prepare, "decode_all", lambda *a: pytest.fail("decoded before the checks"))
-    with pytest.raises(SystemExit, match=r"error: --list .*: folder .*missing does not exist"):
+    with user_error(capsys, r"error: --list .*: folder .*missing does not exist"):
         main(["videos", "--src", str(kinetics / "classes"), "--out", str(kinetics / "lmdb"), "--format", "LMDB",
               "--list", str(kinetics / "missing" / "list.txt"), "--classes", str(kinetics / "c.txt")])
     with pytest.raises(SystemExit):
@@ -153,15 +154,15 @@ def test_videos_list_check_comes_before_decoding_and_video_format_rules(kinetics
     assert "paths relative to " + str(kinetics / "classes") in capsys.readouterr().out
 
 
-def test_frames_command_names_a_missing_folder_and_the_csv_line(tmp_path):
+def test_frames_command_names_a_missing_folder_and_the_csv_line(tmp_path, capsys):
     write_frame_folder(str(tmp_path / "frames" / "1"), [frame_at(0)] * 3)
     (tmp_path / "labels.csv").write_text("1;pushing\n2;pulling\n")
     (tmp_path / "classes.txt").write_text("pulling\npushing\n")
     args = ["frames", "--src", str(tmp_path / "frames"), "--labels", str(tmp_path / "labels.csv"),
             "--classes", str(tmp_path / "classes.txt")]
-    with pytest.raises(SystemExit, match=r"labels.csv, line 2: frame folder .*frames/2 not found"):
+    with user_error(capsys, r"labels.csv, line 2: frame folder .*frames/2 not found"):
         main(args + ["--list", str(tmp_path / "list.txt")])
-    with pytest.raises(SystemExit, match=r"--src .*absent: folder not found"):
+    with user_error(capsys, r"--src .*absent: folder not found"):
         main(["frames", "--src", str(tmp_path / "absent")] + args[3:] + ["--list", str(tmp_path / "list.txt")])
     (tmp_path / "labels.csv").write_text("1;pushing\n")
     main(args + ["--list", str(tmp_path / "list.txt")])

@@ -4,7 +4,9 @@ import re
 
 import pytest
 
-from sifa.config import REPO_ROOT, ConfigError, load_config
+from helpers import REPO_ROOT
+from sifa.config import load_config
+from sifa.errors import ConfigError
 from sifa.engine.optim import effective_batch_and_lr
 
 # The original: 4 processes (num_gpu: 4) x batch_size x iter_size, at its learning rates. Swin-B

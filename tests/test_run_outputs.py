@@ -6,11 +6,12 @@ import pytest
 import torch
 import yaml
 
-from sifa.config import REPO_ROOT, load_config
+from helpers import REPO_ROOT
+from sifa.checkpoint_file import load_checkpoint
+from sifa.config import load_config
 from sifa.data import synthetic
 from sifa.engine.distributed import DistContext
 from sifa.engine.trainer import Trainer
-from sifa.models import load_checkpoint
 from sifa.models.build import build_model, load_network, load_pretrained
 from sifa.tools import export_weights
 
@@ -104,7 +105,7 @@ def test_exported_weights_are_smaller_and_load_for_evaluation_and_as_pretrained_
 ])
 def test_missing_pretrained_file_names_the_file_expected_and_where_it_is_published(tmp_path, net_name, expected):
     from sifa.models.registry import list_models
-    from sifa.models.weights import CheckpointError
+    from sifa.errors import CheckpointError
 
     assert net_name in list_models()
     cfg = load_config(REPO_ROOT / "settings/synthetic_demo.yml",
@@ -130,7 +131,7 @@ def test_eval_only_result_is_plotted_at_the_epoch_of_its_checkpoint(run, tmp_pat
 
 
 def test_pretrained_checkpoint_of_another_clip_length_suggests_remove_defcor_weight(run, tmp_path):
-    from sifa.models.weights import CheckpointMismatchError
+    from sifa.errors import CheckpointMismatchError
 
     cfg = load_config(run["config"], ["clip_length=16", f"pretrained_model={run['out'] / 'best.pth'}"])
     with pytest.raises(CheckpointMismatchError, match="remove_defcor_weight=true"):

@@ -8,15 +8,16 @@ import pytest
 import torch
 import yaml
 
+from helpers import user_error
 from sifa.config import load_config
 from sifa.data import synthetic
 from sifa.data.storage import write_frame_folder, write_lmdb, write_video_file
 from sifa.data.transforms import EvalClipTransform
 from sifa.engine.distributed import DistContext
 from sifa.engine.trainer import Trainer
-from sifa.models import CheckpointMismatchError, get_model_by_name
-from sifa.models.temporal import previous_frame
-from sifa.ops import reference
+from sifa.errors import CheckpointMismatchError, InputError
+from sifa.models import get_model_by_name
+from sifa.ops import previous_frame, reference
 from sifa.tools import plot_log, predict, visualize
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -118,22 +119,22 @@ def test_predict_on_a_frame_folder_without_class_names(run):
     assert ranking[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
 
 
-def test_predict_reports_unreadable_inputs_by_path(run, tmp_path):
+def test_predict_reports_unreadable_inputs_by_path(run, tmp_path, capsys):
     cfg = load_config(run["config"])
     missing = str(tmp_path / "no such video.mp4")
-    with pytest.raises(predict.InputError, match="no such video.mp4"):
+    with pytest.raises(InputError, match="no such video.mp4"):
         predict.predict(cfg, run["checkpoint"], missing)
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"not a video at all")
-    with pytest.raises(predict.InputError, match="garbage.mp4"):
+    with pytest.raises(InputError, match="garbage.mp4"):
         predict.predict(cfg, run["checkpoint"], str(garbage))
     (tmp_path / "empty_folder").mkdir()
-    with pytest.raises(SystemExit, match="empty_folder"):
+    with user_error(capsys, "empty_folder"):
         predict.main(["--config_file", str(run["config"]), "--checkpoint", run["checkpoint"],
                       "--input", str(tmp_path / "empty_folder")])
 
 
-def test_predict_names_the_keys_of_a_checkpoint_that_does_not_fit(run, tmp_path):
+def test_predict_names_the_keys_of_a_checkpoint_that_does_not_fit(run, tmp_path, capsys):
     video = os.path.join(run["data"]["root_path"], "moving_left", "val_0000")
     with pytest.raises(CheckpointMismatchError, match=r"fc\.weight \(6, 2048\) vs \(5, 2048\)"):
         predict.predict(load_config(run["config"], ["num_classes=5", "class_name_file="]), run["checkpoint"], video)
@@ -141,13 +142,13 @@ def test_predict_names_the_keys_of_a_checkpoint_that_does_not_fit(run, tmp_path)
     del state["layer2.1.conv_offset.weight"]
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "broken.pth")
-    with pytest.raises(SystemExit, match=r"missing keys: layer2\.1\.conv_offset\.weight.*unexpected keys: extra\.weight"):
+    with user_error(capsys, r"missing keys: layer2\.1\.conv_offset\.weight.*unexpected keys: extra\.weight"):
         predict.main(["--config_file", str(run["config"]), "--checkpoint", str(tmp_path / "broken.pth"),
                       "--input", video])
     with open(run["checkpoint"], "rb") as f:
         (tmp_path / "truncated.pth").write_bytes(f.read(1000))
     for tool, extra in ((predict, []), (visualize, ["--out", str(tmp_path / "vis")])):
-        with pytest.raises(SystemExit, match=f"error: {tmp_path / 'truncated.pth'} is truncated or damaged"):
+        with user_error(capsys, f"error: {tmp_path / 'truncated.pth'} is truncated or damaged"):
             tool.main(["--config_file", str(run["config"]), "--checkpoint", str(tmp_path / "truncated.pth"),
                        "--input", video, *extra])
 
@@ -212,7 +213,7 @@ def test_visualize_defaults_to_every_sifa_block(run, tmp_path, capsys):
     assert "layer4_dual.1: skipped" in capsys.readouterr().out
     layer4 = json.loads((tmp_path / "layer4.1_t0.json").read_text())
     assert layer4["stride"] == 32 and layer4["feature_size"] == [2, 2] and len(layer4["points"]) == 2
-    with pytest.raises(SystemExit, match="layer2.0"):
+    with user_error(capsys, "layer2.0"):
         visualize.main(["--config_file", str(run["config"]), "--checkpoint", run["checkpoint"],
                         "--input", video, "--out", str(tmp_path), "--block", "layer2.0"])
 
@@ -234,5 +235,5 @@ def test_plot_log_draws_the_run_curves(run, tmp_path, capsys):
     series = plot_log.read_scalars(run["output_dir"])
     assert series["val/top1"][0] == [1, 2] and len(series["train/lr"][0]) == 6  # 2 epochs x 3 iterations
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no TensorBoard event files"):
+    with user_error(capsys, "no TensorBoard event files"):
         plot_log.main(["--output_dir", str(tmp_path / "empty")])

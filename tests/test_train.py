@@ -3,27 +3,25 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from types import SimpleNamespace
 
-from sifa.config import REPO_ROOT, ConfigError, check_run_inputs, load_config
-from sifa.data import synthetic
+from helpers import CPU, REPO_ROOT, launch, tiny_config
+from sifa.checkpoint_file import load_checkpoint
+from sifa.config import check_run_inputs, load_config
 from sifa.engine.checkpoint import resume_path
-from sifa.engine.distributed import DistContext, init_distributed
+from sifa.engine.distributed import init_distributed
 from sifa.engine.evaluate import topk_accuracy, view_probabilities
 from sifa.engine.optim import COSINE_FINAL_LR, build_optimizer, build_scheduler
 from sifa.engine.trainer import Trainer, classification_loss
-from sifa.models import get_model_by_name, load_checkpoint
+from sifa.errors import ConfigError
+from sifa.models import get_model_by_name
 from sifa.models.build import build_model, freeze_bn, load_pretrained
-
-CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 # --------------------------------------------------------------------------------------------- schedule
@@ -84,16 +82,26 @@ def test_frozen_bn_keeps_only_the_first_norm_trainable():
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
     assert frozen == norms[1:] and norms[0].weight.requires_grad
     assert not any(p.requires_grad for m in frozen for p in m.parameters())
+    # ... and their statistics stay: eval mode, in which a forward leaves the running mean as it is
+    assert norms[0].training and not any(m.training for m in frozen)
+    before = frozen[0].running_mean.clone()
+    model(torch.randn(2, 3, 8, 32, 32))
+    assert torch.equal(frozen[0].running_mean, before) and not torch.equal(norms[0].running_mean, torch.zeros(64))
+
+
+def test_frozen_bn_on_a_network_without_batch_norm_is_a_config_error():
+    model = get_model_by_name("c2d_sifa_swin_vit_s_p4_w7", num_classes=3, clip_length=8)
+    with pytest.raises(ConfigError, match="frozen_bn is true, but c2d_sifa_swin_vit_s_p4_w7 has no BatchNorm"):
+        freeze_bn(model)
 
 
 def test_local_rank_arguments_and_environment(monkeypatch):
-    sys.path.insert(0, str(REPO_ROOT))
-    import train_val_3d
+    from sifa.tools import train
     for flag in ("--local-rank=1", "--local_rank=1"):
         monkeypatch.setattr(sys, "argv", ["train_val_3d.py", "--config_file=x.yml", flag])
-        assert train_val_3d.parse_args().local_rank == 1
+        assert train.parse_args().local_rank == 1
     monkeypatch.setattr(sys, "argv", ["train_val_3d.py", "--config_file=x.yml", "--eval_only"])
-    assert train_val_3d.parse_args().eval_only == ""
+    assert train.parse_args().eval_only == ""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.setenv("LOCAL_RANK", "0")
@@ -106,7 +114,7 @@ def test_pretrained_imagenet_weights_are_transferred(tmp_path, caplog):
     import torchvision
     imagenet = torchvision.models.resnet50(weights=None).state_dict()
     torch.save(imagenet, tmp_path / "resnet50.pth")
-    cfg = load_config(REPO_ROOT / "base_config" / "default.yml",
+    cfg = load_config(REPO_ROOT / "sifa" / "base_config" / "default.yml",
                       [f"pretrained_model={tmp_path / 'resnet50.pth'}", "transfer_weights=true", "remove_fc=true",
                        "net_name=c2d_sifa_resnet50", "num_classes=3", "clip_length=8"])
     model = build_model(cfg, 1)
@@ -125,43 +133,6 @@ def test_pretrained_imagenet_weights_are_transferred(tmp_path, caplog):
 
 
 # ------------------------------------------------------------------------------------ tiny training runs
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    return synthetic.generate(str(root), num_classes=3, videos_per_class=4, val_videos_per_class=2, frames=8,
-                              size=32, seed=0)
-
-
-def tiny_config(tmp_path, data, **overrides):
-    cfg = {"dataset": {"format": "FRAME", "root_path": data["root_path"], "list_file": data["train_list"],
-                       "eva_list_file": data["val_list"], "class_name_file": data["class_names"], "num_classes": 3,
-                       "crop_size": 32, "eva_crop_size": 32, "num_workers": 0},
-           "optimizer": {"base_learning_rate": 0.02, "warmup_epoch": 1, "epochs": 2, "clip_gradient": 5.0},
-           "sampler": {"clip_length": 8, "batch_size": 2, "iter_size": 2, "num_clips": 1},
-           "network": {"net_name": "c2d_sifa_resnet50", "dropout_ratio": 0.5},
-           "logging": {"output_dir": str(tmp_path / "out"), "print_freq": 1, "save_freq": 1}}
-    cfg.update(overrides)
-    path = tmp_path / "tiny.yml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(nproc, config, *args, launcher="torch.distributed.launch"):
-    """Runs train_val_3d.py under ``launcher`` (torch.distributed.run is torchrun)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    command = [sys.executable, "-m", launcher, f"--nproc_per_node={nproc}",
-               f"--master_port={free_port()}", "train_val_3d.py", f"--config_file={config}", *args]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, tiny_data):
     torch.set_num_threads(1)
     config = tiny_config(tmp_path, tiny_data)

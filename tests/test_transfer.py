@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from sifa.models import (CheckpointMismatchError, get_model_by_name, load_weights, remove_defcor_weight, remove_fc,
+from sifa.errors import CheckpointMismatchError
+from sifa.models import (get_model_by_name, load_weights, remove_defcor_weight, remove_fc,
                          state_dict_of, transfer_weights)
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sifa.config import ConfigError, load_config
+from sifa.config import load_config
+from sifa.errors import ConfigError
 from sifa.data import BadSampleError, VideoDataset, VideoRecord
 from sifa.data import video_io
 from sifa.data.storage import count_video_frames, make_reader, write_video_file

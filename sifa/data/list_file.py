@@ -8,8 +8,10 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
+from ..errors import UserError
 
-class ListFileError(ValueError):
+
+class ListFileError(UserError, ValueError):
     """A list or class-name file that cannot be read."""
 
 

@@ -1,30 +1,6 @@
 """Prepare data sets for training: cut clips from annotated videos, decode videos into FRAME folders or
-LMDB environments, write list files.
-
-Full videos with `(video, start, end, label)` annotations, e.g. Kinetics' CSV files
-(`label,youtube_id,time_start,time_end,split`, sources `<src>/<youtube_id>.mp4`) or a plain
-`path,start,end,label` CSV (paths relative to `--src`): cut each clip into `<out>/<label>/` as an .mp4
-(Kinetics labels with `_` for spaces, as the original's class folders), optionally with the shorter
-side resized, and list the clips:
-
-    python -m sifa.data.prepare trim --annotations kinetics400/train.csv --src data/k400/raw \
-        --out data/k400/train --list data/k400/train_list.txt --classes data_lists/kinetics400_classes.txt \
-        --short_side 320 --skip_existing
-
-Class folders of video files (`<src>/<class name>/<video>.mp4`), e.g. clips cut as above:
-
-    python -m sifa.data.prepare videos --src data/k400/videos/train --out data/k400/train_lmdb \
-        --format LMDB --list data/k400/train_list.txt --classes data/k400/classes.txt --short_side 256
-
-`--format VIDEO` converts nothing: it lists the files where they are, relative to `--src`, which is
-then the `root_path` to train with (so it takes no `--out` or `--short_side`: `trim` writes resized
-copies). `--classes` is read when it exists (so validation uses the training labels) and written
-otherwise. Every command checks the files it will write before it decodes anything.
-
-Something-Something V1 frame folders (`<src>/<id>/00001.jpg`) with a `<id>;<class name>` CSV:
-
-    python -m sifa.data.prepare frames --src data/ssv1/frames --labels something-something-v1-train.csv \
-        --classes something-something-v1-labels.csv --list data/ssv1/train_list.txt
+LMDB environments, write list files. The command line is `python -m sifa.tools.prepare` (its usage
+there and in docs/training.md); every command checks the files it will write before it decodes anything.
 """
 from __future__ import annotations
 
@@ -40,15 +16,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import UserError
 from .storage import count_video_frames, write_frame_folder, write_lmdb
-from .video_io import VIDEO_BACKENDS, FrameReadError, VideoWriter, decode_all, read_time_range
+from .video_io import FrameReadError, VideoWriter, decode_all, read_time_range
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 KINETICS_HEADER = ["label", "youtube_id", "time_start", "time_end", "split"]
 PLAIN_HEADER = ["path", "start", "end", "label"]
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError, ValueError):
     """Input or output paths that cannot be used; the message names the file (and line)."""
 
 
@@ -313,52 +290,3 @@ def prepare_frame_list(args: argparse.Namespace) -> None:
             lines.append(f"{video} {count} {labels[name]}\n")
     write_list(args.list, lines)
     print(f"{len(lines)} videos listed in {args.list}")
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    workers = {"type": int, "default": os.cpu_count(), "help": "worker processes"}
-    backend = {"choices": VIDEO_BACKENDS, "default": "opencv",
-               "help": "decoder (and, for trim, encoder: opencv writes MPEG-4 Part 2, pyav H.264)"}
-    trim = commands.add_parser("trim", help="cut annotated clips out of full videos")
-    trim.add_argument("--annotations", required=True, help="Kinetics CSV or plain path,start,end,label CSV")
-    trim.add_argument("--src", required=True, help="folder of the full videos")
-    trim.add_argument("--out", required=True, help="output root: clips go to <out>/<label>/<name>.mp4")
-    trim.add_argument("--list", required=True, help="list file to write (paths relative to --out)")
-    trim.add_argument("--classes", required=True, help="class-name file: read if present, else written")
-    trim.add_argument("--short_side", type=int, default=None, help="resize frames to this shorter side")
-    trim.add_argument("--skip_existing", action="store_true", help="keep clips already cut (and list them)")
-    trim.add_argument("--failed", default=None, help="report of the clips that failed (default: <list>_failed.txt)")
-    trim.add_argument("--video_backend", **backend)
-    trim.add_argument("--workers", **workers)
-    videos = commands.add_parser("videos", help="class folders of video files")
-    videos.add_argument("--src", required=True)
-    videos.add_argument("--out", default=None, help="output root (FRAME / LMDB)")
-    videos.add_argument("--format", choices=["FRAME", "LMDB", "VIDEO"], required=True)
-    videos.add_argument("--list", required=True, help="list file to write")
-    videos.add_argument("--classes", required=True, help="class-name file: read if present, else written")
-    videos.add_argument("--short_side", type=int, default=None, help="resize frames to this shorter side")
-    videos.add_argument("--video_backend", **backend)
-    videos.add_argument("--workers", **workers)
-    frames = commands.add_parser("frames", help="existing frame folders with an '<id>;<class>' CSV")
-    frames.add_argument("--src", required=True)
-    frames.add_argument("--labels", required=True)
-    frames.add_argument("--classes", required=True, help="class names, one per line")
-    frames.add_argument("--list", required=True)
-    args = parser.parse_args(argv)
-    if args.command == "videos":
-        if args.format == "VIDEO" and (args.out or args.short_side):
-            parser.error("--format VIDEO lists the files in --src as they are (root_path = --src): it takes no "
-                         "--out or --short_side; `trim` writes resized copies")
-        if args.format != "VIDEO" and not args.out:
-            parser.error("--out is needed for FRAME and LMDB")
-    command = {"trim": trim_videos, "videos": prepare_videos, "frames": prepare_frame_list}[args.command]
-    try:
-        command(args)
-    except (PrepareError, OSError) as err:
-        raise SystemExit(f"error: {err}") from None
-
-
-if __name__ == "__main__":
-    main()

@@ -10,8 +10,10 @@ from typing import List, Optional
 
 import torch
 
+from ..errors import UserError
 
-class ClipTooShortError(ValueError):
+
+class ClipTooShortError(UserError, ValueError):
     """A video shorter than the extent of one clip (and loop padding is off)."""
 
 

@@ -2,16 +2,18 @@
 
 Readers return the requested 1-based frame ids as RGB uint8 arrays of shape H x W x 3.
 Writers create each format; they serve the synthetic data set, the tests and data conversion.
+`storage_of` tells which format a path holds, and its number of frames (a tool's single input).
 OpenCV and lmdb are imported by the functions that use them, so that ``import sifa.data`` needs neither.
 """
 from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import InputError
 from .video_io import FrameReadError, check_backend, open_video, read_video_frames
 
 
@@ -142,3 +144,43 @@ def write_video_file(video: str, frames: Sequence[np.ndarray], fps: float = 25.0
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
+
+
+def storage_of(path: str, video_backend: str = "opencv") -> Tuple[str, int]:
+    """(storage format, number of frames) of a video file (decoded by ``video_backend``), FRAME folder or
+    LMDB environment."""
+    if not os.path.exists(path):
+        raise InputError(f"input not found: {path}")
+    if os.path.isfile(path):
+        count = count_video_frames(path, video_backend)
+        if count == 0:
+            raise InputError(f"cannot read input video {path}: video_backend {video_backend} decodes no frame "
+                             f"from it")
+        return "VIDEO", count
+    if os.path.isfile(os.path.join(path, "data.mdb")):
+        import lmdb
+
+        try:
+            env = lmdb.open(path, readonly=True, lock=False)
+        except lmdb.Error as err:
+            raise InputError(f"cannot read input LMDB environment {path}: {err}") from None
+        try:
+            count = env.stat()["entries"]
+        finally:
+            env.close()
+        if count == 0:
+            raise InputError(f"input LMDB environment {path} holds no frames")
+        return "LMDB", count
+    count = 0
+    while os.path.isfile(os.path.join(path, frame_file_name(count + 1))):
+        count += 1
+    if count == 0:
+        raise InputError(f"cannot read input folder {path}: it holds no frame {frame_file_name(1)} "
+                         f"(FRAME folders are numbered 00001.jpg, 00002.jpg, ...) and no LMDB data.mdb")
+    # A gap would end the video there: its later frames would be dropped without a word.
+    later = [name for name in os.listdir(path) if name > frame_file_name(count + 1) and len(name) == 9
+             and name.endswith(".jpg") and name[:5].isdigit()]
+    if later:
+        raise InputError(f"input folder {path}: frame {frame_file_name(count + 1)} is missing, but {len(later)} "
+                         f"later frames (up to {max(later)}) exist; FRAME folders are numbered without gaps")
+    return "FRAME", count

@@ -26,6 +26,8 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
+from ..checkpoint_file import atomic_write_text
+from ..errors import InputError, exit_on_user_error
 from .storage import write_frame_folder
 
 CLASS_NAMES = ["moving_right", "moving_left", "moving_down", "moving_up",
@@ -127,7 +129,7 @@ def generate(out: str, num_classes: int, videos_per_class: int, val_videos_per_c
              size: int, seed: int, regime: str = "slow", shuffle_frames: bool = False) -> Dict[str, str]:
     """Write the data set; returns the paths of the frame root, list files and class-name file."""
     if not 2 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"num_classes must lie in [2, {len(CLASS_NAMES)}], got {num_classes}")
+        raise InputError(f"num_classes must lie in [2, {len(CLASS_NAMES)}], got {num_classes}")
     paths = {"root_path": os.path.join(out, "frames"), "train_list": os.path.join(out, "train_list.txt"),
              "val_list": os.path.join(out, "val_list.txt"), "class_names": os.path.join(out, "classes.txt")}
     counts = {"train": videos_per_class, "val": val_videos_per_class}
@@ -144,9 +146,7 @@ def generate(out: str, num_classes: int, videos_per_class: int, val_videos_per_c
                 lines.append(f"{relative} {frames} {label}\n")
         # Written last and atomically: an existing list means a complete split.
         list_path = paths[f"{split}_list"]
-        with open(list_path + ".tmp", "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(list_path + ".tmp", list_path)
+        atomic_write_text(list_path, "".join(lines))
     with open(paths["class_names"], "w", encoding="utf-8") as f:
         f.writelines(name + "\n" for name in CLASS_NAMES[:num_classes])
     return paths
@@ -164,8 +164,9 @@ def main() -> None:
     parser.add_argument("--regime", choices=sorted(REGIMES), default="slow", help="motion regime (see above)")
     parser.add_argument("--shuffle_frames", action="store_true", help="permute every video's frames at random")
     args = parser.parse_args()
-    paths = generate(args.out, args.num_classes, args.videos_per_class, args.val_videos_per_class, args.frames,
-                     args.size, args.seed, args.regime, args.shuffle_frames)
+    with exit_on_user_error():
+        paths = generate(args.out, args.num_classes, args.videos_per_class, args.val_videos_per_class, args.frames,
+                         args.size, args.seed, args.regime, args.shuffle_frames)
     print("\n".join(f"{key}: {value}" for key, value in paths.items()))
 
 

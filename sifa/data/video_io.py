@@ -22,6 +22,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import UserError
+
 VIDEO_BACKENDS = ("opencv", "pyav")
 # OpenCV cannot say where keyframes are: it seeks when the next wanted frame lies further ahead than
 # this, as decoding forward from a keyframe costs on average half a GOP (25-125 frames for
@@ -32,7 +34,7 @@ OPENCV_SEEK_GAP = 64
 PYAV_SEEK_GAP = 8
 
 
-class FrameReadError(RuntimeError):
+class FrameReadError(UserError, RuntimeError):
     """A frame that is missing or cannot be decoded."""
 
 

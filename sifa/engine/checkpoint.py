@@ -1,25 +1,21 @@
-"""Training checkpoints: atomic writes and resumption with RNG states.
-
-A checkpoint holds only tensors and plain Python data, so `sifa.models.load_checkpoint` reads it
-weights-only, without running pickled code; a SHA-256 file beside each (``sha256sum -c`` reads it)
-lets the loader tell a damaged file. Files are written to a .tmp, flushed and renamed, so a kill or
-a full disk never replaces a good checkpoint with a partial one. The RNG states of every rank are
-stored so that training continued from a checkpoint draws the same random numbers as an uninterrupted
-run.
+"""Training checkpoints: which files a run keeps (current, best, every save_freq epochs), and
+resumption with RNG states. The files themselves (atomic writes, SHA-256 sidecars, weights-only
+reads) are `sifa.checkpoint_file`'s. The RNG states of every rank are stored so that training
+continued from a checkpoint draws the same random numbers as an uninterrupted run.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
-import shutil
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from ..models.weights import CheckpointError, checksum_path, file_sha256, load_checkpoint
+from ..checkpoint_file import (checksum_path, copy_checkpoint_file, load_checkpoint, remove_if_present,
+                               save_checkpoint_file)
+from ..errors import CheckpointError
 
 CURRENT = "current.pth"
 BEST = "best.pth"
@@ -51,74 +47,6 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
                          state["numpy_gauss"][0], state["numpy_gauss"][1]))
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint that could not be written (the previous one at that path is kept)."""
-
-
-def _remove_if_present(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-
-
-def _write_error(path: str, error: OSError, kept: str) -> CheckpointWriteError:
-    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-    return CheckpointWriteError(f"cannot write checkpoint {path}: {error.strerror or error} ({free / 2**20:.0f} MiB "
-                                f"free on its file system); the partial file was removed and {kept}")
-
-
-def _publish(tmp: str, path: str, digest: str) -> None:
-    """Move a written ``tmp`` to ``path`` and its SHA-256 beside it.
-
-    The checksum goes through its own .tmp: a kill between the two renames leaves the new checkpoint with
-    its new checksum still pending, which `remove_leftover_tmp` completes at the next start."""
-    checksum = checksum_path(path)
-    with open(checksum + ".tmp", "w", encoding="ascii") as f:
-        f.write(f"{digest}  {os.path.basename(path)}\n")
-    os.replace(tmp, path)
-    os.replace(checksum + ".tmp", checksum)
-
-
-def _atomic_save(obj: Any, path: str) -> str:
-    """Write ``obj`` to ``path`` through ``path``.tmp, flushed to disk first; returns its SHA-256."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        _remove_if_present(tmp)
-        raise _write_error(path, e, "the previous checkpoint there is kept") from e
-    digest = file_sha256(tmp)
-    _publish(tmp, path, digest)
-    return digest
-
-
-def remove_leftover_tmp(output_dir: str) -> List[str]:
-    """Remove the .tmp files of saves a kill interrupted; returns their names.
-
-    A checksum whose checkpoint was already renamed into place (the kill fell between the two renames of
-    `_publish`) is completed instead."""
-    removed = []
-    for name in sorted(os.listdir(output_dir)):
-        if not name.endswith(".tmp"):
-            continue
-        path = os.path.join(output_dir, name)
-        target = path[:-len(".tmp")]
-        checkpoint = target[:-len(".sha256")] if target.endswith(".sha256") else None
-        if checkpoint and os.path.isfile(checkpoint) and _pending_checksum_matches(path, checkpoint):
-            os.replace(path, target)
-            continue
-        _remove_if_present(path)
-        removed.append(name)
-    return removed
-
-
-def _pending_checksum_matches(checksum_tmp: str, checkpoint: str) -> bool:
-    with open(checksum_tmp, "r", encoding="ascii", errors="replace") as f:
-        return f.read().split(maxsplit=1)[:1] == [file_sha256(checkpoint)]
-
-
 def saved_epochs(output_dir: str) -> List[int]:
     """The N of every ckpt_epoch_N.pth in ``output_dir``, ascending."""
     return sorted(int(match.group(1)) for match in (re.fullmatch(r"ckpt_epoch_(\d+)\.pth", name)
@@ -131,7 +59,7 @@ def remove_old_epoch_checkpoints(output_dir: str, keep_last: int) -> List[str]:
     removed = []
     for epoch in saved_epochs(output_dir)[:-keep_last] if keep_last > 0 else []:
         path = os.path.join(output_dir, epoch_checkpoint_name(epoch))
-        _remove_if_present(checksum_path(path))
+        remove_if_present(checksum_path(path))
         os.remove(path)
         removed.append(path)
     return removed
@@ -140,7 +68,7 @@ def remove_old_epoch_checkpoints(output_dir: str, keep_last: int) -> List[str]:
 def save_weights(path: str, model_state: Dict[str, torch.Tensor], **info: Any) -> str:
     """A weights-only file (``model`` and plain-data ``info`` such as epoch, top1, config; no optimizer
     state), written atomically with its SHA-256; --eval_only, predict and pretrained_model load it."""
-    _atomic_save({"model": model_state, **info}, path)
+    save_checkpoint_file({"model": model_state, **info}, path)
     return path
 
 
@@ -170,15 +98,9 @@ def save_checkpoint(output_dir: str, epoch: int, save_freq: int, model: torch.nn
         "config": config,
     }
     current = os.path.join(output_dir, CURRENT)
-    digest = _atomic_save(state, current)
+    digest = save_checkpoint_file(state, current)
     if epoch % save_freq == 0:
-        kept = os.path.join(output_dir, epoch_checkpoint_name(epoch))
-        try:
-            shutil.copyfile(current, kept + ".tmp")
-        except OSError as e:
-            _remove_if_present(kept + ".tmp")
-            raise _write_error(kept, e, f"{current} is saved") from e
-        _publish(kept + ".tmp", kept, digest)
+        copy_checkpoint_file(current, os.path.join(output_dir, epoch_checkpoint_name(epoch)), digest)
     return current
 
 

@@ -14,11 +14,13 @@ import threading
 import time
 from typing import IO
 
+from ..errors import UserError
+
 LOCK_FILE = "run.lock"
 LAUNCHER_POLL_S = 1.0
 
 
-class OutputDirLockedError(RuntimeError):
+class OutputDirLockedError(UserError, RuntimeError):
     """Another live run trains in the same output directory."""
 
 

@@ -21,10 +21,11 @@ from ..config import ConfigError, check_run_inputs, config_to_dict, save_config_
 from ..data import BadSampleError, VideoDataset, collate_samples, read_class_names
 from ..data.build import build_eval_dataset, build_train_dataset, prepare_synthetic_data
 from ..models.build import build_model, freeze_bn, load_network, load_pretrained
-from ..models.weights import CheckpointError, load_checkpoint, load_weights
-from .checkpoint import (BEST, CURRENT, capture_rng_state, newest_intact_epoch_checkpoint,
-                         remove_leftover_tmp, remove_old_epoch_checkpoints, restore_rng_state, resume_path,
-                         save_checkpoint, save_weights)
+from ..checkpoint_file import atomic_write_text, load_checkpoint, remove_leftover_tmp
+from ..errors import CheckpointError
+from ..models.weights import load_weights
+from .checkpoint import (BEST, CURRENT, capture_rng_state, newest_intact_epoch_checkpoint, remove_old_epoch_checkpoints,
+                         restore_rng_state, resume_path, save_checkpoint, save_weights)
 from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks, wrap_ddp
 from .evaluate import EvalResult, evaluate
 from .optim import build_optimizer, build_scheduler, effective_batch_and_lr
@@ -50,9 +51,7 @@ def classification_loss(outputs: List[torch.Tensor], labels: torch.Tensor, crite
 
 
 def _write_json(path: str, data: Any) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 class Trainer:
@@ -212,7 +211,7 @@ class Trainer:
                 if os.path.basename(path) == CURRENT else None
             hint = f"; the newest intact epoch checkpoint is {intact}: resume from it with resume={intact}" \
                 if intact else ""
-            raise CheckpointError(f"cannot resume: {e}{hint}") from None
+            raise type(e)(f"cannot resume: {e}{hint}") from None  # the same kind (not found, damaged)
         missing = [key for key in ("model", "optimizer", "scheduler", "epoch") if key not in checkpoint]
         if missing:
             raise CheckpointError(f"cannot resume from {path}: it is not a training checkpoint (no "

@@ -1,9 +1,8 @@
 """Video networks of SIFA: C2D-SIFA-ResNets, C2D-SIFA-Swin, their baselines, weight transfer and loading."""
 from . import sifa_resnet, sifa_swin, tsm_resnet  # noqa: F401  (importing registers the networks)
-from .registry import get_model_by_name, list_models, model_entry, register_model
+from .registry import check_model_config, get_model_by_name, list_models, model_entry, register_model
 from .transfer import remove_defcor_weight, remove_fc, transfer_weights
-from .weights import CheckpointError, CheckpointMismatchError, load_checkpoint, load_weights, state_dict_of
+from .weights import load_weights, state_dict_of
 
-__all__ = ["get_model_by_name", "list_models", "model_entry", "register_model", "remove_defcor_weight", "remove_fc",
-           "transfer_weights", "CheckpointError", "CheckpointMismatchError", "load_checkpoint", "load_weights",
-           "state_dict_of"]
+__all__ = ["check_model_config", "get_model_by_name", "list_models", "model_entry", "register_model",
+           "remove_defcor_weight", "remove_fc", "transfer_weights", "load_weights", "state_dict_of"]

@@ -8,10 +8,11 @@ from typing import List
 import torch
 from torch import nn
 
-from ..config import SIFA_ABLATION_DEFAULTS
-from .registry import get_model_by_name, model_entry
+from ..checkpoint_file import load_checkpoint
+from ..errors import CheckpointNotFoundError, ConfigError
+from .registry import check_model_config, get_model_by_name, model_entry, model_options
 from .transfer import DEFCOR_WEIGHT, remove_fc, transfer_weights
-from .weights import CheckpointError, load_checkpoint, load_weights
+from .weights import load_weights
 
 # The 2-D ImageNet weights `transfer_weights: true` takes, per network family: the file the shipped
 # settings name, where it is published, and the layouts the transfer reads.
@@ -32,14 +33,16 @@ IMAGENET_WEIGHTS = {
 
 def build_model(cfg: SimpleNamespace, num_segments: int) -> nn.Module:
     """``cfg.net_name`` for views of ``num_segments`` segments of ``cfg.clip_length`` frames, with
-    activation checkpointing per stage if ``cfg.use_checkpoint``."""
-    # the SIFA ablations only where set: the other networks have no offsets (the config checks the pairing)
-    ablations = {key: getattr(cfg, key) for key, default in SIFA_ABLATION_DEFAULTS.items()
-                 if getattr(cfg, key) != default}
+    activation checkpointing per stage if ``cfg.use_checkpoint``; a ConfigError if the network does not take
+    what ``cfg`` asks of it (:func:`check_model_config`)."""
+    check_model_config(cfg)
+    # the options the network has (the check above rejects the others unless left at None or their default)
+    options = {key: value for key, value in model_options(cfg).items()
+               if key in model_entry(cfg.net_name).spec.options}
     model = get_model_by_name(cfg.net_name, pooling_arch=None, num_classes=cfg.num_classes,
                               dropout_ratio=cfg.dropout_ratio, clip_length=num_segments * cfg.clip_length,
-                              sifa_kernel=cfg.sifa_kernel, **ablations)
-    model.use_checkpoint = cfg.use_checkpoint
+                              sifa_kernel=cfg.sifa_kernel, **options)
+    model.set_grad_checkpointing(cfg.use_checkpoint)
     return model
 
 
@@ -52,10 +55,10 @@ def load_pretrained(model: nn.Module, cfg: SimpleNamespace) -> None:
     ``transfer_weights``, without the classifiers if ``remove_fc``; missing and unexpected keys are logged."""
     if not os.path.isfile(cfg.pretrained_model):
         expected = IMAGENET_WEIGHTS[model_entry(cfg.net_name).family]
-        raise CheckpointError(f"pretrained_model not found: {cfg.pretrained_model}; for {cfg.net_name} with "
-                              f"transfer_weights: true it is {expected}. Download it there, or set "
-                              f"pretrained_model to another checkpoint of this code, or to '' to train from scratch "
-                              f"(docs/training.md, 'ImageNet initialisation')")
+        raise CheckpointNotFoundError(
+            f"pretrained_model not found: {cfg.pretrained_model}; for {cfg.net_name} with transfer_weights: true it "
+            f"is {expected}. Download it there, or set pretrained_model to another checkpoint of this code, or to '' "
+            f"to train from scratch (docs/training.md, 'ImageNet initialisation')")
     state = load_checkpoint(cfg.pretrained_model)
     if cfg.transfer_weights:
         state = transfer_weights(cfg.net_name, state)
@@ -72,9 +75,16 @@ def load_network(cfg: SimpleNamespace, checkpoint: str, device: torch.device) ->
 
 
 def freeze_bn(model: nn.Module) -> List[nn.Module]:
-    """Freeze every BatchNorm but the first (statistics and affine parameters), as the original does."""
+    """Freeze every BatchNorm but the first, as the original does, and return them: their affine parameters
+    stop training (requires_grad False) and their running statistics stop updating (eval mode: they normalise
+    with the statistics they hold). ``model.train()`` puts them back in training mode, so the trainer sets
+    them to eval again after it. A network without BatchNorm (SIFA-Swin: LayerNorms only) is a ConfigError."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if len(norms) < 2:
+        raise ConfigError(f"frozen_bn is true, but {getattr(model, 'name', type(model).__name__)} has no BatchNorm "
+                          f"after its first to freeze (the Swins' norms are LayerNorms); set frozen_bn: false")
     for module in norms[1:]:
+        module.eval()
         for parameter in module.parameters():
             parameter.requires_grad = False
     return norms[1:]

@@ -1,7 +1,8 @@
-"""Activation checkpointing per stage (``use_checkpoint``): a stage's activations are recomputed in
-the backward pass instead of kept, trading compute for memory (long clips, e.g. SIFA-Swin-B at 64
-frames). Gradients are those of the plain forward: the recomputation replays the same random draws
-(dropout, drop path) and leaves BatchNorm's running statistics as the forward updated them once.
+"""Activation checkpointing per stage (``net.set_grad_checkpointing()``; the config's ``use_checkpoint``):
+a stage's activations are recomputed in the backward pass instead of kept, trading compute for memory
+(long clips, e.g. SIFA-Swin-B at 64 frames). Gradients are those of the plain forward: the
+recomputation replays the same random draws (dropout, drop path) and leaves BatchNorm's running
+statistics as the forward updated them once.
 """
 from __future__ import annotations
 
@@ -25,6 +26,16 @@ def _norm_statistics_kept(stage: nn.Module) -> Iterator[None]:
             for module, buffers in zip(norms, saved):
                 for current, before in zip(module.buffers(), buffers):
                     current.copy_(before)
+
+
+class GradCheckpointing:
+    """The networks' switch, by timm's name: ``net.set_grad_checkpointing()`` makes their forward run each
+    stage through :func:`run_stage` checkpointed."""
+
+    use_checkpoint = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.use_checkpoint = enable
 
 
 def run_stage(stage: nn.Module, x: Tensor, use_checkpoint: bool) -> Tensor:

@@ -4,26 +4,32 @@ Layout and attribute names follow the original so its checkpoints load unchanged
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Sequence, Type
+from typing import Any, Iterator, List, Optional, Sequence, Type
 
 import torch
 from torch import Tensor, nn
 
-from ..ops import DefCorFixW
-from .checkpointing import run_stage
-from .registry import register_model
-from .temporal import check_clip_length, check_video, previous_frame, shift_back
+from ..ops import DefCorFixW, previous_frame
+from .checkpointing import GradCheckpointing, run_stage
+from .registry import ModelSpec, register_model
+from .temporal import check_clip_length, check_video, shift_back
 from .transfer import transfer_resnet, transfer_sifa_resnet
 
 EARLY_STRIDE = 4  # frames folded by the stem's temporal kernel/stride
 OUTPUT_STRIDE = 32  # pixels per position of the last stage: stem 2, max-pool 2, three strided stages
-DEFAULT_SIFA_KERNEL = (1, 3, 3, 3)
 # SIFA ablations (docs/reproduction.md); the first of each is the paper's design.
-OFFSET_MODES = ("learned", "zero")  # zero: attend over the fixed K×K window, conv_offset unused
-OFFSET_GUIDES = ("difference", "plain")  # what conv_offset reads: the difference-rescaled guide, or f itself
-# conv_offset's initial weights: Kaiming like every conv (the original's, offsets start random), or zero
-# (offsets start at the fixed K×K window, the deformable-convolution convention)
-OFFSET_INITS = ("kaiming", "zero")
+OFFSET_OPTIONS = {
+    "offset_mode": ("learned", "zero"),  # zero: attend over the fixed K×K window, conv_offset unused
+    "offset_guide": ("difference", "plain"),  # what conv_offset reads: the difference-rescaled guide, or f itself
+    # conv_offset's initial weights: Kaiming like every conv (the original's, offsets start random), or zero
+    # (offsets start at the fixed K×K window, the deformable-convolution convention)
+    "offset_init": ("kaiming", "zero"),
+}
+SIFA_RESNET = ModelSpec("the SIFA ResNets", "resnet", transfer_sifa_resnet, sifa_kernel=(1, 3, 3, 3),
+                        options=OFFSET_OPTIONS, clip_divisor=2 * EARLY_STRIDE,  # the dual branch halves time again
+                        output_stride=OUTPUT_STRIDE)
+C2D_RESNET = ModelSpec("the C2D ResNets", "resnet", transfer_resnet, clip_divisor=EARLY_STRIDE,
+                       output_stride=OUTPUT_STRIDE)
 
 
 def _downsample(inplanes: int, outplanes: int, stride: int) -> Optional[nn.Sequential]:
@@ -88,12 +94,11 @@ class SIFABottleneck(Bottleneck):
     """
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, times: int = 4, kernel_size: int = 3,
-                 dilation: int = 1, groups: int = 1, offset_mode: str = "learned", offset_guide: str = "difference"):
+                 dilation: int = 1, groups: int = 1, offset_mode: Optional[str] = None,
+                 offset_guide: Optional[str] = None):
         super().__init__(inplanes, planes, stride)
-        _check_choice("offset_mode", offset_mode, OFFSET_MODES)
-        _check_choice("offset_guide", offset_guide, OFFSET_GUIDES)
-        self.offset_mode = offset_mode
-        self.offset_guide = offset_guide
+        self.offset_mode = _choice("offset_mode", offset_mode)
+        self.offset_guide = _choice("offset_guide", offset_guide)
         pad = (dilation * (kernel_size - 1) + 1) // 2
         # kept with offset_mode "zero" too: the state dict stays the original's
         self.conv_offset = nn.Conv3d(planes, 2 * kernel_size * kernel_size, (1, 3, 3), padding=(0, 1, 1),
@@ -119,15 +124,20 @@ class SIFABottleneck(Bottleneck):
         return f + shift_back(self.def_cor.attend(f, offset))
 
 
-def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+def _choice(key: str, value: Optional[str]) -> str:
+    """``value`` of the option ``key`` of OFFSET_OPTIONS, checked; None: the default (the paper's design)."""
+    choices = OFFSET_OPTIONS[key]
+    if value is None:
+        return choices[0]
     if value not in choices:
         raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+    return value
 
 
-def _init_weights(net: nn.Module, offset_init: str = "kaiming") -> None:
+def _init_weights(net: nn.Module, offset_init: Optional[str] = None) -> None:
     """Kaiming conv init (conv_offset included, as in the original, unless ``offset_init`` is "zero"),
     unit BN, zero last BN of each block."""
-    _check_choice("offset_init", offset_init, OFFSET_INITS)
+    offset_init = _choice("offset_init", offset_init)
     for m in net.modules():
         if isinstance(m, nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -141,7 +151,7 @@ def _init_weights(net: nn.Module, offset_init: str = "kaiming") -> None:
             nn.init.zeros_(m.conv_offset.weight)
 
 
-class C2DResNet(nn.Module):
+class C2DResNet(GradCheckpointing, nn.Module):
     """Stem (4×7×7, temporal stride 4) and four stages of C2D bottlenecks.
 
     With ``sifa_kernel`` set, stages 2-4 alternate GBottleneck / SIFABottleneck and a dual branch
@@ -152,16 +162,17 @@ class C2DResNet(nn.Module):
 
     def __init__(self, layers: Sequence[int], num_classes: int = 400, dropout_ratio: float = 0.5,
                  clip_length: int = 16, sifa_kernel: Optional[Sequence[int]] = None, name: str = "c2d_resnet",
-                 block: Type[Bottleneck] = Bottleneck, offset_mode: str = "learned",
-                 offset_guide: str = "difference", offset_init: str = "kaiming"):
+                 block: Type[Bottleneck] = Bottleneck, offset_mode: Optional[str] = None,
+                 offset_guide: Optional[str] = None, offset_init: Optional[str] = None):
         super().__init__()
         self.name = name
         self.block = block  # the bottleneck of the blocks without SIFA (all of them in the baselines)
         self.offset_mode = offset_mode
         self.offset_guide = offset_guide
         self.clip_length = clip_length
-        self.use_checkpoint = False  # activation checkpointing per stage (sifa/models/checkpointing.py)
         self.sifa = sifa_kernel is not None
+        if not self.sifa and (offset_mode, offset_guide, offset_init) != (None, None, None):
+            raise ValueError(f"{name}: offset_mode, offset_guide and offset_init need SIFA blocks (sifa_kernel)")
         if self.sifa:
             sifa_kernel = [int(k) for k in sifa_kernel]
             if len(sifa_kernel) != 4 or min(sifa_kernel) < 1:
@@ -233,33 +244,22 @@ class C2DResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _sifa_kernel(sifa_kernel: Optional[Sequence[int]]) -> List[int]:
-    return list(DEFAULT_SIFA_KERNEL if sifa_kernel is None else sifa_kernel)
+@register_model(SIFA_RESNET)
+def c2d_sifa_resnet50(**kwargs: Any) -> C2DResNet:
+    """C2D-SIFA-ResNet-50 (blocks [3, 4, 6, 3]); the options of OFFSET_OPTIONS select the ablations."""
+    model_args = dict(layers=(3, 4, 6, 3))
+    return C2DResNet(**dict(model_args, **kwargs))
 
 
-@register_model("resnet", transfer_sifa_resnet)
-def c2d_sifa_resnet50(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                      sifa_kernel: Optional[Sequence[int]] = None, offset_mode: str = "learned",
-                      offset_guide: str = "difference", offset_init: str = "kaiming") -> C2DResNet:
-    """C2D-SIFA-ResNet-50 (blocks [3, 4, 6, 3]); ``offset_mode``/``offset_guide``/``offset_init``: the ablations
-    of OFFSET_MODES, OFFSET_GUIDES, OFFSET_INITS."""
-    return C2DResNet([3, 4, 6, 3], num_classes, dropout_ratio, clip_length, _sifa_kernel(sifa_kernel),
-                     name="c2d_sifa_resnet50", offset_mode=offset_mode, offset_guide=offset_guide,
-                     offset_init=offset_init)
+@register_model(SIFA_RESNET)
+def c2d_sifa_resnet101(**kwargs: Any) -> C2DResNet:
+    """C2D-SIFA-ResNet-101 (blocks [3, 4, 23, 3]); options as for ResNet-50."""
+    model_args = dict(layers=(3, 4, 23, 3))
+    return C2DResNet(**dict(model_args, **kwargs))
 
 
-@register_model("resnet", transfer_sifa_resnet)
-def c2d_sifa_resnet101(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                       sifa_kernel: Optional[Sequence[int]] = None, offset_mode: str = "learned",
-                       offset_guide: str = "difference", offset_init: str = "kaiming") -> C2DResNet:
-    """C2D-SIFA-ResNet-101 (blocks [3, 4, 23, 3]); ``offset_mode``/``offset_guide``/``offset_init`` as for ResNet-50."""
-    return C2DResNet([3, 4, 23, 3], num_classes, dropout_ratio, clip_length, _sifa_kernel(sifa_kernel),
-                     name="c2d_sifa_resnet101", offset_mode=offset_mode, offset_guide=offset_guide,
-                     offset_init=offset_init)
-
-
-@register_model("resnet", transfer_resnet)
-def c2d_resnet50(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                 sifa_kernel: Optional[Sequence[int]] = None) -> C2DResNet:
-    """Plain C2D ResNet-50 baseline; ``sifa_kernel`` is accepted (one config drives every network) and unused."""
-    return C2DResNet([3, 4, 6, 3], num_classes, dropout_ratio, clip_length, None, name="c2d_resnet50")
+@register_model(C2D_RESNET)
+def c2d_resnet50(**kwargs: Any) -> C2DResNet:
+    """Plain C2D ResNet-50 baseline (blocks [3, 4, 6, 3])."""
+    model_args = dict(layers=(3, 4, 6, 3))
+    return C2DResNet(**dict(model_args, **kwargs))

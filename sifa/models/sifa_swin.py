@@ -1,12 +1,15 @@
 """C2D Swin Transformers (patch 4, window 7, 224²) with and without SIFA (docs/design.md §5.2).
 
-Built from timm's Swin block, window attention and patch merging (public API only); the state-dict
-layout is the original's (official Swin naming, ``layers.i.downsample`` at the end of stage i,
-head ``fc``).
+Built from timm's Swin block, window attention and patch merging; the state-dict layout is the
+original's (official Swin naming, ``layers.i.downsample`` at the end of stage i, head ``fc``).
+Beyond timm's constructors this relies on timm internals (docs/models.md lists them; tests/test_models.py
+pins them): ``window_partition``, ``window_reverse`` and the block's attributes (``attn``, ``attn_mask``,
+``window_size``, ``window_area``, ``shift_size``, the norms, ``mlp`` and drop paths), which
+``SwinBlock.window_attention`` and ``forward`` use to put the inter-frame step between attention and MLP.
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.layers import trunc_normal_
@@ -14,8 +17,8 @@ from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, win
 from torch import Tensor, nn
 
 from ..ops import DefCorFixW
-from .checkpointing import run_stage
-from .registry import register_model
+from .checkpointing import GradCheckpointing, run_stage
+from .registry import ModelSpec, register_model
 from .temporal import check_clip_length, check_video, shift_back
 from .transfer import transfer_sifa_swin, transfer_swin
 
@@ -23,6 +26,10 @@ EARLY_STRIDE = 4  # frames folded into one token by the patch embedding
 PATCH_SIZE = 4
 WINDOW_SIZE = 7
 IMG_SIZE = 224
+# every SIFA block of SIFA-Swin uses one kernel size: 3, the original's
+SIFA_SWIN = ModelSpec("the SIFA Swins", "swin", transfer_sifa_swin, sifa_kernel=(3,), clip_divisor=EARLY_STRIDE,
+                      window_grid_size=IMG_SIZE)
+C2D_SWIN = ModelSpec("the C2D Swins", "swin", transfer_swin, clip_divisor=EARLY_STRIDE, window_grid_size=IMG_SIZE)
 
 
 class SwinBlock(SwinTransformerBlock):
@@ -139,23 +146,27 @@ class PatchEmbed3D(nn.Module):
         return x.permute(0, 2, 3, 4, 1).reshape(N * T, h, w, D)
 
 
-class C2DSwin(nn.Module):
-    """Swin run on every group of 4 frames; the clips' logits are averaged. SIFA blocks when ``sifa_kernel`` is set.
+class C2DSwin(GradCheckpointing, nn.Module):
+    """Swin run on every group of 4 frames; the clips' logits are averaged. SIFA blocks when ``sifa_kernel``
+    (one kernel size, as an int or a list of one) is set.
 
     Returns ``[logits]``: a list of per-head logits, like every network of the registry.
     """
 
     def __init__(self, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], drop_path_rate: float,
                  num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                 sifa_kernel: Optional[int] = None, name: str = "c2d_swin"):
+                 sifa_kernel: Union[int, Sequence[int], None] = None, name: str = "c2d_swin"):
         super().__init__()
         self.name = name
         self.clip_length = clip_length
-        self.use_checkpoint = False  # activation checkpointing per stage (sifa/models/checkpointing.py)
         self.sifa = sifa_kernel is not None
         check_clip_length(name, clip_length, EARLY_STRIDE)
-        if self.sifa and sifa_kernel < 1:
-            raise ValueError(f"{name}: the SIFA kernel size must be ≥ 1, got {sifa_kernel}")
+        if self.sifa:
+            kernels = [sifa_kernel] if isinstance(sifa_kernel, int) else list(sifa_kernel)
+            if len(kernels) != 1 or not isinstance(kernels[0], int) or kernels[0] < 1:
+                raise ValueError(f"{name}: sifa_kernel must be one kernel size ≥ 1 (every SIFA block uses it), "
+                                 f"got {sifa_kernel}")
+            sifa_kernel = kernels[0]
         times = clip_length // EARLY_STRIDE
         self.patch_embed = PatchEmbed3D(embed_dim)
         drop_path = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -216,66 +227,45 @@ class C2DSwin(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-_VARIANTS = {  # embed dim, heads per stage, drop-path rate
-    "s": (96, (3, 6, 12, 24), 0.3),
-    "b": (128, (4, 8, 16, 32), 0.5),
-    "l": (192, (6, 12, 24, 48), 0.5),
+# model_args of each size: embedding dim, heads per stage, drop-path rate (the same depths)
+_SIZES = {
+    "s": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3),
+    "b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
+    "l": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), drop_path_rate=0.5),
 }
-DEPTHS = (2, 2, 18, 2)
 
 
-def _swin(variant: str, sifa: bool, num_classes: int, dropout_ratio: float, clip_length: int,
-          sifa_kernel: Optional[Sequence[int]], drop_path_rate: Optional[float]) -> C2DSwin:
-    dim, heads, default_dpr = _VARIANTS[variant]
-    kernel = (int(sifa_kernel[0]) if sifa_kernel else 3) if sifa else None
-    name = f"c2d_{'sifa_' if sifa else ''}swin_vit_{variant}_p4_w7"
-    return C2DSwin(dim, DEPTHS, heads, default_dpr if drop_path_rate is None else drop_path_rate, num_classes,
-                   dropout_ratio, clip_length, kernel, name=name)
+@register_model(SIFA_SWIN)
+def c2d_sifa_swin_vit_s_p4_w7(**kwargs: Any) -> C2DSwin:
+    """C2D-SIFA-Swin-S (D 96, drop path 0.3)."""
+    return C2DSwin(**dict(_SIZES["s"], **kwargs))
 
 
-@register_model("swin", transfer_sifa_swin)
-def c2d_sifa_swin_vit_s_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                              sifa_kernel: Optional[Sequence[int]] = None,
-                              drop_path_rate: Optional[float] = None) -> C2DSwin:
-    """C2D-SIFA-Swin-S (D 96, drop path 0.3); SIFA kernel ``sifa_kernel[0]`` or 3."""
-    return _swin("s", True, num_classes, dropout_ratio, clip_length, sifa_kernel, drop_path_rate)
+@register_model(SIFA_SWIN)
+def c2d_sifa_swin_vit_b_p4_w7(**kwargs: Any) -> C2DSwin:
+    """C2D-SIFA-Swin-B (D 128, drop path 0.5)."""
+    return C2DSwin(**dict(_SIZES["b"], **kwargs))
 
 
-@register_model("swin", transfer_sifa_swin)
-def c2d_sifa_swin_vit_b_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                              sifa_kernel: Optional[Sequence[int]] = None,
-                              drop_path_rate: Optional[float] = None) -> C2DSwin:
-    """C2D-SIFA-Swin-B (D 128, drop path 0.5); SIFA kernel ``sifa_kernel[0]`` or 3."""
-    return _swin("b", True, num_classes, dropout_ratio, clip_length, sifa_kernel, drop_path_rate)
+@register_model(SIFA_SWIN)
+def c2d_sifa_swin_vit_l_p4_w7(**kwargs: Any) -> C2DSwin:
+    """C2D-SIFA-Swin-L (D 192, drop path 0.5)."""
+    return C2DSwin(**dict(_SIZES["l"], **kwargs))
 
 
-@register_model("swin", transfer_sifa_swin)
-def c2d_sifa_swin_vit_l_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                              sifa_kernel: Optional[Sequence[int]] = None,
-                              drop_path_rate: Optional[float] = None) -> C2DSwin:
-    """C2D-SIFA-Swin-L (D 192, drop path 0.5); SIFA kernel ``sifa_kernel[0]`` or 3."""
-    return _swin("l", True, num_classes, dropout_ratio, clip_length, sifa_kernel, drop_path_rate)
+@register_model(C2D_SWIN)
+def c2d_swin_vit_s_p4_w7(**kwargs: Any) -> C2DSwin:
+    """Plain C2D Swin-S."""
+    return C2DSwin(**dict(_SIZES["s"], **kwargs))
 
 
-@register_model("swin", transfer_swin)
-def c2d_swin_vit_s_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                         sifa_kernel: Optional[Sequence[int]] = None,
-                         drop_path_rate: Optional[float] = None) -> C2DSwin:
-    """Plain C2D Swin-S; ``sifa_kernel`` is accepted (one config drives every network) and unused."""
-    return _swin("s", False, num_classes, dropout_ratio, clip_length, None, drop_path_rate)
+@register_model(C2D_SWIN)
+def c2d_swin_vit_b_p4_w7(**kwargs: Any) -> C2DSwin:
+    """Plain C2D Swin-B."""
+    return C2DSwin(**dict(_SIZES["b"], **kwargs))
 
 
-@register_model("swin", transfer_swin)
-def c2d_swin_vit_b_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                         sifa_kernel: Optional[Sequence[int]] = None,
-                         drop_path_rate: Optional[float] = None) -> C2DSwin:
-    """Plain C2D Swin-B; ``sifa_kernel`` is accepted (one config drives every network) and unused."""
-    return _swin("b", False, num_classes, dropout_ratio, clip_length, None, drop_path_rate)
-
-
-@register_model("swin", transfer_swin)
-def c2d_swin_vit_l_p4_w7(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                         sifa_kernel: Optional[Sequence[int]] = None,
-                         drop_path_rate: Optional[float] = None) -> C2DSwin:
-    """Plain C2D Swin-L; ``sifa_kernel`` is accepted (one config drives every network) and unused."""
-    return _swin("l", False, num_classes, dropout_ratio, clip_length, None, drop_path_rate)
+@register_model(C2D_SWIN)
+def c2d_swin_vit_l_p4_w7(**kwargs: Any) -> C2DSwin:
+    """Plain C2D Swin-L."""
+    return C2DSwin(**dict(_SIZES["l"], **kwargs))

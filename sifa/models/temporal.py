@@ -4,9 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..ops._utils import previous_frame
-
-__all__ = ["previous_frame", "shift_back", "check_clip_length", "check_video"]
+__all__ = ["shift_back", "check_clip_length", "check_video"]
 
 
 def shift_back(x: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 ResNets: torchvision checkpoints (e.g. resnet50-19c8e357.pth). Swin: the official checkpoint
 (entries under ``model``, stage i's patch merging at the end of stage i, head ``head``) or timm's
 layout (patch merging at the start of stage i+1, head ``head.fc``). Each network registers the
-transfer of its family (``register_model(family, transfer)``); :func:`transfer_weights` looks it up.
+transfer of its family (its ``ModelSpec``); :func:`transfer_weights` looks it up.
 """
 from __future__ import annotations
 

@@ -6,14 +6,13 @@ The state dict is the plain C2D ResNet's, so the same ImageNet transfer applies.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .registry import register_model
-from .sifa_resnet import Bottleneck, C2DResNet
-from .transfer import transfer_resnet
+from .sifa_resnet import C2D_RESNET, Bottleneck, C2DResNet
 
 SHIFT_DIVISOR = 8  # 1/8 of the channels shift each way, as in TSM
 
@@ -36,10 +35,8 @@ class TSMBottleneck(Bottleneck):
         return super().residual(temporal_shift(x))
 
 
-@register_model("resnet", transfer_resnet)
-def c2d_tsm_resnet50(num_classes: int = 400, dropout_ratio: float = 0.5, clip_length: int = 16,
-                     sifa_kernel: Optional[Sequence[int]] = None) -> C2DResNet:
-    """C2D-TSM-ResNet-50 (blocks [3, 4, 6, 3]); ``sifa_kernel`` is accepted (one config drives every network) and
-    unused."""
-    return C2DResNet([3, 4, 6, 3], num_classes, dropout_ratio, clip_length, None, name="c2d_tsm_resnet50",
-                     block=TSMBottleneck)
+@register_model(C2D_RESNET)  # the plain C2D ResNet's state dict, inputs and transfer
+def c2d_tsm_resnet50(**kwargs: Any) -> C2DResNet:
+    """C2D-TSM-ResNet-50 (blocks [3, 4, 6, 3])."""
+    model_args = dict(layers=(3, 4, 6, 3), block=TSMBottleneck)
+    return C2DResNet(**dict(model_args, **kwargs))

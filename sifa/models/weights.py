@@ -1,89 +1,22 @@
-"""Network weights from checkpoints: one file reader, one unwrap, one load that names every mismatch.
+"""Network weights from checkpoints: one unwrap, one load that names every mismatch.
 
-A checkpoint is a bare state dict or holds one under ``model`` (training checkpoints of this code
-and of the original, the official Swin release) or ``state_dict``; keys may carry the ``module.``
-prefix of DistributedDataParallel. Files are read weights-only: no pickled code runs.
+A checkpoint (read by `sifa.checkpoint_file.load_checkpoint`) is a bare state dict or holds one under
+``model`` (training checkpoints of this code and of the original, the official Swin release) or
+``state_dict``; keys may carry the ``module.`` prefix of DistributedDataParallel.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import logging
-import os
-import pickle
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-import torch
 from torch import Tensor, nn
+
+from ..errors import CheckpointMismatchError
 
 logger = logging.getLogger(__name__)
 
 StateDict = Dict[str, Tensor]
 SHOWN_KEYS = 8  # keys named in a mismatch message before "(and N more)"
-ZIP_MAGIC = b"PK\x03\x04"  # how the files of torch.save begin
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used: unreadable, damaged, or not what the run needs."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A checkpoint whose entries do not fit the network."""
-
-
-def checksum_path(path: str | os.PathLike) -> str:
-    """The SHA-256 file written beside a checkpoint (``sha256sum -c`` reads it)."""
-    return os.fspath(path) + ".sha256"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_checksum(path: str | os.PathLike) -> None:
-    """A CheckpointError when ``path`` differs from the SHA-256 saved beside it; files without one pass."""
-    sidecar = checksum_path(path)
-    if not os.path.isfile(sidecar):
-        return
-    with open(sidecar, "r", encoding="ascii", errors="replace") as f:
-        expected = f.read().split(maxsplit=1)[:1]
-    if expected != [file_sha256(path)]:
-        raise CheckpointError(f"{path} does not match the SHA-256 in {sidecar}: the file was changed or damaged "
-                              f"after it was saved")
-
-
-def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """The checkpoint file's contents on the CPU; the original's checkpoints also hold an argparse.Namespace.
-
-    An empty, truncated, damaged or foreign file, or one that fails its SHA-256, raises one CheckpointError
-    naming the file and the problem."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): the save that wrote it did not finish")
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == ZIP_MAGIC
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's message advises weights_only=False, which would run the file's pickled code: not repeated.
-        if "Unsupported global" in str(e):
-            raise CheckpointError(f"{path} holds Python objects other than tensors and plain data; it is not "
-                                  f"loaded, since unpickling them could run arbitrary code") from None
-        problem = "is damaged" if is_zip else "is not a PyTorch checkpoint"
-        raise CheckpointError(f"{path} {problem} ({size} bytes)") from None
-    except Exception:  # arbitrary bytes make the unpickler fail in arbitrary ways (KeyError, IndexError, ...)
-        problem = "is truncated or damaged (an incomplete zip archive)" if is_zip else "is not a PyTorch checkpoint"
-        raise CheckpointError(f"{path} {problem} ({size} bytes)") from None
-    # After the read, so that a file that does not even load is described as such.
-    verify_checksum(path)
-    return checkpoint
 
 
 def state_dict_of(checkpoint: Mapping[str, Any]) -> StateDict:

@@ -14,6 +14,9 @@ from typing import Optional
 
 import torch
 
+from ..errors import ExtensionNotBuiltError
+from ._utils import scores_dtype
+
 _ENV = "SIFA_OPS_BACKEND"
 
 
@@ -61,7 +64,7 @@ def _choose() -> bool:
             error = f"{path.name} failed to load: {exc}"
     reason = error or "the compiled SIFA extension is not built"
     if choice == "extension":
-        raise RuntimeError(f"{_ENV}=extension but {reason}; run `bash make.sh` in the repository root")
+        raise ExtensionNotBuiltError(f"{_ENV}=extension but {reason}; run `bash make.sh` in the repository root")
     warnings.warn(f"{reason}; using the pure-PyTorch reference of the SIFA ops (slow). "
                   "Run `bash make.sh` to build the kernels.", RuntimeWarning, stacklevel=3)
     return False
@@ -96,9 +99,8 @@ def _register_python_side() -> None:
 
     @torch.library.register_fake(lib + "sifa_attention")
     def _(input, offset, weight, stride, padding, dilation, groups):
-        # the fused op keeps its scores in the kernels' accumulation type (sifa.h, accumulation_type)
-        scores_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-        return _like_features(input), _scores_fake(input, weight, groups, scores_dtype)
+        # the fused op keeps its scores in the kernels' accumulation type
+        return _like_features(input), _scores_fake(input, weight, groups, scores_dtype(input))
 
     def _grads_fake(input, offset, weight, mask):
         return (_like_features(input) if mask[0] else input.new_empty((0,)),

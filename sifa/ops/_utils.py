@@ -1,19 +1,35 @@
-"""Argument and frame helpers shared by the SIFA ops, their modules and the reference."""
+"""Argument and frame helpers shared by the SIFA ops, their modules, the reference and the networks."""
 from __future__ import annotations
 
-from typing import Tuple, Union
+import operator
+from typing import Any, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ..errors import OpInputTypeError
+
 IntPair = Union[int, Tuple[int, int]]
 
 
-def pair(v: IntPair) -> Tuple[int, int]:
-    """``3`` -> ``(3, 3)``; a pair stays a pair (of ints)."""
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def int_pair(value: Any, name: str = "value", op: str = "sifa") -> Tuple[int, int]:
+    """``3`` -> ``(3, 3)``; a pair of ints (height, width) stays; anything else is a TypeError naming ``name``."""
+    items = value if isinstance(value, (tuple, list)) else (value, value)
+    try:
+        if len(items) != 2 or any(isinstance(v, bool) for v in items):
+            raise TypeError
+        return operator.index(items[0]), operator.index(items[1])
+    except TypeError:
+        raise OpInputTypeError(f"{op}: {name} must be an int or a pair of ints (height, width), "
+                               f"got {value!r}") from None
 
 
 def previous_frame(x: Tensor) -> Tensor:
     """x[:, :, prev(t)] with prev(t) = t−1 and prev(0) = 0 (time on dim 2): the query frame of the SIFA operator."""
     return torch.cat([x[:, :, :1], x[:, :, :-1]], dim=2)
+
+
+def scores_dtype(input: Tensor) -> torch.dtype:
+    """The dtype the kernels accumulate in and keep the fused op's scores in (sifa.h, accumulation_type):
+    float64 for float64 input, else float32."""
+    return torch.float64 if input.dtype == torch.float64 else torch.float32

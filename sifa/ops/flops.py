@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
+from ..errors import ExtensionNotBuiltError
 from .functional import backend
 
 FLOPS_PER_CHANNEL_TAP = 10  # 8 for the bilinear sample + 2 for the product / aggregation
@@ -31,8 +32,8 @@ def register_flop_formulas() -> None:
     Register before creating the FlopCounterMode: it copies the registry when constructed.
     """
     if backend() != "extension":
-        raise RuntimeError("FLOP counting of the SIFA ops needs the compiled extension (torch.ops.sifa), which is "
-                           "not loaded; run `bash make.sh` in the repository root to build it")
+        raise ExtensionNotBuiltError("FLOP counting of the SIFA ops needs the compiled extension (torch.ops.sifa), "
+                                     "which is not loaded; run `bash make.sh` in the repository root to build it")
     if torch.ops.sifa.defcor in flop_registry:
         return
 

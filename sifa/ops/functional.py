@@ -5,14 +5,14 @@ the pure-PyTorch reference; ``sifa.ops.backend()`` tells which.
 """
 from __future__ import annotations
 
-import operator
-from typing import Any, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ..errors import OpInputError, OpInputTypeError
 from . import _extension, reference
-from ._utils import IntPair
+from ._utils import IntPair, int_pair, scores_dtype
 
 
 def backend() -> str:
@@ -28,51 +28,54 @@ def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
     return torch.float32 if device == "cpu" else torch.get_autocast_dtype(device)
 
 
-def int_pair(value: Any, name: str, op: str) -> Tuple[int, int]:
-    """``3`` -> ``(3, 3)``; a pair of ints (height, width) stays; anything else is a TypeError naming ``name``."""
-    items = value if isinstance(value, (tuple, list)) else (value, value)
-    try:
-        if len(items) != 2 or any(isinstance(v, bool) for v in items):
-            raise TypeError
-        return operator.index(items[0]), operator.index(items[1])
-    except TypeError:
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints (height, width), got {value!r}") from None
-
-
 def _shape(t: Tensor) -> str:
     return "×".join(str(s) for s in t.shape) or "scalar"
 
 
 def _check_common(input: Tensor, offset: Tensor, weight: Tensor, kernel: Tuple[int, int],
                   stride: Tuple[int, int], padding: Tuple[int, int], dilation: Tuple[int, int],
-                  groups: int, op: str) -> None:
+                  groups: int, weight_is_scores: bool, op: str) -> None:
     for name, t in (("input", input), ("offset", offset)):
         if t.dim() != 5:
-            raise ValueError(f"{op}: {name} must be 5-D (N×C×T×H×W), got shape {_shape(t)}")
+            raise OpInputError(f"{op}: {name} must be 5-D (N×C×T×H×W), got shape {_shape(t)}")
     if stride != (1, 1):
-        raise ValueError(f"{op}: only stride 1 is supported (the output keeps the input's size), got {stride}")
+        raise OpInputError(f"{op}: only stride 1 is supported (the output keeps the input's size), got {stride}")
     if min(kernel) < 1 or min(dilation) < 1 or min(padding) < 0:
-        raise ValueError(f"{op}: kernel size and dilation must be ≥ 1 and padding ≥ 0, got kernel {kernel}, "
-                         f"dilation {dilation}, padding {padding}")
+        raise OpInputError(f"{op}: kernel size and dilation must be ≥ 1 and padding ≥ 0, got kernel {kernel}, "
+                           f"dilation {dilation}, padding {padding}")
     N, C, T, H, W = input.shape
     if offset.shape[1] != 2 * kernel[0] * kernel[1]:
-        raise ValueError(f"{op}: offset must have 2·kh·kw = {2 * kernel[0] * kernel[1]} channels for kernel "
-                         f"{kernel}, got shape {_shape(offset)}")
+        raise OpInputError(f"{op}: offset must have 2·kh·kw = {2 * kernel[0] * kernel[1]} channels for kernel "
+                           f"{kernel}, got shape {_shape(offset)}")
     if offset.shape[0] != N or offset.shape[2:] != input.shape[2:]:
-        raise ValueError(f"{op}: offset batch and T×H×W must equal the input's ({N}, {T}×{H}×{W}), "
-                         f"got offset {_shape(offset)} for input {_shape(input)}")
+        raise OpInputError(f"{op}: offset batch and T×H×W must equal the input's ({N}, {T}×{H}×{W}), "
+                           f"got offset {_shape(offset)} for input {_shape(input)}")
     if groups < 1 or C % groups != 0:
-        raise ValueError(f"{op}: groups ({groups}) must be ≥ 1 and divide the input channels ({C})")
+        raise OpInputError(f"{op}: groups ({groups}) must be ≥ 1 and divide the input channels ({C})")
+    _check_dtypes(input, offset, weight, weight_is_scores, op)
     for name, t in (("offset", offset), ("weight", weight)):
-        if t.dtype != input.dtype and _autocast_dtype(input) is None:
-            raise TypeError(f"{op}: {name} has dtype {t.dtype} but input has {input.dtype}; all tensors must match")
         if t.device != input.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but input is on {input.device}")
+            raise OpInputError(f"{op}: {name} is on {t.device} but input is on {input.device}")
     if not (input.is_floating_point()):
-        raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
+        raise OpInputTypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
     if input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16) and _autocast_dtype(input) is None:
-        raise TypeError(f"{op}: on the CPU the SIFA ops run in float32 or float64, got {input.dtype}; convert the "
-                        f"tensors, or run under torch.autocast('cpu'), which computes these ops in float32")
+        raise OpInputTypeError(f"{op}: on the CPU the SIFA ops run in float32 or float64, got {input.dtype}; "
+                               f"convert the tensors, or run under torch.autocast('cpu'), which computes these ops "
+                               f"in float32")
+
+
+def _check_dtypes(input: Tensor, offset: Tensor, weight: Tensor, weight_is_scores: bool, op: str) -> None:
+    """The kernels' dtype rule (sifa.h, check_inputs): offset and weight in the input's dtype; scores (defagg's
+    weight) also in :func:`scores_dtype`, as ``sifa_attention(..., return_scores=True)`` returns them.
+    Under autocast every tensor is cast to the autocast dtype first, so any floating dtypes mix."""
+    if _autocast_dtype(input) is not None:
+        return
+    if offset.dtype != input.dtype:
+        raise OpInputTypeError(f"{op}: offset has dtype {offset.dtype} but input has {input.dtype}; they must match")
+    allowed = {input.dtype, scores_dtype(input)} if weight_is_scores else {input.dtype}
+    if weight.dtype not in allowed:
+        names = " or ".join(str(d) for d in sorted(allowed, key=str))
+        raise OpInputTypeError(f"{op}: weight has dtype {weight.dtype} but must be {names} for input {input.dtype}")
 
 
 def _cast_for_autocast(*tensors: Tensor) -> Tuple[Tensor, ...]:
@@ -84,12 +87,12 @@ def _cast_for_autocast(*tensors: Tensor) -> Tuple[Tensor, ...]:
 def _check_correlation(input: Tensor, offset: Tensor, weight: Tensor, stride: Tuple[int, int],
                        padding: Tuple[int, int], dilation: Tuple[int, int], groups: int, op: str) -> None:
     if weight.dim() != 4:
-        raise ValueError(f"{op}: weight must be 4-D (C×T×kh×kw), got shape {_shape(weight)}")
+        raise OpInputError(f"{op}: weight must be 4-D (C×T×kh×kw), got shape {_shape(weight)}")
     kernel = (weight.shape[2], weight.shape[3])
-    _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, op)
+    _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, False, op)
     if tuple(weight.shape[:2]) != (input.shape[1], input.shape[2]):
-        raise ValueError(f"{op}: weight must be C×T×kh×kw = {input.shape[1]}×{input.shape[2]}×kh×kw, "
-                         f"got {_shape(weight)}")
+        raise OpInputError(f"{op}: weight must be C×T×kh×kw = {input.shape[1]}×{input.shape[2]}×kh×kw, "
+                           f"got {_shape(weight)}")
 
 
 def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 1,
@@ -121,16 +124,19 @@ def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair =
     """
     kernel, stride, padding, dilation = (int_pair(v, name, "defagg") for v, name in (
         (kernel_size, "kernel_size"), (stride, "stride"), (padding, "padding"), (dilation, "dilation")))
-    _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, "defagg")
+    _check_common(input, offset, weight, kernel, stride, padding, dilation, groups, True, "defagg")
     N, C, T, H, W = input.shape
     expected = (N, groups * kernel[0] * kernel[1], T, H, W)
     if tuple(weight.shape) != expected:
-        raise ValueError(f"defagg: weight (scores) must be N×G·kh·kw×T×H×W = {'×'.join(map(str, expected))}, "
-                         f"got {_shape(weight)}")
+        raise OpInputError(f"defagg: weight (scores) must be N×G·kh·kw×T×H×W = {'×'.join(map(str, expected))}, "
+                           f"got {_shape(weight)}")
     if _extension.use_extension():
         return torch.ops.sifa.defagg(input, offset, weight, kernel, stride, padding, dilation, groups)
+    dtype = input.dtype
     input, offset, weight = _cast_for_autocast(input, offset, weight)
-    return reference.defagg(input, offset, weight, kernel, stride, padding, dilation, groups)
+    # scores in scores_dtype give an output in the input's dtype, as from the kernels
+    return reference.defagg(input, offset, weight, kernel, stride, padding, dilation, groups).to(
+        _autocast_dtype(input) or dtype)
 
 
 def sifa_attention(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 1,

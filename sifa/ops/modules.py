@@ -4,14 +4,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import defagg, defcor, int_pair, sifa_attention
-from ._utils import IntPair
+from ..errors import OpInputError
+from ._utils import IntPair, int_pair
+from .functional import defagg, defcor, sifa_attention
 
 
 def _check_sizes(module: str, in_channels: int, times: int) -> None:
     for name, value in (("in_channels", in_channels), ("times", times)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{module}: {name} must be an int ≥ 1, got {value!r}")
+            raise OpInputError(f"{module}: {name} must be an int ≥ 1, got {value!r}")
 
 
 class DefCorFixW(nn.Module):
@@ -57,8 +58,8 @@ class DefAgg(nn.Module):
 
     def forward(self, input: Tensor, offset: Tensor, weight: Tensor) -> Tensor:
         if input.dim() == 5 and tuple(input.shape[1:3]) != (self.in_channels, self.times):
-            raise ValueError(f"DefAgg({self.in_channels}, times={self.times}): input has {input.shape[1]} channels "
-                             f"and {input.shape[2]} frames (shape {tuple(input.shape)})")
+            raise OpInputError(f"DefAgg({self.in_channels}, times={self.times}): input has {input.shape[1]} channels "
+                               f"and {input.shape[2]} frames (shape {tuple(input.shape)})")
         return defagg(input, offset, weight, self.kernel_size, self.stride, self.padding, self.dilation,
                       self.groups)
 

@@ -11,7 +11,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ._utils import IntPair, pair, previous_frame
+from ._utils import IntPair, int_pair, previous_frame
 
 
 def _bilinear_sample(img: Tensor, py: Tensor, px: Tensor) -> Tensor:
@@ -67,7 +67,7 @@ def defcor(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, p
     N, C, T, H, W = input.shape
     kernel = tuple(weight.shape[2:])
     K = kernel[0] * kernel[1]
-    s = _sample_taps(input, offset, kernel, pair(stride), pair(padding), pair(dilation))
+    s = _sample_taps(input, offset, kernel, int_pair(stride), int_pair(padding), int_pair(dilation))
     q = previous_frame(input).unsqueeze(2)                                # N×C×1×T×H×W
     wgt = weight.reshape(C, T, K).permute(0, 2, 1)[None, :, :, :, None, None]  # 1×C×K×T×1×1
     prod = (s * q * wgt).view(N, groups, C // groups, K, T, H, W).sum(2)
@@ -78,9 +78,9 @@ def defagg(input: Tensor, offset: Tensor, weight: Tensor, kernel_size: IntPair =
            padding: IntPair = 1, dilation: IntPair = 1, groups: int = 1) -> Tensor:
     """Deformable aggregation: frame t's taps weighted by the scores ``weight`` (N×G·K×T×H×W)."""
     N, C, T, H, W = input.shape
-    kernel = pair(kernel_size)
+    kernel = int_pair(kernel_size)
     K = kernel[0] * kernel[1]
-    s = _sample_taps(input, offset, kernel, pair(stride), pair(padding), pair(dilation))
+    s = _sample_taps(input, offset, kernel, int_pair(stride), int_pair(padding), int_pair(dilation))
     corr = weight.reshape(N, groups, 1, K, T, H, W)
     out = (s.view(N, groups, C // groups, K, T, H, W) * corr).sum(3)
     return out.reshape(N, C, T, H, W)

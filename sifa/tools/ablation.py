@@ -1,10 +1,11 @@
-"""The ablation study of docs/reproduction.md: C2D, TSM and three SIFA designs, trained with one recipe
-(settings/ablation.yml) on synthetic motion videos of each regime, several seeds each.
+"""The ablation study of docs/reproduction.md: C2D, TSM and four SIFA designs, trained with one recipe
+(settings/ablation.yml, or --recipe) on synthetic motion videos of each regime, several seeds each.
 
     python -m sifa.tools.ablation --out output/ablation            # the full study
     python -m sifa.tools.ablation --out output/ablation_quick --quick
 
-Every run goes through train_val_3d.py (a subprocess, 1 or 2 processes). After each run
+Every run goes through `python -m sifa.tools.train` (a subprocess, 1 or 2 processes, with this copy of
+the package on its path). After each run
 <out>/results.json is rewritten; a study started again with the same --out skips the runs listed
 there. Then <out>/results.md (the last evaluation of each run, mean ± sd over seeds; the mean after
 each epoch) and <out>/results.png (the last evaluation) summarise them. The control
@@ -24,10 +25,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..config import REPO_ROOT
+from ..checkpoint_file import atomic_write_text
 from ..data.synthetic import REGIMES, generate
+from ..errors import InputError, exit_on_user_error
 
-RECIPE = REPO_ROOT / "settings" / "ablation.yml"
+RECIPE = os.path.join("settings", "ablation.yml")  # the default --recipe, relative to the working directory
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLASSES = 4  # the four directions of travel
 # variant -> (network overrides, frames shuffled)
 VARIANTS: Dict[str, tuple] = {
@@ -69,7 +72,7 @@ def prepare_data(out: str, regime: str, shuffled: bool, budget: Budget) -> Dict[
 
 
 def run_overrides(variant: str, seed: int, data: Dict[str, str], run_dir: str, budget: Budget) -> List[str]:
-    """train_val_3d.py --opts for one run on top of the shared recipe."""
+    """The training's --opts for one run on top of the shared recipe."""
     network, _ = VARIANTS[variant]
     opts = {**network, "seed": seed, "epochs": budget.epochs, "output_dir": run_dir, "num_classes": NUM_CLASSES,
             "crop_size": budget.size, "eva_crop_size": budget.size, "clip_length": budget.frames,
@@ -78,26 +81,27 @@ def run_overrides(variant: str, seed: int, data: Dict[str, str], run_dir: str, b
     return [f"{key}={value}" for key, value in opts.items()]
 
 
-def train(overrides: Sequence[str], nproc: int, log_path: str) -> None:
-    """One training run through train_val_3d.py; its output goes to ``log_path``."""
-    script = str(REPO_ROOT / "train_val_3d.py")
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                    f"--nproc_per_node={nproc}"]
-    command = launcher + [script, f"--config_file={RECIPE}", "--opts", *overrides]
+def train(overrides: Sequence[str], nproc: int, log_path: str, recipe: str) -> None:
+    """One training run of ``recipe`` through sifa.tools.train; its output goes to ``log_path``."""
+    launcher = [sys.executable, "-m"] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                          "--standalone", f"--nproc_per_node={nproc}", "--module"]
+    command = launcher + ["sifa.tools.train", f"--config_file={recipe}", "--opts", *overrides]
+    path = os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
     with open(log_path, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=path))
     if result.returncode != 0:
         raise RuntimeError(f"training failed (exit {result.returncode}); its output: {log_path}")
 
 
-def run_one(out: str, variant: str, regime: str, seed: int, budget: Budget) -> dict:
+def run_one(out: str, variant: str, regime: str, seed: int, budget: Budget, recipe: str) -> dict:
     """Train one variant on one regime with one seed; the result entry of results.json."""
     data = prepare_data(out, regime, VARIANTS[variant][1], budget)
     run_dir = os.path.join(out, "runs", variant, regime, f"seed{seed}")
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished earlier attempt: start it over
     os.makedirs(run_dir)
     tic = time.time()
-    train(run_overrides(variant, seed, data, run_dir, budget), budget.nproc, os.path.join(run_dir, "stdout.txt"))
+    train(run_overrides(variant, seed, data, run_dir, budget), budget.nproc, os.path.join(run_dir, "stdout.txt"),
+          recipe)
     with open(os.path.join(run_dir, "val_accuracy.json"), encoding="utf-8") as f:
         history = json.load(f)
     # the study keeps accuracies and logs; two ResNet-50 checkpoints per run would fill the disk
@@ -117,9 +121,7 @@ def load_results(path: str) -> List[dict]:
 
 
 def save_results(path: str, results: List[dict]) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)  # an interrupted write leaves the previous list intact
+    atomic_write_text(path, json.dumps(results, indent=2))  # an interrupted write leaves the previous list intact
 
 
 def final_top1(entry: dict) -> float:
@@ -215,7 +217,7 @@ def plot(results: List[dict], path: str) -> None:
 
 
 def study(out: str, variants: Sequence[str], regimes: Sequence[str], seeds: Sequence[int],
-          budget: Budget) -> List[dict]:
+          budget: Budget, recipe: str = RECIPE) -> List[dict]:
     """Run every (variant, regime, seed) not yet in <out>/results.json, then write the table and plot."""
     os.makedirs(out, exist_ok=True)
     results_path = os.path.join(out, "results.json")
@@ -228,7 +230,7 @@ def study(out: str, variants: Sequence[str], regimes: Sequence[str], seeds: Sequ
                     print(f"skip {variant} / {regime} / seed {seed}: in {results_path}", flush=True)
                     continue
                 print(f"run {variant} / {regime} / seed {seed} ...", flush=True)
-                entry = run_one(out, variant, regime, seed, budget)
+                entry = run_one(out, variant, regime, seed, budget, recipe)
                 print(f"  top-1 {final_top1(entry):.2f} % in {entry['wall_time_s']:.0f} s", flush=True)
                 results.append(entry)
                 save_results(results_path, results)
@@ -242,6 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     defaults = Budget()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder of results.json, results.md, results.png, data, runs")
+    parser.add_argument("--recipe", default=RECIPE, help="the settings file every run shares (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help=f"one seed, slow motion, {' vs '.join(QUICK_VARIANTS)} only (a smoke run)")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 of the full study")
@@ -259,7 +262,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         variants, regimes, seeds = QUICK_VARIANTS, ("slow",), (0,)
     else:
         variants, regimes, seeds = args.variants, args.regimes, range(args.seeds)
-    results = study(args.out, variants, regimes, seeds, budget)
+    with exit_on_user_error():
+        if not os.path.isfile(args.recipe):
+            raise InputError(f"--recipe {args.recipe} not found (run from the repository root, or pass --recipe)")
+        results = study(args.out, variants, regimes, seeds, budget, args.recipe)
     print(markdown_table(results), end="")
 
 

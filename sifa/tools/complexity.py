@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..config import ConfigError, load_config
+from ..config import load_config
+from ..errors import exit_on_user_error
 from ..models import get_model_by_name
 from ..ops.flops import register_flop_formulas
 
@@ -61,10 +62,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--sifa_kernel", type=int, nargs="+", default=None)
     args = parser.parse_args(argv)
     if args.config_file:
-        try:
+        with exit_on_user_error():
             cfg = load_config(args.config_file, args.opts)
-        except ConfigError as err:
-            raise SystemExit(f"error: {err}") from None
         view = {"net_name": cfg.net_name, "clip_length": cfg.eva_num_segments * cfg.clip_length,
                 "crop_size": cfg.eva_crop_size, "num_classes": cfg.num_classes, "sifa_kernel": cfg.sifa_kernel}
     elif args.net_name:
@@ -75,10 +74,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         if key in ("net_name", "clip_length", "crop_size", "num_classes", "sifa_kernel") and value is not None:
             view[key] = value
     args = argparse.Namespace(**view)
-    try:
+    with exit_on_user_error():
         register_flop_formulas()
-    except RuntimeError as err:  # the extension is not built
-        raise SystemExit(f"error: {err}") from err
     params, trainable, flops = complexity(args.net_name, args.clip_length, args.crop_size, args.num_classes,
                                           args.sifa_kernel)
     print(f"{args.net_name}: input 1×3×{args.clip_length}×{args.crop_size}×{args.crop_size} (one view)")

@@ -12,8 +12,10 @@ import argparse
 import os
 from typing import List, Optional
 
+from ..checkpoint_file import load_checkpoint
 from ..engine.checkpoint import save_weights
-from ..models.weights import CheckpointError, load_checkpoint, state_dict_of
+from ..errors import InputError, exit_on_user_error
+from ..models.weights import state_dict_of
 
 # Plain data kept beside the weights, when the checkpoint has it.
 KEPT_INFO = ("epoch", "top1", "config")
@@ -30,12 +32,10 @@ def main(argv: Optional[List[str]] = None) -> str:
     parser.add_argument("--checkpoint", required=True, help="a training checkpoint (current.pth, ckpt_epoch_N.pth)")
     parser.add_argument("--out", required=True, help="the weights file to write")
     args = parser.parse_args(argv)
-    if os.path.abspath(args.out) == os.path.abspath(args.checkpoint):
-        raise SystemExit("error: --out must differ from --checkpoint")
-    try:
+    with exit_on_user_error():
+        if os.path.abspath(args.out) == os.path.abspath(args.checkpoint):
+            raise InputError("--out must differ from --checkpoint")
         path = export_weights(args.checkpoint, args.out)
-    except (CheckpointError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
     print(f"{path}: {os.path.getsize(path) / 2**20:.1f} MiB "
           f"(from {args.checkpoint}: {os.path.getsize(args.checkpoint) / 2**20:.1f} MiB)")
     return path

@@ -20,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from ..errors import InputError, exit_on_user_error  # noqa: E402
+
 # Panel title, x-axis label and the test that puts a scalar tag on the panel.
 # Per-iteration and per-epoch losses get panels of their own: their x axes differ.
 PANELS = (
@@ -37,11 +39,11 @@ Series = Dict[str, Tuple[List[int], List[float]]]
 def read_scalars(output_dir: str) -> Series:
     """Every scalar tag of the run: (steps, values), sorted by step; a step logged twice keeps its last value."""
     if not os.path.isdir(output_dir):
-        raise FileNotFoundError(f"run folder not found: {output_dir}")
+        raise InputError(f"run folder not found: {output_dir}")
     event_files = sorted(os.path.join(root, f) for root, _, files in os.walk(output_dir)
                          for f in files if "tfevents" in f)
     if not event_files:
-        raise FileNotFoundError(f"no TensorBoard event files under {output_dir}")
+        raise InputError(f"no TensorBoard event files under {output_dir}")
     by_step: Dict[str, Dict[int, float]] = {}
     # Files are read in name order (their names begin with the creation time), so a resumed run's
     # values replace those of the interrupted one at the same step.
@@ -80,7 +82,7 @@ def plot_curves(series: Series, path: str, title: str = "") -> List[str]:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
     if not plotted:
         plt.close(fig)
-        raise ValueError(f"no loss, lr or accuracy scalars among the logged tags {sorted(series)}")
+        raise InputError(f"no loss, lr or accuracy scalars among the logged tags {sorted(series)}")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -94,10 +96,8 @@ def main(argv: Optional[List[str]] = None) -> str:
     parser.add_argument("--out", default=None, help="PNG to write (default: <output_dir>/curves.png)")
     args = parser.parse_args(argv)
     path = args.out or os.path.join(args.output_dir, "curves.png")
-    try:
+    with exit_on_user_error():
         plotted = plot_curves(read_scalars(args.output_dir), path, title=args.output_dir)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
     print(f"{path}: {', '.join(plotted)}")
     return path
 

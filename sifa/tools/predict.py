@@ -15,66 +15,22 @@ import argparse
 import os
 import sys
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
-from ..config import ConfigError, load_config
-from ..data import ClipTooShortError, FrameReadError, ListFileError, VideoDataset, VideoRecord, read_class_names
+from ..config import load_config
+from ..data import VideoDataset, VideoRecord, read_class_names
 from ..data.build import build_eval_dataset
-from ..data.storage import count_video_frames, frame_file_name
+from ..data.storage import storage_of
 from ..engine.distributed import DistContext
 from ..engine.evaluate import evaluate
 from ..engine.runtime import amp_dtype
+from ..errors import exit_on_user_error
 from ..models.build import load_network
-from ..models.weights import CheckpointError
 
 TOP_K = 5
-
-
-class InputError(ValueError):
-    """An input that does not exist or holds no readable frame."""
-
-
-def storage_of(path: str, video_backend: str = "opencv") -> Tuple[str, int]:
-    """(storage format, number of frames) of a video file (decoded by ``video_backend``), FRAME folder or
-    LMDB environment."""
-    if not os.path.exists(path):
-        raise InputError(f"input not found: {path}")
-    if os.path.isfile(path):
-        count = count_video_frames(path, video_backend)
-        if count == 0:
-            raise InputError(f"cannot read input video {path}: video_backend {video_backend} decodes no frame "
-                             f"from it")
-        return "VIDEO", count
-    if os.path.isfile(os.path.join(path, "data.mdb")):
-        import lmdb  # only for LMDB input
-
-        try:
-            env = lmdb.open(path, readonly=True, lock=False)
-        except lmdb.Error as err:
-            raise InputError(f"cannot read input LMDB environment {path}: {err}") from None
-        try:
-            count = env.stat()["entries"]
-        finally:
-            env.close()
-        if count == 0:
-            raise InputError(f"input LMDB environment {path} holds no frames")
-        return "LMDB", count
-    count = 0
-    while os.path.isfile(os.path.join(path, frame_file_name(count + 1))):
-        count += 1
-    if count == 0:
-        raise InputError(f"cannot read input folder {path}: it holds no frame {frame_file_name(1)} "
-                         f"(FRAME folders are numbered 00001.jpg, 00002.jpg, ...) and no LMDB data.mdb")
-    # A gap would end the video there: its later frames would be dropped without a word.
-    later = [name for name in os.listdir(path) if name > frame_file_name(count + 1) and len(name) == 9
-             and name.endswith(".jpg") and name[:5].isdigit()]
-    if later:
-        raise InputError(f"input folder {path}: frame {frame_file_name(count + 1)} is missing, but {len(later)} "
-                         f"later frames (up to {max(later)}) exist; FRAME folders are numbered without gaps")
-    return "FRAME", count
 
 
 def input_views(cfg: SimpleNamespace, path: str) -> VideoDataset:
@@ -132,12 +88,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, object]]:
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. eva_num_clips=1 eva_num_crop=1")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error():
         cfg = load_config(args.config_file, args.opts)
         ranking = predict(cfg, args.checkpoint, args.input, args.class_names)
-    except (ConfigError, InputError, ClipTooShortError, CheckpointError, FrameReadError, ListFileError,
-            FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
     views = cfg.eva_num_clips * cfg.eva_num_crop
     print(f"{args.input}: {views} view(s) ({cfg.eva_num_clips} clip(s) x {cfg.eva_num_crop} crop(s) at "
           f"{cfg.eva_crop_size}px) of {cfg.net_name}")

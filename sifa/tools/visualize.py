@@ -40,13 +40,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from ..config import ConfigError, load_config  # noqa: E402
-from ..data import FrameReadError, ListFileError  # noqa: E402
+from ..config import load_config  # noqa: E402
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from ..errors import ConfigError, InputError, exit_on_user_error  # noqa: E402
 from ..models.build import load_network  # noqa: E402
 from ..models.sifa_resnet import SIFABottleneck  # noqa: E402
-from ..models.weights import CheckpointError  # noqa: E402
-from .predict import InputError, input_views  # noqa: E402
+from .predict import input_views  # noqa: E402
 
 DEFAULT_POINTS = 4
 GIF_MIN_SIDE = 256
@@ -199,13 +198,13 @@ def visualize(model: nn.Module, clip: Tensor, out_dir: str, block_names: Optiona
     """Write the PNG/JSON pairs of the chosen blocks and clip.gif for one 3×L×H×W view; returns the PNGs."""
     available = sifa_blocks(model)
     if not available:
-        raise ValueError(f"{type(model).__name__} has no SIFA bottleneck (conv_offset, def_cor) to show")
+        raise InputError(f"{type(model).__name__} has no SIFA bottleneck (conv_offset, def_cor) to show")
     names = list(block_names) if block_names else list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise ValueError(f"not SIFA bottlenecks: {unknown}; choose from {list(available)}")
+        raise InputError(f"not SIFA bottlenecks: {unknown}; choose from {list(available)}")
     if num_points < 1:
-        raise ValueError(f"--points must be positive, got {num_points}")
+        raise InputError(f"--points must be positive, got {num_points}")
     os.makedirs(out_dir, exist_ok=True)
     device = next(model.parameters()).device
     captures = capture_blocks(model, clip.unsqueeze(0).to(device), {n: available[n] for n in names})
@@ -255,20 +254,17 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
+    with exit_on_user_error():
         cfg = load_config(args.config_file, args.opts)
         if cfg.time_dim != "T":
             raise ConfigError(f"{args.config_file}: visualising needs time_dim T, got {cfg.time_dim!r}")
         views = input_views(cfg, args.input)
         if not 0 <= args.view < len(views):
-            raise ValueError(f"--view must lie in [0, {len(views)}), got {args.view}")
+            raise InputError(f"--view must lie in [0, {len(views)}), got {args.view}")
         clip = views[args.view][0]
         model = load_network(cfg, args.checkpoint, device)
         written = visualize(model, clip, args.out, args.block, args.points,
                             {"input": args.input, "checkpoint": args.checkpoint, "view": args.view})
-    except (ConfigError, InputError, CheckpointError, FrameReadError, ListFileError, FileNotFoundError,
-            ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
     for path in written:
         print(path)
     print(os.path.join(args.out, "clip.gif"))

@@ -1,0 +1,173 @@
+"""Checkpoint files: reading, writing, the SHA-256 sidecar, and the atomic write every saved file uses.
+
+A checkpoint holds only tensors and plain Python data, so :func:`load_checkpoint` reads it
+weights-only, without running pickled code; a SHA-256 file beside each (``sha256sum -c`` reads it)
+lets the loader tell a damaged file. Files are written to a .tmp, flushed and renamed, so a kill or
+a full disk never replaces a good file with a partial one.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import pickle
+import shutil
+from typing import IO, Any, Callable, Dict, List, Optional
+
+import torch
+
+from .errors import CheckpointError, CheckpointNotFoundError, UserError
+
+ZIP_MAGIC = b"PK\x03\x04"  # how the files of torch.save begin
+TMP = ".tmp"
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint that could not be written (the previous one at that path is kept)."""
+
+
+def checksum_path(path: str | os.PathLike) -> str:
+    """The SHA-256 file written beside a checkpoint (``sha256sum -c`` reads it)."""
+    return os.fspath(path) + ".sha256"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checksum(sidecar: str) -> Optional[str]:
+    """The digest a SHA-256 file (``<digest>  <name>``) holds, or None when it holds none."""
+    with open(sidecar, "r", encoding="ascii", errors="replace") as f:
+        fields = f.read().split(maxsplit=1)
+    return fields[0] if fields else None
+
+
+def remove_if_present(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _write_synced(tmp: str, write: Callable[[IO], None], binary: bool) -> None:
+    """``write(f)`` into ``tmp``, flushed to disk; a failed write removes the partial file."""
+    try:
+        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        remove_if_present(tmp)
+        raise
+
+
+def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
+    """``write(f)`` into ``path``.tmp, flushed to disk, then renamed to ``path``: an interrupted write leaves
+    the previous file intact."""
+    _write_synced(path + TMP, write, binary)
+    os.replace(path + TMP, path)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
+
+
+def _write_error(path: str, error: OSError, kept: str) -> CheckpointWriteError:
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    return CheckpointWriteError(f"cannot write checkpoint {path}: {error.strerror or error} ({free / 2**20:.0f} MiB "
+                                f"free on its file system); the partial file was removed and {kept}")
+
+
+def publish(tmp: str, path: str, digest: str) -> None:
+    """Move a written ``tmp`` to ``path`` and its SHA-256 beside it.
+
+    The checksum goes through its own .tmp: a kill between the two renames leaves the new checkpoint with
+    its new checksum still pending, which `remove_leftover_tmp` completes at the next start."""
+    checksum = checksum_path(path)
+    with open(checksum + TMP, "w", encoding="ascii") as f:
+        f.write(f"{digest}  {os.path.basename(path)}\n")
+    os.replace(tmp, path)
+    os.replace(checksum + TMP, checksum)
+
+
+def save_checkpoint_file(obj: Any, path: str) -> str:
+    """Write ``obj`` to ``path`` through ``path``.tmp, flushed to disk first, with its SHA-256 beside it;
+    returns the digest."""
+    try:
+        _write_synced(path + TMP, lambda f: torch.save(obj, f), binary=True)
+    except OSError as e:
+        raise _write_error(path, e, "the previous checkpoint there is kept") from e
+    digest = file_sha256(path + TMP)
+    publish(path + TMP, path, digest)
+    return digest
+
+
+def copy_checkpoint_file(source: str, path: str, digest: str) -> None:
+    """Copy the checkpoint ``source`` (whose SHA-256 is ``digest``) to ``path``, atomically, with its SHA-256."""
+    try:
+        shutil.copyfile(source, path + TMP)
+    except OSError as e:
+        remove_if_present(path + TMP)
+        raise _write_error(path, e, f"{source} is saved") from e
+    publish(path + TMP, path, digest)
+
+
+def remove_leftover_tmp(output_dir: str) -> List[str]:
+    """Remove the .tmp files of saves a kill interrupted; returns their names.
+
+    A checksum whose checkpoint was already renamed into place (the kill fell between the two renames of
+    `publish`) is completed instead."""
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
+        if not name.endswith(TMP):
+            continue
+        path = os.path.join(output_dir, name)
+        target = path[:-len(TMP)]
+        checkpoint = target[:-len(".sha256")] if target.endswith(".sha256") else None
+        if checkpoint and os.path.isfile(checkpoint) and read_checksum(path) == file_sha256(checkpoint):
+            os.replace(path, target)
+            continue
+        remove_if_present(path)
+        removed.append(name)
+    return removed
+
+
+def verify_checksum(path: str | os.PathLike) -> None:
+    """A CheckpointError when ``path`` differs from the SHA-256 saved beside it; files without one pass."""
+    sidecar = checksum_path(path)
+    if os.path.isfile(sidecar) and read_checksum(sidecar) != file_sha256(path):
+        raise CheckpointError(f"{path} does not match the SHA-256 in {sidecar}: the file was changed or damaged "
+                              f"after it was saved")
+
+
+def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """The checkpoint file's contents on the CPU; the original's checkpoints also hold an argparse.Namespace.
+
+    An empty, truncated, damaged or foreign file, or one that fails its SHA-256, raises one CheckpointError
+    naming the file and the problem."""
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the save that wrote it did not finish")
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == ZIP_MAGIC
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False, which would run the file's pickled code: not repeated.
+        if "Unsupported global" in str(e):
+            raise CheckpointError(f"{path} holds Python objects other than tensors and plain data; it is not "
+                                  f"loaded, since unpickling them could run arbitrary code") from None
+        problem = "is damaged" if is_zip else "is not a PyTorch checkpoint"
+        raise CheckpointError(f"{path} {problem} ({size} bytes)") from None
+    except Exception:  # arbitrary bytes make the unpickler fail in arbitrary ways (KeyError, IndexError, ...)
+        problem = "is truncated or damaged (an incomplete zip archive)" if is_zip else "is not a PyTorch checkpoint"
+        raise CheckpointError(f"{path} {problem} ({size} bytes)") from None
+    # After the read, so that a file that does not even load is described as such.
+    verify_checksum(path)
+    return checkpoint

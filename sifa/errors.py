@@ -1,0 +1,65 @@
+"""Errors in what the user gave: configuration, list files, videos, checkpoints, op inputs, paths.
+
+Every such error derives from :class:`UserError`; its message names the problem (the key, file,
+list line or tensor), so the command-line tools print it as one line and exit with status 2
+(:func:`exit_on_user_error`), while bugs keep their traceback. The data, checkpoint and tool
+modules derive their own errors from these; each also keeps the built-in base it always had
+(ValueError, RuntimeError, ...), so code catching that still does.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+USAGE_ERROR_STATUS = 2  # the exit status of argparse's usage errors, for the same kind of mistake
+
+
+class UserError(Exception):
+    """An input that cannot be used, described by the message alone."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration file or override that cannot be used."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file that cannot be used: unreadable, damaged, or not what the run needs."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that holds no file."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint whose entries do not fit the network."""
+
+
+class InputError(UserError, ValueError):
+    """An input of a tool (a file, folder or argument) that does not exist or cannot be used."""
+
+
+class OpInputError(UserError, ValueError):
+    """Tensors or arguments of a SIFA op with the wrong shape, value or device."""
+
+
+class OpInputTypeError(UserError, TypeError):
+    """Tensors or arguments of a SIFA op of the wrong type or dtype."""
+
+
+class ExtensionNotBuiltError(UserError, RuntimeError):
+    """The compiled SIFA kernels are needed but not loaded (not built, or built against another PyTorch)."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Runs a command-line tool's work: a UserError ends the process with its message on one line of
+    stderr and exit status 2. Under torch.distributed every process meets the same error in the same
+    inputs; the launchers set RANK before any process group exists, so rank 0 alone prints it."""
+    try:
+        yield
+    except UserError as err:
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {err}", file=sys.stderr)
+        sys.exit(USAGE_ERROR_STATUS)
