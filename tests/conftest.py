@@ -4,7 +4,6 @@ import platform
 import pytest
 
 from helpers import emulation_skip_reason
-from sifa.data import synthetic
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -27,6 +26,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """A synthetic data set of 3 classes, 4 training and 2 validation videos each, 8 frames of 32²."""
+    from sifa.data import synthetic  # needs OpenCV, which the operator tests in a minimal environment lack
+
     root = tmp_path_factory.mktemp("synthetic")
     return synthetic.generate(str(root), num_classes=3, videos_per_class=4, val_videos_per_class=2, frames=8,
                               size=32, seed=0)

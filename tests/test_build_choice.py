@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import REPO_ROOT as ROOT
 
 
 @pytest.fixture(scope="module")

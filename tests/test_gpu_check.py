@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import torch
 
-from conftest import ROOT
+from helpers import REPO_ROOT as ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check  # noqa: E402

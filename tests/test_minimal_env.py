@@ -18,7 +18,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT as ROOT
 WANTED = ["torch", "timm", "numpy", "pyyaml"]
 TEST_RUNNER = ["pytest"]
 ABSENT = ["lmdb", "cv2", "av", "onnx", "onnxruntime", "onnxscript", "tensorboard", "matplotlib"]

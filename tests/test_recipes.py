@@ -68,7 +68,7 @@ def _train_one_epoch(tmp_path, data, name, **optimizer):
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from sifa.engine.trainer import Trainer
-    from test_train import CPU, tiny_config
+    from helpers import CPU, tiny_config
 
     torch.set_num_threads(1)
     run = tmp_path / name
