@@ -2,6 +2,9 @@
 input checks, backend choice, autocast and torch.compile (docs/design.md §2-3)."""
 import math
 import os
+import platform
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -385,6 +388,27 @@ def test_cpu_capabilities_agree(tmp_path):
             assert_same(results[key], want, rtol=tol, atol=tol, what=f"{capability} {key}")
     bad = run_catalogue("avx512", tmp_path / "bad.pt")  # ATen's name, but no build of these kernels
     assert bad.returncode != 0 and "SIFA_CPU_CAPABILITY must be default or avx2, got 'avx512'" in bad.stderr
+
+
+@needs_ext
+@pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("objdump") is None,
+                    reason="inspects x86-64 machine code with objdump")
+def test_avx_instructions_only_in_the_avx2_kernels():
+    # The baseline build must run on any x86-64 CPU, so AVX (ymm registers, FMA) may appear only in
+    # the AVX2 build's own functions, never in an inline function or template instance the linker
+    # could share with the baseline path (what compiling a whole file with -mavx2 would risk).
+    listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", str(_extension._library_path())],
+                             capture_output=True, text=True, check=True).stdout
+    with_avx, function = set(), None
+    for line in listing.splitlines():
+        if line.endswith(">:"):
+            function = line.split("<", 1)[1]
+        elif function and re.search(r"%[yz]mm|\bvfn?m(add|sub)", line):
+            with_avx.add(function)
+    assert with_avx, "no AVX code in the library: the AVX2 build of the CPU kernels is missing"
+    # names as objdump demangles them, after a return type for function template instances
+    outside = sorted(f for f in with_avx if not re.match(r"(\S+ )?sifa::ops::cpu_avx2::", f))
+    assert not outside, outside[:5]
 
 
 @needs_ext
