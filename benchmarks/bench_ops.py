@@ -8,6 +8,8 @@ the extension's achieved memory bandwidth, counting the bytes a pass must move a
 features in and out, offsets, scores (and their gradients in backward), against the device's peak
 (from its properties' memory clock and bus width, or, where this PyTorch lacks them, the bandwidth
 a device-to-device copy reaches).
+On the CPU it is the forward's achieved GFLOP/s (sifa/ops/flops.py counts the forward only), and
+the header names the instruction set the CPU kernels run with (SIFA_CPU_CAPABILITY caps it).
 
     python benchmarks/bench_ops.py [--device cpu|cuda] [--shapes 128 256 512] [--ops separate fused]
         [--dtype float32|float16|bfloat16] [--channels-last] [--repeat 3]
@@ -60,6 +62,14 @@ def min_bytes(C: int, mode: str, element: int) -> int:
     return element * (forward if mode == "fwd" else forward + 3 * features + 2 * offsets)
 
 
+def forward_flops(C: int) -> int:
+    """FLOPs of the forward (both ops, or the fused op that counts as both) by sifa/ops/flops.py."""
+    from sifa.ops.flops import sifa_op_flops
+
+    S = SHAPES[C]
+    return 2 * sifa_op_flops((N, C, T, S, S), (K, K))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -81,10 +91,14 @@ def main() -> None:
         peak = peak_bandwidth_gbs()
         peak, peak_name = (peak, "peak") if peak else (copy_bandwidth_gbs("cuda"), "measured copy")
         header += f" ({torch.cuda.get_device_name(0)}, {peak_name} {peak:.0f} GB/s)"
+    else:
+        import sifa.ops as ops
+        header += f" (SIFA CPU kernels: {ops.cpu_capability() if ops.backend() == 'extension' else 'not built'})"
     layout = "channels_last_3d" if args.channels_last else "contiguous"
     print(f"{header}, threads {torch.get_num_threads()}, N={N} T={T} K={K} {args.dtype}, {layout} features")
     columns = ["shape", "op", "pass", "reference ms", "extension ms", "speed-up", "reference peak MiB",
-               "extension peak MiB", "memory ratio"] + (["SIFA kernels ms", "kernels GB/s (of peak)"] if gpu else [])
+               "extension peak MiB", "memory ratio"] + (["SIFA kernels ms", "kernels GB/s (of peak)"] if gpu
+                                                                    else ["forward GFLOP/s"])
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     element = torch.empty((), dtype=getattr(torch, args.dtype)).element_size()
@@ -99,6 +113,8 @@ def main() -> None:
                 if gpu:
                     gbs = min_bytes(C, mode, element) / (ext.kernel_ms * 1e-3) / 1e9
                     row += [f"{ext.kernel_ms:.3f}", f"{gbs:.0f} ({100 * gbs / peak:.0f} %)"]
+                else:
+                    row.append(f"{forward_flops(C) / (ext.ms * 1e-3) / 1e9:.1f}" if mode == "fwd" else "")
                 print("| " + " | ".join(row) + " |", flush=True)
 
 

@@ -1,6 +1,6 @@
-"""Registration of the six `torch.ops.sifa` ops, checked by `torch.library.opcheck`: schema, fake
-(meta) kernel and autograd registration, on the CPU and, when present, on a GPU; and the clear
-error of a double backward through the compiled kernels."""
+"""Registration of the six `torch.ops.sifa` ops and the CPU capability query, checked by
+`torch.library.opcheck`: schema, fake (meta) kernel and autograd registration, on the CPU and, when
+present, on a GPU; and the clear error of a double backward through the compiled kernels."""
 import pytest
 import torch
 from torch.library import opcheck
@@ -15,9 +15,10 @@ N, C, T, H, W, K = 2, 4, 3, 5, 6, 3
 GEOMETRY = ([1, 1], [1, 1], [1, 1], 2)  # stride, padding, dilation, groups
 GRADS = [True, True, True]  # output_mask of the backward ops: input, offset, weight
 # The backward ops are never differentiated (that is the error below), so opcheck skips its
-# differentiating pass for them: aot_dispatch_dynamic would run their backward.
+# differentiating pass for them: aot_dispatch_dynamic would run their backward. It cannot compare
+# the string the CPU capability query returns either.
 FORWARD_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-BACKWARD_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor")
+NOT_DIFFERENTIATED_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor")
 
 
 def sample(device):
@@ -40,16 +41,17 @@ def op_calls(device):
         "defcor": ((x, off, w, *GEOMETRY), FORWARD_CHECKS),
         "defagg": ((x, off, scores, [K, K], *GEOMETRY), FORWARD_CHECKS),
         "sifa_attention": ((x, off, w, *GEOMETRY), FORWARD_CHECKS),
-        "_defcor_backward": ((grad_scores, x, off, w, *GEOMETRY, GRADS), BACKWARD_CHECKS),
-        "_defagg_backward": ((grad_out, x, off, scores, [K, K], *GEOMETRY, GRADS), BACKWARD_CHECKS),
+        "_defcor_backward": ((grad_scores, x, off, w, *GEOMETRY, GRADS), NOT_DIFFERENTIATED_CHECKS),
+        "_defagg_backward": ((grad_out, x, off, scores, [K, K], *GEOMETRY, GRADS), NOT_DIFFERENTIATED_CHECKS),
         "_sifa_attention_backward": ((grad_out, grad_scores, x, off, w, scores.detach(), *GEOMETRY, GRADS),
-                                     BACKWARD_CHECKS),
+                                     NOT_DIFFERENTIATED_CHECKS),
+        "_cpu_capability": ((), NOT_DIFFERENTIATED_CHECKS),
     }
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["defcor", "defagg", "sifa_attention", "_defcor_backward", "_defagg_backward",
-                                  "_sifa_attention_backward"])
+                                  "_sifa_attention_backward", "_cpu_capability"])
 def test_opcheck(name, device):
     args, checks = op_calls(device)[name]
     opcheck(getattr(torch.ops.sifa, name), args, test_utils=checks)

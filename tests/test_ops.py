@@ -1,7 +1,15 @@
 """The SIFA operator: reference against explicit loops, extension against reference, gradients,
 input checks, backend choice, autocast and torch.compile (docs/design.md §2-3)."""
 import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,6 +334,81 @@ def test_backend_env_forcing(monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ops.backend()
+
+
+CPU_CAPABILITIES = ["default", "avx2"]  # the CPU kernels' builds, in increasing order
+
+# In a fresh process (the capability is chosen once per process): the capability the CPU kernels
+# report, and every op and backward over the kernel catalogue in float64 and float32.
+CATALOGUE_RUN = textwrap.dedent("""
+    import sys, torch
+    import sifa.ops as ops
+    from kernel_catalogue import CATALOGUE, make_inputs, run_ops
+    results = {}
+    for name, case in CATALOGUE.items():
+        for dtype in (torch.float64, torch.float32):
+            tensors, geo = make_inputs(case, dtype)
+            results[f"{name} {dtype}"] = run_ops(torch.ops.sifa, tensors, geo)
+    torch.save(results, sys.argv[1])
+    print(ops.cpu_capability())
+""")
+
+
+def run_catalogue(capability, path):
+    env = {k: v for k, v in os.environ.items() if k not in ("SIFA_CPU_CAPABILITY", "ATEN_CPU_CAPABILITY")}
+    if capability:
+        env["SIFA_CPU_CAPABILITY"] = capability
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])])
+    return subprocess.run([sys.executable, "-c", CATALOGUE_RUN, str(path)], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@needs_ext
+def test_cpu_capabilities_agree(tmp_path):
+    # unset, the kernels take the widest instruction set the CPU runs: AVX2 exactly when ATen, which
+    # reads the same CPU features, chooses AVX2 or AVX-512 (which includes AVX2 and FMA)
+    aten = torch.backends.cpu.get_cpu_capability() if "ATEN_CPU_CAPABILITY" not in os.environ else None
+    runs = {}
+    for requested in ["", *CPU_CAPABILITIES]:
+        result = run_catalogue(requested, tmp_path / f"{requested or 'unset'}.pt")
+        assert result.returncode == 0, result.stderr
+        runs[requested] = result.stdout.split()[-1], torch.load(tmp_path / f"{requested or 'unset'}.pt")
+    best = runs[""][0]
+    if aten is not None:
+        assert best == ("avx2" if aten in ("AVX2", "AVX512") else "default"), aten
+    # SIFA_CPU_CAPABILITY caps the choice: a capability the CPU lacks falls back to its best
+    for requested in CPU_CAPABILITIES:
+        expected = CPU_CAPABILITIES[min(CPU_CAPABILITIES.index(requested), CPU_CAPABILITIES.index(best))]
+        assert runs[requested][0] == expected, requested
+    # every build computes what the baseline computes (float32: FMA and wider reductions round differently)
+    baseline = runs["default"][1]
+    for requested, (capability, results) in runs.items():
+        for key, want in baseline.items():
+            tol = 1e-10 if "float64" in key else 1e-5
+            assert_same(results[key], want, rtol=tol, atol=tol, what=f"{capability} {key}")
+    bad = run_catalogue("avx512", tmp_path / "bad.pt")  # ATen's name, but no build of these kernels
+    assert bad.returncode != 0 and "SIFA_CPU_CAPABILITY must be default or avx2, got 'avx512'" in bad.stderr
+
+
+@needs_ext
+@pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("objdump") is None,
+                    reason="inspects x86-64 machine code with objdump")
+def test_avx_instructions_only_in_the_avx2_kernels():
+    # The baseline build must run on any x86-64 CPU, so AVX (ymm registers, FMA) may appear only in
+    # the AVX2 build's own functions, never in an inline function or template instance the linker
+    # could share with the baseline path (what compiling a whole file with -mavx2 would risk).
+    listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", str(_extension._library_path())],
+                             capture_output=True, text=True, check=True).stdout
+    with_avx, function = set(), None
+    for line in listing.splitlines():
+        if line.endswith(">:"):
+            function = line.split("<", 1)[1]
+        elif function and re.search(r"%[yz]mm|\bvfn?m(add|sub)", line):
+            with_avx.add(function)
+    assert with_avx, "no AVX code in the library: the AVX2 build of the CPU kernels is missing"
+    # names as objdump demangles them, after a return type for function template instances
+    outside = sorted(f for f in with_avx if not re.match(r"(\S+ )?sifa::ops::cpu_avx2::", f))
+    assert not outside, outside[:5]
 
 
 @needs_ext

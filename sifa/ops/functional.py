@@ -20,6 +20,16 @@ def backend() -> str:
     return "extension" if _extension.use_extension() else "reference"
 
 
+def cpu_capability() -> str:
+    """The instruction set the compiled CPU kernels run with: ``"avx512"``, ``"avx2"`` (with FMA) or
+    ``"default"`` (the build's baseline, also on non-x86 CPUs). The best the CPU has is chosen at the
+    first kernel call; the environment variable ``SIFA_CPU_CAPABILITY`` (same values) caps it."""
+    if not _extension.use_extension():
+        raise RuntimeError("sifa.ops.cpu_capability: the compiled extension is not in use (backend "
+                           f"{backend()!r}); run `bash make.sh` in the repository root to build it")
+    return torch.ops.sifa._cpu_capability()
+
+
 def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
     """The dtype the ops compute in under autocast: float32 on CPU, the autocast dtype on CUDA."""
     device = t.device.type
