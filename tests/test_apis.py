@@ -25,11 +25,11 @@ NUM_CLASSES = 3
 @pytest.fixture(scope="module")
 def recognizer(tiny_data, tmp_path_factory):
     """A c2d_sifa_resnet50 (8 frames, 32 px, 3 classes) with seeded random weights saved as a bare state dict,
-    and its config: 2 clips x 3 crops per video."""
+    and its config: 2 clips x 1 centre crop per video."""
     root = tmp_path_factory.mktemp("apis")
     config = {"dataset": {"format": "FRAME", "root_path": tiny_data["root_path"], "list_file": tiny_data["train_list"],
                           "eva_list_file": tiny_data["val_list"], "class_name_file": tiny_data["class_names"],
-                          "num_classes": NUM_CLASSES, "crop_size": 32, "eva_crop_size": 32, "eva_num_crop": 3,
+                          "num_classes": NUM_CLASSES, "crop_size": 32, "eva_crop_size": 32, "eva_num_crop": 1,
                           "num_workers": 0},
               "sampler": {"clip_length": 8, "batch_size": 4, "eva_num_clips": 2},
               "network": {"net_name": "c2d_sifa_resnet50"},
@@ -103,7 +103,7 @@ def test_array_input_equals_file_input_and_preprocess_is_the_networks_input(reco
     np.testing.assert_array_equal(video_scores(model, from_folder), video_scores(model, folder))
 
     batch = preprocess(decoded, model.cfg)
-    assert batch.shape == (2 * 3, 3, 8, 32, 32) and batch.dtype == torch.float32  # clips x crops views
+    assert batch.shape == (2, 3, 8, 32, 32) and batch.dtype == torch.float32  # 2 clips x 1 crop
     with torch.no_grad():
         heads = model(batch)
     expected = torch.stack([head.softmax(1) for head in heads]).mean(0).mean(0).double().numpy()
