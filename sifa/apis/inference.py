@@ -104,8 +104,9 @@ def _scores_of_views(model: nn.Module, views: VideoDataset) -> np.ndarray:
     cfg = model.cfg
     device = next(model.parameters()).device
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
-    # One video: data-loader worker processes would only add start-up time.
-    return evaluate(model, views, cfg.batch_size, 0, cfg.num_classes, ctx, amp_dtype(cfg, device)).scores[0]
+    # One video: data-loader worker processes would only add start-up time, a progress bar only noise.
+    return evaluate(model, views, cfg.batch_size, 0, cfg.num_classes, ctx, amp_dtype(cfg, device),
+                    show_progress=False).scores[0]
 
 
 def video_scores(model: nn.Module, video: Video) -> np.ndarray:

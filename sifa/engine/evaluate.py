@@ -109,9 +109,9 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: VideoDataset, batch_size: int, num_workers: int,
              num_classes: int, ctx: DistContext, amp_dtype: torch.dtype | None = None,
-             description: str = "evaluation") -> EvalResult:
+             description: str = "evaluation", show_progress: bool = True) -> EvalResult:
     """`model` is the bare network (not DDP-wrapped): ranks may run different numbers of batches.
-    Rank 0 shows its progress (tqdm, on stderr) under ``description``."""
+    With ``show_progress``, rank 0 shows its progress (tqdm, on stderr) under ``description``."""
     was_training = model.training
     model.eval()
     shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
@@ -122,8 +122,8 @@ def evaluate(model: torch.nn.Module, dataset: VideoDataset, batch_size: int, num
     video_indices: List[np.ndarray] = []
     probabilities: List[np.ndarray] = []
     skipped: Dict[int, str] = {}  # video index -> why it was left out
-    for clips, _, videos, skipped_views in tqdm(loader, desc=description, unit="batch", disable=not ctx.is_main,
-                                                leave=False):
+    for clips, _, videos, skipped_views in tqdm(loader, desc=description, unit="batch", leave=False,
+                                                disable=not (ctx.is_main and show_progress)):
         skipped.update(skipped_views)
         if clips is None:
             continue
