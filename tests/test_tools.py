@@ -271,3 +271,16 @@ def test_plot_log_draws_the_run_curves(run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with user_error(capsys, "no TensorBoard event files"):
         plot_log.main(["--output_dir", str(tmp_path / "empty")])
+
+
+def test_plot_log_draws_the_top_k_a_run_of_few_classes_logs(tmp_path):
+    # a run of 3 classes logs val/top3 (top-5 of 3 classes would always be 100): the accuracy panel shows it
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(tmp_path)) as writer:
+        for epoch, (top1, top3) in enumerate([(40.0, 90.0), (55.0, 100.0)], start=1):
+            writer.add_scalar("val/top1", top1, epoch)
+            writer.add_scalar("val/top3", top3, epoch)
+        writer.add_scalar("eval_only/top3", 95.0, 2)
+    plotted = plot_log.plot_curves(plot_log.read_scalars(str(tmp_path)), str(tmp_path / "curves.png"))
+    assert plotted == ["eval_only/top3", "val/top1", "val/top3"]
