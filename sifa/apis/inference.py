@@ -67,19 +67,25 @@ def _check_array(video: np.ndarray) -> np.ndarray:
     return video
 
 
-def frame_source(video: Video, cfg: SimpleNamespace) -> Tuple[str, int, FrameSource]:
-    """(name, number of frames, read) of a video in any of the forms the module takes."""
+def frame_source(video: Video, cfg: SimpleNamespace) -> Tuple[str, str, int, FrameSource]:
+    """(name, storage format, number of frames, read) of a video in any of the forms the module takes; the
+    name (the absolute path of a file or folder) is what error messages show."""
     if isinstance(video, np.ndarray):
         frames = _check_array(video)
-        return "decoded array", len(frames), lambda frame_ids: [frames[i - 1] for i in frame_ids]
-    path = os.fspath(video)
+        return "decoded array", "ARRAY", len(frames), lambda frame_ids: [frames[i - 1] for i in frame_ids]
+    path = os.path.abspath(video)
     storage_format, num_frames = storage_of(path, cfg.video_backend)
-    return path, num_frames, functools.partial(make_reader(storage_format, cfg.video_backend), path)
+    return path, storage_format, num_frames, functools.partial(make_reader(storage_format, cfg.video_backend), path)
 
 
-def _views_of(cfg: SimpleNamespace, name: str, num_frames: int, read: FrameSource) -> VideoDataset:
-    # Unreadable frames are an error here, not a view left out: the one video would go unscored.
-    view_cfg = SimpleNamespace(**{**vars(cfg), "eva_root_path": "", "skip_bad_samples": False})
+def _views_of(cfg: SimpleNamespace, name: str, storage_format: str, num_frames: int,
+              read: FrameSource) -> VideoDataset:
+    # Unreadable frames are an error here, not a view left out: the one video would go unscored. The
+    # name is absolute (or not a path), so the dataset's root does not change it in messages; an array
+    # passes as FRAME, a format that then only names frame files in a frame-size message (its frames
+    # share one size).
+    view_cfg = SimpleNamespace(**{**vars(cfg), "skip_bad_samples": False,
+                                  "format": "FRAME" if storage_format == "ARRAY" else storage_format})
     views = build_eval_dataset(view_cfg, final=True, videos=[VideoRecord(name, num_frames, 0)])
     # The frames come from `read` (a file, folder, environment, array or a window of one), not the storage format.
     views.read = lambda _path, frame_ids: read(frame_ids)
@@ -164,11 +170,11 @@ def inference_windows(model: nn.Module, video: Video, window: float, stride: flo
     ``fps`` defaults to a video file's frame rate."""
     cfg = model.cfg
     rate = frame_rate(video, cfg, fps)
-    name, num_frames, read = frame_source(video, cfg)
+    name, storage_format, num_frames, read = frame_source(video, cfg)
     windows = []
     for start, length in window_frames(num_frames, rate, window, stride, name):
         cut = functools.partial(lambda first, frame_ids: read([first + i for i in frame_ids]), start)
-        scores = _scores_of_views(model, _views_of(cfg, f"{name} [{start / rate:.2f}s]", length, cut))
+        scores = _scores_of_views(model, _views_of(cfg, f"{name} [{start / rate:.2f}s]", storage_format, length, cut))
         windows.append({"start": start / rate, "end": (start + length) / rate, "first_frame": start,
                         "num_frames": length, "classes": ranked_classes(scores, model.class_names, top_k)})
     return windows

@@ -87,7 +87,7 @@ def frames_of(video: str, cfg) -> Iterator[np.ndarray]:
     if os.path.isfile(video):
         yield from decode_all(video, cfg.video_backend)
         return
-    _, num_frames, read = frame_source(video, cfg)
+    _, _, num_frames, read = frame_source(video, cfg)
     for frame_id in range(1, num_frames + 1):
         yield read([frame_id])[0]
 
@@ -178,6 +178,8 @@ def main(argv: Optional[List[str]] = None) -> List[Result]:
     args = parser.parse_args(argv)
     if args.window is None and (args.stride is not None or args.annotate or args.fps is not None):
         parser.error("--stride, --fps and --annotate need --window")
+    if args.top_k < 1:
+        parser.error(f"--top_k must be at least 1, got {args.top_k}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with exit_on_user_error():
         paths = inputs_of(args.input, args.list_file, args.root)
