@@ -48,6 +48,8 @@ def test_log_starts_with_the_merged_config_and_names_what_it_reports(run):
     assert "rank-0 running mean" in log and "epoch mean loss over all ranks" in log
     # 3 classes: top-3, not a top-5 that is always 100
     assert "val top1" in log and " top3 " in log and "top5" not in log
+    last_epoch = json.loads((run["out"] / "val_accuracy.json").read_text())[-1]
+    assert {"top1", "top3"} <= set(last_epoch) and "top5" not in last_epoch
 
 
 def test_evaluation_shows_progress_on_rank_0(run, capfd):

@@ -1,4 +1,5 @@
 """Tools: predict, visualize and plot_log on a checkpoint trained here."""
+import csv
 import json
 import os
 
@@ -9,9 +10,10 @@ import torch
 import yaml
 
 from helpers import user_error
+from sifa.apis import inference_recognizer, init_recognizer
 from sifa.config import load_config
 from sifa.data import synthetic
-from sifa.data.storage import write_frame_folder, write_lmdb, write_video_file
+from sifa.data.storage import storage_of, write_frame_folder, write_lmdb, write_video_file
 from sifa.data.transforms import EvalClipTransform
 from sifa.engine.distributed import DistContext
 from sifa.engine.trainer import Trainer
@@ -93,8 +95,9 @@ def independent_scores(model, video_path):
 
 # ----------------------------------------------------------------------------------------------- predict
 def test_predict_matches_the_models_own_forward_over_all_views(run, wide_video, capsys):
-    ranking = predict.main(["--config_file", str(run["config"]), "--checkpoint", run["checkpoint"],
-                            "--input", wide_video])
+    (result,) = predict.main(["--config_file", str(run["config"]), "--checkpoint", run["checkpoint"],
+                              "--input", wide_video])
+    ranking = result["classes"]
     expected = independent_scores(trained_model(run), wide_video)
     order = torch.argsort(expected, descending=True)[:5]
     assert [entry["label"] for entry in ranking] == order.tolist()
@@ -103,13 +106,15 @@ def test_predict_matches_the_models_own_forward_over_all_views(run, wide_video, 
     names = open(run["data"]["class_names"]).read().split()
     assert [entry["name"] for entry in ranking] == [names[i] for i in order]
     printed = capsys.readouterr().out.splitlines()
-    assert "6 view(s)" in printed[0] and len(printed) == 6 and printed[1].startswith(f"1. {names[order[0]]}")
+    assert "6 view(s)" in printed[0] and printed[1] == f"{wide_video}:" and len(printed) == 7
+    assert printed[2].startswith(f"1. {names[order[0]]}")
 
 
 def test_predict_on_a_frame_folder_without_class_names(run):
-    cfg = load_config(run["config"], ["class_name_file=", "eva_num_crop=1", "eva_num_clips=1"])
+    model = init_recognizer(run["config"], run["checkpoint"], opts=["class_name_file=", "eva_num_crop=1",
+                                                                    "eva_num_clips=1"])
     video = os.path.join(run["data"]["root_path"], "moving_left", "val_0000")
-    ranking = predict.predict(cfg, run["checkpoint"], video)
+    ranking = inference_recognizer(model, video)
     assert [entry["name"] for entry in ranking] == [str(entry["label"]) for entry in ranking]
     frames = [cv2.cvtColor(cv2.imread(os.path.join(video, f"{i:05d}.jpg")), cv2.COLOR_BGR2RGB) for i in range(1, 9)]
     with torch.no_grad():
@@ -119,25 +124,52 @@ def test_predict_on_a_frame_folder_without_class_names(run):
     assert ranking[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
 
 
+def test_predict_on_a_folder_of_inputs_writes_one_csv(run, tmp_path):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    videos = [os.path.join(run["data"]["root_path"], name, "val_0000") for name in ("moving_left", "moving_up")]
+    for index, video in enumerate(videos):
+        os.symlink(video, folder / f"video{index}")
+    (folder / "zz_garbage.mp4").write_bytes(b"not a video at all")
+    opts = ["eva_num_crop=1", "eva_num_clips=1"]
+    results = predict.main(["--config_file", str(run["config"]), "--checkpoint", run["checkpoint"],
+                            "--input", str(folder), "--top_k", "2", "--out", str(tmp_path / "all.csv"),
+                            "--opts", *opts])
+    with open(tmp_path / "all.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["input"] for row in rows] == [str(folder / "video0"), str(folder / "video1"),
+                                              str(folder / "zz_garbage.mp4")]
+    model = init_recognizer(run["config"], run["checkpoint"], opts=opts)
+    for row, video in zip(rows, videos):
+        expected = inference_recognizer(model, video, top_k=2)
+        assert [int(row["label_1"]), int(row["label_2"])] == [entry["label"] for entry in expected]
+        assert float(row["probability_1"]) == pytest.approx(expected[0]["probability"], abs=1e-12)
+        assert row["error"] == ""
+    assert "zz_garbage.mp4" in rows[2]["error"] and rows[2]["label_1"] == "" and "error" in results[2]
+
+
 def test_predict_reports_unreadable_inputs_by_path(run, tmp_path, capsys):
-    cfg = load_config(run["config"])
+    model = init_recognizer(run["config"], run["checkpoint"])
     missing = str(tmp_path / "no such video.mp4")
     with pytest.raises(InputError, match="no such video.mp4"):
-        predict.predict(cfg, run["checkpoint"], missing)
+        inference_recognizer(model, missing)
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"not a video at all")
     with pytest.raises(InputError, match="garbage.mp4"):
-        predict.predict(cfg, run["checkpoint"], str(garbage))
+        inference_recognizer(model, str(garbage))
     (tmp_path / "empty_folder").mkdir()
     with user_error(capsys, "empty_folder"):
         predict.main(["--config_file", str(run["config"]), "--checkpoint", run["checkpoint"],
                       "--input", str(tmp_path / "empty_folder")])
+    with user_error(capsys, "no frame rate of its own"):
+        predict.main(["--config_file", str(run["config"]), "--checkpoint", run["checkpoint"], "--window", "1",
+                      "--input", os.path.join(run["data"]["root_path"], "moving_left", "val_0000")])
 
 
 def test_predict_names_the_keys_of_a_checkpoint_that_does_not_fit(run, tmp_path, capsys):
     video = os.path.join(run["data"]["root_path"], "moving_left", "val_0000")
     with pytest.raises(CheckpointMismatchError, match=r"fc\.weight \(6, 2048\) vs \(5, 2048\)"):
-        predict.predict(load_config(run["config"], ["num_classes=5", "class_name_file="]), run["checkpoint"], video)
+        init_recognizer(run["config"], run["checkpoint"], opts=["num_classes=5", "class_name_file="])
     state = torch.load(run["checkpoint"], weights_only=True)["model"]
     del state["layer2.1.conv_offset.weight"]
     state["extra.weight"] = torch.zeros(1)
@@ -158,9 +190,11 @@ def test_input_storage_is_detected_and_counted(tmp_path):
     write_frame_folder(str(tmp_path / "frames"), frames)
     write_lmdb(str(tmp_path / "lmdb"), frames)
     write_video_file(str(tmp_path / "clip.avi"), frames)
-    assert predict.storage_of(str(tmp_path / "frames")) == ("FRAME", 5)
-    assert predict.storage_of(str(tmp_path / "lmdb")) == ("LMDB", 5)
-    assert predict.storage_of(str(tmp_path / "clip.avi")) == ("VIDEO", 5)
+    assert storage_of(str(tmp_path / "frames")) == ("FRAME", 5)
+    assert storage_of(str(tmp_path / "lmdb")) == ("LMDB", 5)
+    assert storage_of(str(tmp_path / "clip.avi")) == ("VIDEO", 5)
+    assert all(predict.is_one_video(str(tmp_path / name)) for name in ("frames", "lmdb", "clip.avi"))
+    assert not predict.is_one_video(str(tmp_path))
 
 
 # --------------------------------------------------------------------------------------------- visualize
@@ -237,3 +271,16 @@ def test_plot_log_draws_the_run_curves(run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with user_error(capsys, "no TensorBoard event files"):
         plot_log.main(["--output_dir", str(tmp_path / "empty")])
+
+
+def test_plot_log_draws_the_top_k_a_run_of_few_classes_logs(tmp_path):
+    # a run of 3 classes logs val/top3 (top-5 of 3 classes would always be 100): the accuracy panel shows it
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(tmp_path)) as writer:
+        for epoch, (top1, top3) in enumerate([(40.0, 90.0), (55.0, 100.0)], start=1):
+            writer.add_scalar("val/top1", top1, epoch)
+            writer.add_scalar("val/top3", top3, epoch)
+        writer.add_scalar("eval_only/top3", 95.0, 2)
+    plotted = plot_log.plot_curves(plot_log.read_scalars(str(tmp_path)), str(tmp_path / "curves.png"))
+    assert plotted == ["eval_only/top3", "val/top1", "val/top3"]

@@ -27,7 +27,7 @@ from ..models.weights import load_weights
 from .checkpoint import (BEST, CURRENT, capture_rng_state, newest_intact_epoch_checkpoint, remove_old_epoch_checkpoints,
                          restore_rng_state, resume_path, save_checkpoint, save_weights)
 from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks, wrap_ddp
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, class_report, evaluate, plot_confusion
 from .optim import build_optimizer, build_scheduler, effective_batch_and_lr
 from .runtime import amp_dtype, seed_everything, setup_logger
 
@@ -36,6 +36,8 @@ EVAL_ONLY_CONFIG_JSON = "eval_only_config.json"
 VAL_JSON = "val_accuracy.json"
 EVAL_ONLY_JSON = "eval_only_accuracy.json"
 EVAL_ONLY_SCORES = "eval_only_scores.pt"
+EVAL_ONLY_CLASSES_JSON = "eval_only_per_class.json"  # per-class accuracy and the confusion matrix
+EVAL_ONLY_CONFUSION_PNG = "eval_only_confusion.png"
 SKIPPED_JSON = "skipped_samples.json"  # per epoch, the samples skip_bad_samples replaced or left out
 SKIP_HINT = "; with skip_bad_samples: true such samples are replaced (training) or left out (evaluation)"
 EPOCH_UNKNOWN = -1  # the TensorBoard step of an --eval_only result whose checkpoint does not say its epoch
@@ -106,14 +108,18 @@ class Trainer:
         self.logger.info(f"eval {result.summary()} ({time.time() - tic:.1f}s)")
         if ctx.is_main:
             _write_json(os.path.join(cfg.output_dir, EVAL_ONLY_JSON), {
-                "checkpoint": path, "epoch": trained_epoch, "top1": result.top1, "top5": result.top5,
+                "checkpoint": path, "epoch": trained_epoch, **result.accuracies,
                 "num_videos": len(result.labels), "skipped_samples": result.skipped,
                 "num_clips": cfg.eva_num_clips, "num_crops": cfg.eva_num_crop, "crop_size": cfg.eva_crop_size})
             torch.save({"scores": torch.from_numpy(result.scores), "labels": torch.from_numpy(result.labels),
                         "class_names": self.class_names}, os.path.join(cfg.output_dir, EVAL_ONLY_SCORES))
             step = int(trained_epoch) if trained_epoch is not None else EPOCH_UNKNOWN
-            self.writer.add_scalar("eval_only/top1", result.top1, step)
-            self.writer.add_scalar("eval_only/top5", result.top5, step)
+            for name, value in result.accuracies.items():
+                self.writer.add_scalar(f"eval_only/{name}", value, step)
+            report = class_report(result, self.class_names)
+            _write_json(os.path.join(cfg.output_dir, EVAL_ONLY_CLASSES_JSON), {"checkpoint": path, **report})
+            plot_confusion(report, os.path.join(cfg.output_dir, EVAL_ONLY_CONFUSION_PNG),
+                           f"{os.path.basename(path)}: top-1 confusion ({len(result.labels)} videos)")
         return result
 
     # ------------------------------------------------------------------------------------ training
@@ -377,8 +383,8 @@ class Trainer:
                          f"({len(result.labels)} videos x {val_set.views_per_video} views, "
                          f"{self.validation_seconds:.1f}s)")
         if ctx.is_main:
-            self.writer.add_scalar("val/top1", result.top1, epoch)
-            self.writer.add_scalar("val/top5", result.top5, epoch)
+            for name, value in result.accuracies.items():
+                self.writer.add_scalar(f"val/{name}", value, epoch)
             self.writer.flush()
             path = os.path.join(cfg.output_dir, VAL_JSON)
             history = []
@@ -386,7 +392,7 @@ class Trainer:
                 with open(path, "r", encoding="utf-8") as f:
                     history = [entry for entry in json.load(f) if entry["epoch"] < epoch]
             best_before = max((entry["top1"] for entry in history), default=-1.0)
-            history.append({"epoch": epoch, "top1": result.top1, "top5": result.top5,
+            history.append({"epoch": epoch, **result.accuracies,
                             "num_videos": len(result.labels), "views_per_video": val_set.views_per_video,
                             "skipped_samples": result.skipped})
             _write_json(path, history)

@@ -4,14 +4,15 @@
 
 Reads every event file under the run's output_dir (a resumed run appends new files) and plots
 the scalars whose tag names a loss (`train/loss` per iteration, `train/epoch_loss` per epoch),
-the learning rate (`train/lr`) and accuracy (`val/top1`, `val/top5`; `--eval_only` results,
-`eval_only/*`, as separate stars at the epoch of the checkpoint they evaluated, labelled so). Writes
-<output_dir>/curves.png unless --out is given.
+the learning rate (`train/lr`) and accuracy (`val/top1`, `val/topK` with K = min(5, classes), as
+the training named it; `--eval_only` results, `eval_only/*`, as separate stars at the epoch of the
+checkpoint they evaluated, labelled so). Writes <output_dir>/curves.png unless --out is given.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 from typing import Dict, List, Optional, Tuple
 
 import matplotlib
@@ -28,7 +29,7 @@ PANELS = (
     ("loss per iteration", "iteration", lambda tag: tag.endswith("loss") and not tag.endswith("epoch_loss")),
     ("mean loss per epoch", "epoch", lambda tag: tag.endswith("epoch_loss")),
     ("learning rate", "iteration", lambda tag: tag.rsplit("/", 1)[-1] == "lr"),
-    ("accuracy (%)", "epoch", lambda tag: tag.rsplit("/", 1)[-1] in ("top1", "top5")),
+    ("accuracy (%)", "epoch", lambda tag: re.fullmatch(r"top\d+", tag.rsplit("/", 1)[-1]) is not None),
 )
 EVAL_ONLY_PREFIX = "eval_only/"
 EPOCH_UNKNOWN = -1  # the step sifa.engine.trainer gives an --eval_only result of a checkpoint without an epoch

@@ -45,7 +45,7 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from ..errors import ConfigError, InputError, exit_on_user_error  # noqa: E402
 from ..models.build import load_network  # noqa: E402
 from ..models.sifa_resnet import SIFABottleneck  # noqa: E402
-from .predict import input_views  # noqa: E402
+from ..apis import input_views  # noqa: E402
 
 DEFAULT_POINTS = 4
 GIF_MIN_SIDE = 256
