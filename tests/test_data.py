@@ -11,7 +11,8 @@ from sifa.data import (ClipTooShortError, FrameReadError, ListFileError, VideoDa
 from sifa.data import synthetic
 from sifa.data.storage import (frame_file_name, lmdb_key, make_reader, write_frame_folder, write_lmdb,
                                write_video_file)
-from sifa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalClipTransform, TrainClipTransform, normalize_clips
+from sifa.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, EvalClipTransform, TrainClipTransform, lay_out,
+                                  normalize_clips)
 
 
 # ------------------------------------------------------------------------------------------ list files
@@ -200,6 +201,24 @@ def test_train_transform_is_random_per_clip_and_flip_can_be_disabled():
         torch.manual_seed(seed)
         gray = no_flip([ramp]).float().mean(dim=(0, 1, 2))
         assert gray[-4:].mean() > gray[:4].mean()
+
+
+@pytest.mark.parametrize("time_dim", ["T", "C"])
+def test_train_transform_lays_out_the_crop_and_flips_it(time_dim):
+    """Without the colour steps: the crop (a full-height square here), flipped or not, in lay_out's layout."""
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(4)]
+    crop = lay_out(torch.from_numpy(np.stack(frames)[:, :, 8:48]).permute(0, 3, 1, 2), time_dim)
+    transform = TrainClipTransform(40, time_dim=time_dim)
+    transform.SCALE = transform.RATIO = (1.0, 1.0)  # the largest centred square: columns 8-47
+    transform._colour = lambda clip: clip
+    flips = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        clip = transform(frames)
+        flips.add(torch.equal(clip, crop.flip(-1)))
+        assert torch.equal(clip, crop) or torch.equal(clip, crop.flip(-1))
+    assert flips == {True, False}
 
 
 def _smooth_colour_clip(frames: int, size: int, seed: int = 0) -> np.ndarray:

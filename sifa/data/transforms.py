@@ -100,9 +100,8 @@ class _OpenCVColourJitter:
         return clip
 
     def saturation(self, clip: np.ndarray, factor: float) -> np.ndarray:
-        grey = self._grey(clip)[..., None].repeat(3, axis=-1)
         # addWeighted rounds; torchvision truncates: -0.5 makes it truncate.
-        return cv2.addWeighted(clip, factor, grey, 1.0 - factor, -0.5)
+        return cv2.addWeighted(clip, factor, self.grayscale(clip), 1.0 - factor, -0.5)
 
     def hue(self, clip: np.ndarray, factor: float) -> np.ndarray:
         shape = clip.shape
@@ -120,7 +119,7 @@ class _OpenCVColourJitter:
         return clip
 
     def grayscale(self, clip: np.ndarray) -> np.ndarray:
-        return self._grey(clip)[..., None].repeat(3, axis=-1)
+        return cv2.cvtColor(self._grey(clip).reshape(-1, clip.shape[2]), cv2.COLOR_GRAY2RGB).reshape(clip.shape)
 
     @staticmethod
     def blur(clip: np.ndarray, sigma: float) -> np.ndarray:
@@ -161,21 +160,30 @@ class TrainClipTransform:
                          [self.crop_size, self.crop_size], antialias=True)
         if self.rand_augment is not None:
             clip = self.rand_augment(clip)
-        else:
-            clip = self._colour(clip.permute(0, 2, 3, 1).numpy())
+        clip = np.ascontiguousarray(clip.permute(0, 2, 3, 1).numpy())  # T x H x W x 3: the resize's own layout
+        if self.rand_augment is None:
+            clip = self._colour(clip)
         if self.flip and torch.rand(1).item() < 0.5:
-            clip = clip.flip(-1)
-        return lay_out(clip, self.time_dim).contiguous()
+            clip = cv2.flip(clip.reshape(-1, *clip.shape[2:]), 1).reshape(clip.shape)
+        return self._lay_out(clip)
 
-    def _colour(self, clip: np.ndarray) -> torch.Tensor:
-        clip = np.ascontiguousarray(clip)
+    def _colour(self, clip: np.ndarray) -> np.ndarray:
         if torch.rand(1).item() < 0.8:
             clip = self.colour.jitter(clip)
         if torch.rand(1).item() < 0.2:
             clip = self.colour.grayscale(clip)
         if torch.rand(1).item() < 0.5:
             clip = self.colour.blur(clip, torch.empty(1).uniform_(*BLUR_SIGMA).item())
-        return torch.from_numpy(clip).permute(0, 3, 1, 2)
+        return clip
+
+    def _lay_out(self, clip: np.ndarray) -> torch.Tensor:
+        """A T x H x W x 3 array as lay_out's 'T' or 'C' layout, split into planes by OpenCV (several times
+        faster than a strided copy)."""
+        frames, height, width = clip.shape[:3]
+        out = np.empty((3, frames, height, width) if self.time_dim == "T" else (frames, 3, height, width), np.uint8)
+        for t, frame in enumerate(clip):
+            (out[:, t] if self.time_dim == "T" else out[t])[...] = cv2.split(frame)
+        return torch.from_numpy(out if self.time_dim == "T" else out.reshape(-1, height, width))
 
 
 class EvalClipTransform:
