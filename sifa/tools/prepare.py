@@ -37,7 +37,7 @@ import os
 from typing import List, Optional
 
 from ..data.prepare import PrepareError, prepare_frame_list, prepare_videos, trim_videos
-from ..data.video_io import VIDEO_BACKENDS
+from ..data.video_io import WRITER_BACKENDS
 from ..errors import exit_on_user_error
 
 
@@ -45,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     workers = {"type": int, "default": os.cpu_count(), "help": "worker processes"}
-    backend = {"choices": VIDEO_BACKENDS, "default": "opencv",
+    backend = {"choices": WRITER_BACKENDS, "default": "opencv",
                "help": "decoder (and for the videos written, encoder: opencv writes MPEG-4 Part 2, "
                        "pyav H.264)"}
     trim = commands.add_parser("trim", help="cut annotated clips out of full videos")
