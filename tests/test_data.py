@@ -263,6 +263,17 @@ def _ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
                         - np.searchsorted(np.sort(b), points, side="right") / len(b)).max())
 
 
+def _clip_statistics(clip: torch.Tensor) -> List[float]:
+    """Brightness, contrast, colourfulness, two hue balances, sharpness and left-right balance of a
+    3 x T x H x W uint8 clip."""
+    x = clip.double() / 255
+    spread = x.amax(dim=0) - x.amin(dim=0)
+    ramp = torch.linspace(-1, 1, x.shape[-1], dtype=torch.float64)
+    return [x.mean().item(), x.std().item(), spread.mean().item(), (x[0] - x[2]).mean().item(),
+            (x[1] - x[0]).mean().item(), (x[..., 1:] - x[..., :-1]).abs().mean().item(),
+            (x.mean(dim=(0, 1, 2)) * ramp).mean().item()]
+
+
 def test_train_transform_has_the_distribution_of_torchvision_recipe():
     """The OpenCV colour path against the original's torchvision pipeline, over many random clips: the
     distributions of per-clip brightness, contrast, colourfulness, hue, sharpness and left-right balance
@@ -275,30 +286,50 @@ def test_train_transform_has_the_distribution_of_torchvision_recipe():
                            v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, sigma=BLUR_SIGMA)], p=0.5),
                            v2.RandomHorizontalFlip(p=0.5)])
     frames = list(_smooth_colour_clip(2, 64, seed=3))
-    ramp = np.linspace(-1, 1, 32)
-
-    def statistics(clip: torch.Tensor) -> List[float]:  # 3 x T x H x W uint8
-        x = clip.double() / 255
-        spread = x.amax(dim=0) - x.amin(dim=0)
-        return [x.mean().item(), x.std().item(), spread.mean().item(), (x[0] - x[2]).mean().item(),
-                (x[1] - x[0]).mean().item(), (x[..., 1:] - x[..., :-1]).abs().mean().item(),
-                (x.mean(dim=(0, 1, 2)) * torch.from_numpy(ramp)).mean().item()]
 
     mine, theirs = [], []
     ours = TrainClipTransform(32)
     for seed in range(600):
         torch.manual_seed(seed)
-        mine.append(statistics(ours(frames)))
+        mine.append(_clip_statistics(ours(frames)))
         torch.manual_seed(10_000 + seed)
-        theirs.append(statistics(original(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)).transpose(0, 1)))
+        theirs.append(_clip_statistics(original(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)).transpose(0, 1)))
     mine, theirs = np.array(mine), np.array(theirs)
     critical = 1.95 * np.sqrt(2 / 600)  # alpha 0.001
     for column in range(mine.shape[1]):
         assert _ks_statistic(mine[:, column], theirs[:, column]) < critical, column
     # and the test can tell: without the colour jitter, colourfulness and hue statistics leave the distribution
-    assert max(_ks_statistic(np.array([statistics(original.transforms[0](torch.from_numpy(np.stack(frames))
+    assert max(_ks_statistic(np.array([_clip_statistics(original.transforms[0](torch.from_numpy(np.stack(frames))
                                                                         .permute(0, 3, 1, 2)).transpose(0, 1))
                                        for _ in range(300)])[:, c], theirs[:, c]) for c in range(7)) > critical
+
+
+@pytest.mark.parametrize("time_dim", ["T", "C"])
+def test_colour_on_the_device_has_the_per_clip_distribution_of_the_workers(time_dim):
+    """augment_on_device: the workers' clips come without colour steps (the crop only) and DeviceColourAugment
+    draws them per clip of the batch; the per-clip statistics match the workers' own colour path (KS, 0.1 %)."""
+    from sifa.data.transforms import DeviceColourAugment
+
+    frames = list(_smooth_colour_clip(2, 32, seed=5))
+    plain = TrainClipTransform(32, no_horizontal_flip=True, time_dim=time_dim, colour=False)
+    coloured = TrainClipTransform(32, no_horizontal_flip=True, time_dim=time_dim)
+    for transform in (plain, coloured):
+        transform.SCALE = transform.RATIO = (1.0, 1.0)  # the whole frame: only the colour steps are random
+    crop = lay_out(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2), time_dim)
+    assert torch.equal(plain(frames), crop)
+    as_cthw = (lambda c: c) if time_dim == "T" else (lambda c: c.unflatten(0, (-1, 3)).transpose(0, 1))
+    torch.manual_seed(0)
+    batch = DeviceColourAugment(time_dim)(torch.stack([plain(frames) for _ in range(500)]))
+    on_device = np.array([_clip_statistics(as_cthw(c)) for c in batch])
+    assert len({tuple(row) for row in on_device}) > 300  # drawn per clip, not per batch
+    in_workers = []
+    for seed in range(500):
+        torch.manual_seed(1000 + seed)
+        in_workers.append(_clip_statistics(as_cthw(coloured(frames))))
+    in_workers = np.array(in_workers)
+    critical = 1.95 * np.sqrt(2 / 500)
+    for column in range(6):  # the left-right balance is the flip's, off here
+        assert _ks_statistic(on_device[:, column], in_workers[:, column]) < critical, column
 
 
 def test_normalize_clips_is_the_evaluation_normalisation():

@@ -143,8 +143,10 @@ class TrainClipTransform:
     RATIO = (3 / 4, 4 / 3)
 
     def __init__(self, crop_size: int, no_horizontal_flip: bool = False, rand_augment: bool = False,
-                 ra_n: int = 2, ra_m: int = 27, time_dim: str = "T"):
+                 ra_n: int = 2, ra_m: int = 27, time_dim: str = "T", colour: bool = True):
+        """``colour`` False: no colour steps (``augment_on_device``: DeviceColourAugment applies them)."""
         self.crop_size = crop_size
+        self.with_colour = colour
         self.flip = not no_horizontal_flip
         # Magnitudes 0..30 as in the original's RandAugment.
         self.rand_augment = v2.RandAugment(num_ops=ra_n, magnitude=ra_m, num_magnitude_bins=31) if rand_augment \
@@ -161,7 +163,7 @@ class TrainClipTransform:
         if self.rand_augment is not None:
             clip = self.rand_augment(clip)
         clip = np.ascontiguousarray(clip.permute(0, 2, 3, 1).numpy())  # T x H x W x 3: the resize's own layout
-        if self.rand_augment is None:
+        if self.rand_augment is None and self.with_colour:
             clip = self._colour(clip)
         if self.flip and torch.rand(1).item() < 0.5:
             clip = cv2.flip(clip.reshape(-1, *clip.shape[2:]), 1).reshape(clip.shape)
@@ -184,6 +186,25 @@ class TrainClipTransform:
         for t, frame in enumerate(clip):
             (out[:, t] if self.time_dim == "T" else out[t])[...] = cv2.split(frame)
         return torch.from_numpy(out if self.time_dim == "T" else out.reshape(-1, height, width))
+
+
+class DeviceColourAugment:
+    """``augment_on_device``: the original recipe's colour steps (colour jitter 0.4/0.4/0.4/0.1 with p 0.8,
+    grayscale with p 0.2, Gaussian blur sigma 0.1-2 with p 0.5) as torchvision's own transforms, on a batch
+    of uint8 clips on the training device after collation: drawn per clip, as the workers would."""
+
+    def __init__(self, time_dim: str = "T"):
+        self.time_dim = _check_time_dim(time_dim)
+        self.transform = v2.Compose([v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                                     v2.RandomGrayscale(p=0.2),
+                                     v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, sigma=BLUR_SIGMA)], p=0.5)])
+
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
+        """N x C x T x H x W ('T') or N x (T*C) x H x W ('C') uint8 clips, augmented in place and returned."""
+        for clip in clips:
+            frames = clip.transpose(0, 1) if self.time_dim == "T" else clip.unflatten(0, (-1, 3))  # T x C x H x W
+            frames.copy_(self.transform(frames))
+        return clips
 
 
 class EvalClipTransform:
