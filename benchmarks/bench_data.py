@@ -17,7 +17,9 @@ the median of --repeat passes after a warm-up one. Three samplings of 16-frame c
 --train times the K400 recipe's training item (VideoDataset with TrainClipTransform at 224, one randomly
 placed 16-frame clip at step 1, the uint8 clip that a DataLoader worker hands on) on one thread, as one
 DataLoader worker runs it, against the same item with a transform that does nothing (decoding alone, the
-same frames): --clips random clips each, median clips/s of --repeat passes after a warm-up one.
+same frames), and against the workers' part under augment_on_device (crop, resize and flip; the colour
+steps run on the training device): --clips random clips each, median clips per CPU-second of --repeat
+passes after a warm-up one (CPU time, so that other jobs on the machine weigh little).
 
     python benchmarks/bench_data.py [--frames 128] [--size 1280x720] [--gop 50] [--repeat 3]
     python benchmarks/bench_data.py --train [--frames 250] [--size 568x320] [--gop 250] [--clips 30]
@@ -90,10 +92,10 @@ def train_clips_per_s(root: str, storage_format: str, name: str, num_frames: int
     rates = []
     for _ in range(repeat + 1):
         torch.manual_seed(0)
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: clips per core-second, whatever else loads the machine
         for _ in range(clips):
             dataset[0]
-        rates.append(clips / (time.perf_counter() - start))
+        rates.append(clips / (time.process_time() - start))
     return statistics.median(rates[1:])
 
 
@@ -114,7 +116,8 @@ def storage_cases():
     from sifa.data.video_io import VIDEO_BACKENDS, backend_available
 
     cases = [("FRAME", "opencv", "FRAME"), ("LMDB", "opencv", "LMDB")]
-    return cases + [("VIDEO", backend, f"VIDEO ({backend})") for backend in VIDEO_BACKENDS if backend_available(backend)]
+    return cases + [("VIDEO", backend, f"VIDEO ({backend})") for backend in VIDEO_BACKENDS
+                    if backend_available(backend)]
 
 
 def train_main(args, width: int, height: int) -> None:
@@ -129,15 +132,19 @@ def train_main(args, width: int, height: int) -> None:
         print(f"torch {torch.__version__}, OpenCV {cv2.__version__}, one thread; H.264 {width}x{height}, "
               f"{args.frames} frames, GOP {args.gop}; 16-frame training clips, crop 224; {args.clips} clips, "
               f"median of {args.repeat}")
-        print("| storage | decode only, clips/s | training path, clips/s | path / decode time |")
-        print("|---|---|---|---|")
+        print("| storage | decode only, clips/s | training path, clips/s | path / decode time | "
+              "colour on device: workers' clips/s | its path / decode time |")
+        print("|---|---|---|---|---|---|")
         for storage_format, backend, label in storage_cases():
             name = "v.mp4" if storage_format == "VIDEO" else "v"
             decode = train_clips_per_s(root, storage_format, name, args.frames, backend, lambda frames: None,
                                        args.clips, args.repeat)
             full = train_clips_per_s(root, storage_format, name, args.frames, backend, TrainClipTransform(224),
                                      args.clips, args.repeat)
-            print(f"| {label} | {decode:.1f} | {full:.1f} | {decode / full:.2f}x |", flush=True)
+            crop_only = train_clips_per_s(root, storage_format, name, args.frames, backend,
+                                          TrainClipTransform(224, colour=False), args.clips, args.repeat)
+            print(f"| {label} | {decode:.1f} | {full:.1f} | {decode / full:.2f}x | {crop_only:.1f} | "
+                  f"{decode / crop_only:.2f}x |", flush=True)
 
 
 def main() -> None:
