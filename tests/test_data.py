@@ -221,6 +221,26 @@ def test_train_transform_lays_out_the_crop_and_flips_it(time_dim):
     assert flips == {True, False}
 
 
+def test_train_transform_runs_opencv_on_one_thread_in_a_data_loader_worker():
+    cv2 = pytest.importorskip("cv2")
+
+    class OpenCVThreads(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            TrainClipTransform(16)([np.zeros((20, 24, 3), np.uint8)] * 2)
+            return cv2.getNumThreads()
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)  # the workers inherit it
+    try:
+        (in_worker,) = torch.utils.data.DataLoader(OpenCVThreads(), batch_size=None, num_workers=1)
+    finally:
+        cv2.setNumThreads(before)
+    assert in_worker == 1
+
+
 def _smooth_colour_clip(frames: int, size: int, seed: int = 0) -> np.ndarray:
     """T x size x size x 3 uint8 frames of smooth random colours, each shifted a little."""
     cv2 = pytest.importorskip("cv2")

@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 from torchvision import transforms
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -155,6 +156,8 @@ class TrainClipTransform:
         self.time_dim = _check_time_dim(time_dim)
 
     def __call__(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        if cv2.getNumThreads() != 1 and get_worker_info() is not None:
+            cv2.setNumThreads(1)  # as torch does in a DataLoader worker: the workers already share the cores
         height, width = frames[0].shape[:2]
         top, left, h, w = transforms.RandomResizedCrop.get_params(torch.empty(0, height, width), list(self.SCALE),
                                                                  list(self.RATIO))
