@@ -483,7 +483,7 @@ def test_prepare_videos_writes_lists_that_the_dataset_reads(tmp_path, storage_fo
     out = tmp_path / "src" if storage_format == "VIDEO" else tmp_path / "out"
     prepare_videos(Namespace(src=str(tmp_path / "src"), out=str(out), format=storage_format,
                              list=str(tmp_path / "list.txt"), classes=str(tmp_path / "classes.txt"),
-                             short_side=None, workers=1, video_backend="opencv"))
+                             short_side=None, keyint=None, workers=1, video_backend="opencv"))
     suffix = ".avi" if storage_format == "VIDEO" else ""
     assert (tmp_path / "list.txt").read_text() == f"b/v 1{suffix} 9 0\nclass a/v 1{suffix} 10 1\n"
     assert read_class_names(tmp_path / "classes.txt", 2) == ["b", "class a"]
