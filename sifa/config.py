@@ -50,7 +50,7 @@ _EXTRA_TYPES: Dict[str, Tuple[type, ...]] = {
 _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "time_dim": ("T", "C"),
     "format": ("FRAME", "LMDB", "VIDEO"),
-    "video_backend": ("opencv", "pyav"),
+    "video_backend": ("opencv", "pyav", "torchcodec"),
     "lr_scheduler": ("cosine", "step"),
     "eva_num_crop": (1, 3),
     "dataset_class": ("video_dataset",),

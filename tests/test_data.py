@@ -1,5 +1,6 @@
 """Data: list files, clip sampling (docs/design.md §7.2), storage formats, transforms, Dataset, synthetic set."""
 import os
+from typing import List
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from sifa.data import (ClipTooShortError, FrameReadError, ListFileError, VideoDa
 from sifa.data import synthetic
 from sifa.data.storage import (frame_file_name, lmdb_key, make_reader, write_frame_folder, write_lmdb,
                                write_video_file)
-from sifa.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalClipTransform, TrainClipTransform
+from sifa.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, EvalClipTransform, TrainClipTransform, lay_out,
+                                  normalize_clips)
 
 
 # ------------------------------------------------------------------------------------------ list files
@@ -180,8 +182,10 @@ def test_train_transforms_keep_frames_aligned():
         for seed in range(15):
             torch.manual_seed(seed)
             clip = transform([frame] * 6)
-            assert clip.shape == (3, 6, 32, 32) and clip.dtype == torch.float32
+            assert clip.shape == (3, 6, 32, 32) and clip.dtype == torch.uint8
             assert torch.equal(clip, clip[:, :1].expand_as(clip)), (rand_augment, seed)
+    stacked = TrainClipTransform(32, time_dim="C")([frame] * 6)
+    assert stacked.shape == (18, 32, 32) and torch.equal(stacked[:3], stacked[3:6])
 
 
 def test_train_transform_is_random_per_clip_and_flip_can_be_disabled():
@@ -192,12 +196,173 @@ def test_train_transform_is_random_per_clip_and_flip_can_be_disabled():
     # only a flip: with no_horizontal_flip and a full-size crop of a left-right gradient, right stays brighter
     ramp = np.tile(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], (32, 1, 3))
     no_flip = TrainClipTransform(32, no_horizontal_flip=True)
-    no_flip.transform.transforms[0].scale = (1.0, 1.0)
-    no_flip.transform.transforms[0].ratio = (1.0, 1.0)
+    no_flip.SCALE = no_flip.RATIO = (1.0, 1.0)
     for seed in range(20):
         torch.manual_seed(seed)
-        gray = no_flip([ramp]).mean(dim=(0, 1, 2))
+        gray = no_flip([ramp]).float().mean(dim=(0, 1, 2))
         assert gray[-4:].mean() > gray[:4].mean()
+
+
+@pytest.mark.parametrize("time_dim", ["T", "C"])
+def test_train_transform_lays_out_the_crop_and_flips_it(time_dim):
+    """Without the colour steps: the crop (a full-height square here), flipped or not, in lay_out's layout."""
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(4)]
+    crop = lay_out(torch.from_numpy(np.stack(frames)[:, :, 8:48]).permute(0, 3, 1, 2), time_dim)
+    transform = TrainClipTransform(40, time_dim=time_dim)
+    transform.SCALE = transform.RATIO = (1.0, 1.0)  # the largest centred square: columns 8-47
+    transform._colour = lambda clip: clip
+    flips = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        clip = transform(frames)
+        flips.add(torch.equal(clip, crop.flip(-1)))
+        assert torch.equal(clip, crop) or torch.equal(clip, crop.flip(-1))
+    assert flips == {True, False}
+
+
+def test_train_transform_runs_opencv_on_one_thread_in_a_data_loader_worker():
+    cv2 = pytest.importorskip("cv2")
+
+    class OpenCVThreads(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            TrainClipTransform(16)([np.zeros((20, 24, 3), np.uint8)] * 2)
+            return cv2.getNumThreads()
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)  # the workers inherit it
+    try:
+        (in_worker,) = torch.utils.data.DataLoader(OpenCVThreads(), batch_size=None, num_workers=1)
+    finally:
+        cv2.setNumThreads(before)
+    assert in_worker == 1
+
+
+def _smooth_colour_clip(frames: int, size: int, seed: int = 0) -> np.ndarray:
+    """T x size x size x 3 uint8 frames of smooth random colours, each shifted a little."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
+    return np.stack([np.roll(base, t, axis=1) for t in range(frames)])
+
+
+@pytest.mark.parametrize("step", ["brightness", "contrast", "saturation", "hue", "grayscale", "blur"])
+def test_opencv_colour_steps_are_torchvision_within_levels(step):
+    from torchvision.transforms.v2 import functional as F
+    from sifa.data.transforms import _OpenCVColourJitter
+
+    clip = _smooth_colour_clip(4, 96)
+    tensor = torch.from_numpy(clip).permute(0, 3, 1, 2)
+    colour = _OpenCVColourJitter()
+    cases = {"brightness": [(f, F.adjust_brightness) for f in (0.6, 0.93, 1.4)],
+             "contrast": [(f, F.adjust_contrast) for f in (0.6, 1.4)],
+             "saturation": [(f, F.adjust_saturation) for f in (0.6, 1.4)],
+             "hue": [(f, F.adjust_hue) for f in (-0.1, -0.03, 0.05, 0.1)],
+             "grayscale": [(None, lambda image, _: F.rgb_to_grayscale(image, 3))],
+             "blur": [(s, lambda image, s: F.gaussian_blur(image, [13, 13], [s, s])) for s in (0.1, 0.8, 2.0)]}
+    # brightness: the same lookup; luma rounds where torchvision truncates (half a level on average, less
+    # after blending); blur: fixed point; hue: 8-bit HSV
+    max_levels, mean_levels = {"brightness": (0, 0), "grayscale": (1, 0.6), "hue": (12, 1.0)}.get(step, (1, 0.3))
+    for factor, reference in cases[step]:
+        method = getattr(colour, step)
+        mine = method(clip.copy()) if factor is None else method(clip.copy(), factor)
+        expected = reference(tensor, factor).permute(0, 2, 3, 1).numpy()
+        levels = np.abs(mine.astype(int) - expected.astype(int))
+        assert levels.max() <= max_levels and levels.mean() <= mean_levels, (step, factor, levels.max(), levels.mean())
+        if step == "hue":
+            assert np.percentile(levels, 99) <= 6
+
+
+def _ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical distributions."""
+    points = np.concatenate([a, b])
+    return float(np.abs(np.searchsorted(np.sort(a), points, side="right") / len(a)
+                        - np.searchsorted(np.sort(b), points, side="right") / len(b)).max())
+
+
+def _clip_statistics(clip: torch.Tensor) -> List[float]:
+    """Brightness, contrast, colourfulness, two hue balances, sharpness and left-right balance of a
+    3 x T x H x W uint8 clip."""
+    x = clip.double() / 255
+    spread = x.amax(dim=0) - x.amin(dim=0)
+    ramp = torch.linspace(-1, 1, x.shape[-1], dtype=torch.float64)
+    return [x.mean().item(), x.std().item(), spread.mean().item(), (x[0] - x[2]).mean().item(),
+            (x[1] - x[0]).mean().item(), (x[..., 1:] - x[..., :-1]).abs().mean().item(),
+            (x.mean(dim=(0, 1, 2)) * ramp).mean().item()]
+
+
+def test_train_transform_has_the_distribution_of_torchvision_recipe():
+    """The OpenCV colour path against the original's torchvision pipeline, over many random clips: the
+    distributions of per-clip brightness, contrast, colourfulness, hue, sharpness and left-right balance
+    agree (two-sample KS test at the 0.1 % level)."""
+    from torchvision.transforms import v2
+    from sifa.data.transforms import BLUR_KERNEL, BLUR_SIGMA
+
+    original = v2.Compose([v2.RandomResizedCrop(32, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+                           v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2),
+                           v2.RandomApply([v2.GaussianBlur(BLUR_KERNEL, sigma=BLUR_SIGMA)], p=0.5),
+                           v2.RandomHorizontalFlip(p=0.5)])
+    frames = list(_smooth_colour_clip(2, 64, seed=3))
+
+    mine, theirs = [], []
+    ours = TrainClipTransform(32)
+    for seed in range(600):
+        torch.manual_seed(seed)
+        mine.append(_clip_statistics(ours(frames)))
+        torch.manual_seed(10_000 + seed)
+        theirs.append(_clip_statistics(original(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)).transpose(0, 1)))
+    mine, theirs = np.array(mine), np.array(theirs)
+    critical = 1.95 * np.sqrt(2 / 600)  # alpha 0.001
+    for column in range(mine.shape[1]):
+        assert _ks_statistic(mine[:, column], theirs[:, column]) < critical, column
+    # and the test can tell: without the colour jitter, colourfulness and hue statistics leave the distribution
+    assert max(_ks_statistic(np.array([_clip_statistics(original.transforms[0](torch.from_numpy(np.stack(frames))
+                                                                        .permute(0, 3, 1, 2)).transpose(0, 1))
+                                       for _ in range(300)])[:, c], theirs[:, c]) for c in range(7)) > critical
+
+
+@pytest.mark.parametrize("time_dim", ["T", "C"])
+def test_colour_on_the_device_has_the_per_clip_distribution_of_the_workers(time_dim):
+    """augment_on_device: the workers' clips come without colour steps (the crop only) and DeviceColourAugment
+    draws them per clip of the batch; the per-clip statistics match the workers' own colour path (KS, 0.1 %)."""
+    from sifa.data.transforms import DeviceColourAugment
+
+    frames = list(_smooth_colour_clip(2, 32, seed=5))
+    plain = TrainClipTransform(32, no_horizontal_flip=True, time_dim=time_dim, colour=False)
+    coloured = TrainClipTransform(32, no_horizontal_flip=True, time_dim=time_dim)
+    for transform in (plain, coloured):
+        transform.SCALE = transform.RATIO = (1.0, 1.0)  # the whole frame: only the colour steps are random
+    crop = lay_out(torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2), time_dim)
+    assert torch.equal(plain(frames), crop)
+    as_cthw = (lambda c: c) if time_dim == "T" else (lambda c: c.unflatten(0, (-1, 3)).transpose(0, 1))
+    torch.manual_seed(0)
+    batch = DeviceColourAugment(time_dim)(torch.stack([plain(frames) for _ in range(500)]))
+    on_device = np.array([_clip_statistics(as_cthw(c)) for c in batch])
+    assert len({tuple(row) for row in on_device}) > 300  # drawn per clip, not per batch
+    in_workers = []
+    for seed in range(500):
+        torch.manual_seed(1000 + seed)
+        in_workers.append(_clip_statistics(as_cthw(coloured(frames))))
+    in_workers = np.array(in_workers)
+    critical = 1.95 * np.sqrt(2 / 500)
+    for column in range(6):  # the left-right balance is the flip's, off here
+        assert _ks_statistic(on_device[:, column], in_workers[:, column]) < critical, column
+
+
+def test_normalize_clips_is_the_evaluation_normalisation():
+    from torchvision.transforms import v2
+
+    clips = torch.randint(0, 256, (2, 3, 4, 8, 8), dtype=torch.uint8)
+    reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    expected = torch.stack([reference(c.transpose(0, 1)).transpose(0, 1) for c in clips])
+    assert torch.equal(normalize_clips(clips), expected)
+    stacked = clips.transpose(1, 2).reshape(2, 12, 8, 8)  # time_dim 'C': T x C frames along channels
+    assert torch.equal(normalize_clips(stacked, "C"), expected.transpose(1, 2).reshape(2, 12, 8, 8))
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_clips(expected)
 
 
 def test_test_transform_center_crop_normalisation_and_time_dim():
@@ -318,7 +483,7 @@ def test_prepare_videos_writes_lists_that_the_dataset_reads(tmp_path, storage_fo
     out = tmp_path / "src" if storage_format == "VIDEO" else tmp_path / "out"
     prepare_videos(Namespace(src=str(tmp_path / "src"), out=str(out), format=storage_format,
                              list=str(tmp_path / "list.txt"), classes=str(tmp_path / "classes.txt"),
-                             short_side=None, workers=1, video_backend="opencv"))
+                             short_side=None, keyint=None, workers=1, video_backend="opencv"))
     suffix = ".avi" if storage_format == "VIDEO" else ""
     assert (tmp_path / "list.txt").read_text() == f"b/v 1{suffix} 9 0\nclass a/v 1{suffix} 10 1\n"
     assert read_class_names(tmp_path / "classes.txt", 2) == ["b", "class a"]

@@ -144,14 +144,70 @@ def test_videos_list_check_comes_before_decoding_and_video_format_rules(kinetics
         main(["videos", "--src", str(kinetics / "classes"), "--out", str(kinetics / "lmdb"), "--format", "LMDB",
               "--list", str(kinetics / "missing" / "list.txt"), "--classes", str(kinetics / "c.txt")])
     with pytest.raises(SystemExit):
-        main(["videos", "--src", str(kinetics / "classes"), "--out", str(kinetics / "x"), "--format", "VIDEO",
+        main(["videos", "--src", str(kinetics / "classes"), "--short_side", "32", "--format", "VIDEO",
               "--list", str(kinetics / "list.txt"), "--classes", str(kinetics / "c.txt")])
-    assert "takes no --out or --short_side" in capsys.readouterr().err
+    assert "--short_side and --keyint need --out" in capsys.readouterr().err
     monkeypatch.undo()
     main(["videos", "--src", str(kinetics / "classes"), "--format", "VIDEO", "--list", str(kinetics / "list.txt"),
           "--classes", str(kinetics / "c.txt"), "--workers", "1"])
     assert (kinetics / "list.txt").read_text() == f"a/v.mp4 {FPS * SECONDS} 0\n"
     assert "paths relative to " + str(kinetics / "classes") in capsys.readouterr().out
+
+
+def longest_keyframe_gap(video):
+    """The most frames from one keyframe of ``video`` to the next (or to the end)."""
+    import av
+    with av.open(str(video)) as container:
+        flags = [p.is_keyframe for p in container.demux(container.streams.video[0]) if p.size]
+    starts = [i for i, keyframe in enumerate(flags) if keyframe] + [len(flags)]
+    return max(b - a for a, b in zip(starts, starts[1:]))
+
+
+def test_keyint_sets_the_keyframe_interval_of_trim_and_reencoded_videos(kinetics, capsys):
+    pytest.importorskip("av", reason="--keyint needs PyAV (requirements-extra.txt)")
+    trim(kinetics, "--video_backend", "pyav", "--keyint", "8")
+    clip = kinetics / "clips" / "abseiling" / "vid-B_000000_000003.mp4"
+    # x264 adds keyframes at scene cuts (each frame of these is one of its own): a gap, not positions
+    assert longest_keyframe_gap(clip) <= 8
+    trim(kinetics, "--video_backend", "pyav")
+    assert longest_keyframe_gap(clip) > 8  # x264's default: up to 250
+    # videos --format VIDEO --out: re-encoded, resized, with the interval; listed relative to --out
+    main(["videos", "--src", str(kinetics / "clips"), "--format", "VIDEO", "--out", str(kinetics / "k8"),
+          "--short_side", "30", "--keyint", "8", "--video_backend", "pyav", "--list", str(kinetics / "k8.txt"),
+          "--classes", str(kinetics / "classes.txt"), "--workers", "1"])
+    listed = {r.path: r.num_frames for r in read_list_file(kinetics / "k8.txt")}
+    assert listed["abseiling/vid-B_000000_000003.mp4"] == 30
+    reencoded = kinetics / "k8" / "abseiling" / "vid-B_000000_000003.mp4"
+    assert longest_keyframe_gap(reencoded) <= 8
+    frames = list(decode_all(str(reencoded), "pyav"))
+    assert frames[0].shape == (30, 44, 3) and [frame_index(f) for f in frames[:3]] == [0, 1, 2]
+    for extra, message in ((["--keyint", "8"], "--keyint needs --video_backend pyav"),
+                           (["--keyint", "0", "--video_backend", "pyav"], "--keyint must be at least 1")):
+        with pytest.raises(SystemExit):
+            trim(kinetics, *extra)
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["videos", "--src", str(kinetics / "clips"), "--format", "LMDB", "--out", str(kinetics / "l"),
+              "--keyint", "8", "--video_backend", "pyav", "--list", str(kinetics / "l.txt"), "--classes",
+              str(kinetics / "classes.txt")])
+    assert "--keyint applies to videos written" in capsys.readouterr().err
+
+
+def test_help_keeps_the_examples_line_breaks(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    usage = capsys.readouterr().out
+    assert "--src data/k400/raw \\\n        --out data/k400/train" in usage
+
+
+def test_documented_trim_names_are_those_written():
+    """docs/training.md names the clips trim writes; the plain-layout test above cuts 1.5-2.5 s and 0-1 s."""
+    from helpers import REPO_ROOT
+    from sifa.data.prepare import _time_text
+
+    docs = (REPO_ROOT / "docs" / "training.md").read_text()
+    for start, end in ((1.5, 2.5), (0, 1), (10, 20)):
+        assert f"_{_time_text(start)}_{_time_text(end)}.mp4" in docs
 
 
 def test_frames_command_names_a_missing_folder_and_the_csv_line(tmp_path, capsys):

@@ -159,6 +159,40 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, tiny_data):
     assert not torch.equal(first["model"]["fc.weight"], a["model"]["fc.weight"])
 
 
+@pytest.mark.parametrize("augment_on_device", [False, True])
+def test_training_batches_reach_the_network_normalised_on_its_device(tmp_path, tiny_data, monkeypatch,
+                                                                     augment_on_device):
+    """The workers hand on uint8 clips; the network gets them normalised as the evaluation normalises
+    (after the colour steps with augment_on_device)."""
+    import sifa.engine.trainer as trainer_module
+    from sifa.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.set_num_threads(1)
+    seen = []
+    normalize = trainer_module.normalize_clips
+
+    def recording(clips, time_dim):
+        out = normalize(clips, time_dim)
+        seen.append((clips.clone(), out))
+        return out
+
+    monkeypatch.setattr(trainer_module, "normalize_clips", recording)
+    colour_calls = []
+    device_colour = trainer_module.DeviceColourAugment.__call__
+    monkeypatch.setattr(trainer_module.DeviceColourAugment, "__call__",
+                        lambda self, clips: colour_calls.append(1) or device_colour(self, clips))
+    config = tiny_config(tmp_path, tiny_data)
+    cfg = load_config(config, ["epochs=1", "eva_inter=false", f"augment_on_device={str(augment_on_device).lower()}"])
+    trainer = Trainer(cfg, CPU)
+    trainer.train()
+    trainer.close()
+    assert len(seen) == 6 and len(colour_calls) == (6 if augment_on_device else 0)  # 6 iterations
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    for clips, out in seen:
+        assert clips.dtype == torch.uint8 and clips.shape == (2, 3, 8, 32, 32)
+        torch.testing.assert_close(out, (clips.float() / 255 - mean) / std)
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, tiny_data):
     tmp_path = tmp_path_factory.mktemp("ddp")

@@ -92,20 +92,38 @@ def stated_frame_count(video: str) -> int:
         capture.release()
 
 
-def _convert(job: Tuple[str, str, str, Optional[int], str]) -> Tuple[int, int]:
-    """(frames of the video written as FRAME/LMDB, or counted for VIDEO, 0 when none decodes; frames
-    its header states)."""
-    source, target, storage_format, short_side, backend = job
+def write_video(target: str, frames: Sequence[np.ndarray], fps: float, backend: str,
+                keyframe_interval: Optional[int]) -> None:
+    """Encode ``frames`` to ``target`` under a temporary name, renamed when complete (an interrupted run
+    leaves no half-written video)."""
+    partial = target[:-len(".mp4")] + ".part.mp4"
+    with VideoWriter(partial, fps, frames[0].shape[1], frames[0].shape[0], backend, keyframe_interval) as writer:
+        for frame in frames:
+            writer.write(frame)
+    os.replace(partial, target)
+
+
+def _convert(job: Tuple[str, str, str, Optional[int], str, Optional[int]]) -> Tuple[int, int]:
+    """(frames of the video written as FRAME/LMDB or re-encoded, or counted for VIDEO listed in place, 0
+    when none decodes; frames its header states)."""
+    source, target, storage_format, short_side, backend, keyframe_interval = job
     stated = stated_frame_count(source)
-    if storage_format == "VIDEO":
+    if storage_format == "VIDEO" and target == source:
         return count_video_frames(source, backend), stated
     try:
-        frames = [resized(frame, short_side) for frame in decode_all(source, backend)]
+        if storage_format == "VIDEO":
+            frames, fps = read_time_range(source, 0.0, float("inf"), backend)
+            frames = [resized(frame, short_side, even=True) for frame in frames]
+        else:
+            frames = [resized(frame, short_side) for frame in decode_all(source, backend)]
     except FrameReadError:
         return 0, stated
     if frames:
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        (write_frame_folder if storage_format == "FRAME" else write_lmdb)(target, frames)
+        if storage_format == "VIDEO":
+            write_video(target, frames, fps, backend, keyframe_interval)
+        else:
+            (write_frame_folder if storage_format == "FRAME" else write_lmdb)(target, frames)
     return len(frames), stated
 
 
@@ -115,7 +133,7 @@ def prepare_videos(args: argparse.Namespace) -> None:
         check_output_file(path, option)
     found = sorted(d for d in os.listdir(args.src) if os.path.isdir(os.path.join(args.src, d)))
     labels = class_labels(args.classes, found)
-    root = args.src if args.format == "VIDEO" else args.out
+    root = args.out or args.src  # VIDEO without --out: listed where they are
     jobs, entries = [], []
     for name in found:
         if name not in labels:
@@ -124,10 +142,13 @@ def prepare_videos(args: argparse.Namespace) -> None:
             stem, extension = os.path.splitext(video)
             if extension.lower() not in VIDEO_EXTENSIONS:
                 continue
-            relative = os.path.join(name, video if args.format == "VIDEO" else stem)
+            if args.format != "VIDEO":
+                relative = os.path.join(name, stem)
+            else:
+                relative = os.path.join(name, video if root == args.src else stem + ".mp4")
             entries.append((relative, labels[name]))
             jobs.append((os.path.join(args.src, name, video), os.path.join(root, relative), args.format,
-                         args.short_side, args.video_backend))
+                         args.short_side, args.video_backend, args.keyint))
     counts = dict(run_jobs(_convert, jobs, args.workers, "videos"))
     lines = []
     for index, (relative, label) in enumerate(entries):
@@ -203,9 +224,9 @@ def read_annotations(path: str, src: str) -> List[Annotation]:
     return annotations
 
 
-def _cut(job: Tuple[Annotation, str, Optional[int], bool, str]) -> Tuple[int, str]:
+def _cut(job: Tuple[Annotation, str, Optional[int], bool, str, Optional[int]]) -> Tuple[int, str]:
     """(frames in the clip, '') or (0, why it failed); an existing clip is counted if ``skip_existing``."""
-    annotation, target, short_side, skip_existing, backend = job
+    annotation, target, short_side, skip_existing, backend, keyframe_interval = job
     if skip_existing and os.path.isfile(target):
         count = count_video_frames(target, backend)
         return (count, "") if count else (0, f"existing output {target} decodes no frame")
@@ -215,12 +236,8 @@ def _cut(job: Tuple[Annotation, str, Optional[int], bool, str]) -> Tuple[int, st
         frames, fps = read_time_range(annotation.source, annotation.start, annotation.end, backend)
         if not frames:
             return 0, f"no frame decodes between {annotation.start} s and {annotation.end} s"
-        frames = [resized(frame, short_side, even=True) for frame in frames]
-        partial = target[:-len(".mp4")] + ".part.mp4"  # renamed when complete: an interrupted run leaves no clip
-        with VideoWriter(partial, fps, frames[0].shape[1], frames[0].shape[0], backend) as writer:
-            for frame in frames:
-                writer.write(frame)
-        os.replace(partial, target)
+        write_video(target, [resized(frame, short_side, even=True) for frame in frames], fps, backend,
+                    keyframe_interval)
     except (FrameReadError, OSError, ValueError) as err:
         return 0, str(err)
     return len(frames), ""
@@ -247,7 +264,7 @@ def trim_videos(args: argparse.Namespace) -> None:
     relatives = list(targets)
     for folder in {os.path.dirname(r) for r in relatives}:
         os.makedirs(os.path.join(args.out, folder), exist_ok=True)
-    jobs = [(a, os.path.join(args.out, r), args.short_side, args.skip_existing, args.video_backend)
+    jobs = [(a, os.path.join(args.out, r), args.short_side, args.skip_existing, args.video_backend, args.keyint)
             for a, r in zip(annotations, relatives)]
     results = dict(run_jobs(_cut, jobs, args.workers, "clips"))
     lines, failures = [], []

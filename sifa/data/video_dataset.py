@@ -49,7 +49,8 @@ class VideoDataset(Dataset):
     """Training: one randomly placed clip per video. Testing: every (video, clip, crop) view.
 
     Items are (clip, label, video index); the video index lets evaluation merge the views of a
-    video after they were spread over processes. ``videos`` is a list file or its records.
+    video after they were spread over processes. Training clips are uint8 (TrainClipTransform: the
+    training loop normalizes them on its device), test views float32, normalized. ``videos`` is a list file or its records.
 
     In test mode the first view of a video decodes and resizes every frame that its clips need, once,
     and the process keeps them for the views that follow (crops share their frames, clips overlap).

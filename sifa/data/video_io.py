@@ -1,21 +1,24 @@
 """Video files: decoding the requested frames once each, reading forward from the nearest seek point.
 
-Two backends decode a file into identical RGB frames (both wrap FFmpeg, and both convert with its
-swscale): OpenCV, the default and a core dependency, and PyAV (``video_backend: pyav``, an optional
-package whose wheels ship their own FFmpeg). PyAV is there because it reads files OpenCV's wheels
-may not: AV1, which YouTube serves for many Kinetics videos, opened in earlier OpenCV wheels but
-yielded no frame (opencv-python-headless 5.1 decodes it).
+Three backends decode a file into RGB frames (all wrap FFmpeg): OpenCV, the default and a core
+dependency, PyAV (``video_backend: pyav``, an optional package whose wheels ship their own FFmpeg) and
+torchcodec (``video_backend: torchcodec``, PyTorch's decoder, which needs FFmpeg's shared libraries on
+the system). OpenCV and PyAV give identical frames (both convert with FFmpeg's swscale). PyAV is there
+because it reads files OpenCV's wheels may not: AV1, which YouTube serves for many Kinetics videos,
+opened in earlier OpenCV wheels but yielded no frame (opencv-python-headless 5.1 decodes it). In a
+DataLoader worker each decoder uses one thread (the workers already share the cores).
 
 Frame ids count the frames in the order the decoder returns them, as a sequential decode does.
 Seeking keeps that numbering: OpenCV maps the id to a timestamp at the stream's frame rate and decodes
 forward from the keyframe before it; PyAV looks the id up in the stream's packet timestamps (read
-without decoding) and seeks to the keyframe before it. Where a seek cannot be trusted (the stream's
-frame count or timestamps are wrong, the file is cut short) the read starts again without seeking.
-Each backend's package is imported where that backend is used, so that ``import sifa.data`` needs neither.
+without decoding, once per file and process) and seeks to the keyframe before it; torchcodec does
+the same itself. Where a seek cannot be trusted (the stream's frame count or timestamps are wrong, the
+file is cut short) the read starts again without seeking. Each backend's package is imported where
+that backend is used, so that ``import sifa.data`` needs none of them.
 """
 from __future__ import annotations
 
-import bisect
+import functools
 import os
 from fractions import Fraction
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -24,7 +27,8 @@ import numpy as np
 
 from ..errors import UserError
 
-VIDEO_BACKENDS = ("opencv", "pyav")
+VIDEO_BACKENDS = ("opencv", "pyav", "torchcodec")
+WRITER_BACKENDS = ("opencv", "pyav")  # the backends that also encode (VideoWriter)
 # OpenCV cannot say where keyframes are: it seeks when the next wanted frame lies further ahead than
 # this, as decoding forward from a keyframe costs on average half a GOP (25-125 frames for
 # 1-5 s GOPs at 25 fps) plus the 16 frames OpenCV's seek starts before its target.
@@ -32,6 +36,8 @@ OPENCV_SEEK_GAP = 64
 # PyAV knows the keyframes: it seeks when one lies further ahead than this (a seek restarts the
 # decoder's frame threads, which costs about as much as decoding a few frames).
 PYAV_SEEK_GAP = 8
+# Keyframe indices each process keeps (a few kB per file: a DataLoader worker's share of Kinetics-400).
+KEYFRAME_INDEX_CACHE = 65536
 
 
 class FrameReadError(UserError, RuntimeError):
@@ -66,6 +72,35 @@ def _import_av():
     return av
 
 
+def _import_torchcodec():
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except ImportError:
+        raise ImportError("video_backend 'torchcodec' needs the torchcodec package and FFmpeg's shared libraries "
+                          "(4 to 8): pip install torchcodec; apt install ffmpeg (docs/training.md)") from None
+    except RuntimeError as err:  # torchcodec found no FFmpeg libraries it can load
+        raise ImportError(f"video_backend 'torchcodec': {str(err).splitlines()[0]}") from None
+    return VideoDecoder
+
+
+def backend_available(backend: str) -> bool:
+    """Whether ``backend``'s package (and, for torchcodec, FFmpeg's libraries) loads here."""
+    importers = {"opencv": lambda: __import__("cv2"), "pyav": _import_av, "torchcodec": _import_torchcodec}
+    try:
+        importers[check_backend(backend)]()
+    except ImportError:
+        return False
+    return True
+
+
+def _decoder_threads() -> int:
+    """Decoder threads: 1 in a DataLoader worker (the workers already use every core; more threads only
+    contend), else 0: FFmpeg's choice (about one per core)."""
+    from torch.utils.data import get_worker_info
+
+    return 1 if get_worker_info() is not None else 0
+
+
 class _OpenCVStream:
     """The frames of a video file through cv2.VideoCapture; ``position`` is the id of the next frame - 1."""
 
@@ -73,7 +108,8 @@ class _OpenCVStream:
         import cv2
 
         self.video = video
-        self.capture = cv2.VideoCapture(video)
+        threads = _decoder_threads()
+        self.capture = cv2.VideoCapture(video, cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, threads] if threads else [])
         if not self.capture.isOpened():
             raise FrameReadError(f"video '{video}': OpenCV cannot open it")
         self.position = 0
@@ -116,6 +152,24 @@ class _OpenCVStream:
         return self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
 
 
+@functools.lru_cache(maxsize=KEYFRAME_INDEX_CACHE)
+def _keyframe_index(video: str, size: int, mtime_ns: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(timestamps of the frames in display order, indices of the keyframes) of ``video``, from its packets
+    alone (no decoding); both empty when a packet has no timestamp (then no seeking). Cached per process
+    (each DataLoader worker) under the file's size and modification time, so that a file read again is
+    not demuxed again."""
+    container = _import_av().open(video)
+    try:
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(container.streams.video[0]) if p.size]
+    finally:
+        container.close()
+    if not packets or any(pts is None for pts, _ in packets):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    packets.sort()
+    return (np.array([pts for pts, _ in packets], np.int64),
+            np.array([i for i, (_, keyframe) in enumerate(packets) if keyframe], np.int64))
+
+
 class _PyAVStream:
     """The frames of a video file through PyAV; the same interface as :class:`_OpenCVStream`."""
 
@@ -130,15 +184,16 @@ class _PyAVStream:
             self.container.close()
             raise FrameReadError(f"video '{video}': the file has no video stream")
         self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
+        threads = _decoder_threads()
+        self.stream.thread_type = "AUTO" if threads != 1 else "NONE"
+        self.stream.thread_count = threads
         self._decode_error = av.FFmpegError
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else 0.0
         self.position = 0
         self._frame = None
         self._frames = self._decoded_frames()
-        self._index: Optional[Tuple[List[int], List[int]]] = None
-        self._frame_index: Optional[Dict[int, int]] = None  # timestamp -> frame index, once seeking
+        self._timestamps: Optional[np.ndarray] = None  # of the frames in display order, once seeking
 
     def close(self) -> None:
         self._frames.close()
@@ -150,45 +205,33 @@ class _PyAVStream:
         except self._decode_error:
             return  # a damaged tail ends the stream as a short file does
 
-    def _packet_index(self) -> Tuple[List[int], List[int]]:
-        """(timestamps of the frames in display order, indices of the keyframes), from the packets alone."""
-        if self._index is None:
-            container = _import_av().open(self.video)
-            try:
-                packets = [(p.pts, p.is_keyframe) for p in container.demux(container.streams.video[0])
-                           if p.size]
-            finally:
-                container.close()
-            if any(pts is None for pts, _ in packets):
-                self._index = [], []  # no timestamps: no seeking
-            else:
-                packets.sort()
-                self._index = ([pts for pts, _ in packets],
-                               [i for i, (_, keyframe) in enumerate(packets) if keyframe])
-        return self._index
+    def _frame_id(self, pts: Optional[int]) -> int:
+        """The display index of the frame with timestamp ``pts``; -1 if no packet has it."""
+        i = int(np.searchsorted(self._timestamps, pts)) if pts is not None else len(self._timestamps)
+        return i if i < len(self._timestamps) and self._timestamps[i] == pts else -1
 
     def skip_to(self, index: int) -> None:
-        timestamps, keyframes = self._packet_index()
-        nearest = bisect.bisect_right(keyframes, index) - 1
+        stat = os.stat(self.video)
+        timestamps, keyframes = _keyframe_index(os.path.abspath(self.video), stat.st_size, stat.st_mtime_ns)
+        nearest = int(np.searchsorted(keyframes, index, side="right")) - 1
         if nearest < 0 or keyframes[nearest] <= self.position + PYAV_SEEK_GAP:
             return  # decoding on from here costs about as much as seeking
-        keyframe = keyframes[nearest]
-        self.container.seek(timestamps[keyframe], stream=self.stream, backward=True)
+        keyframe = int(keyframes[nearest])
+        self.container.seek(int(timestamps[keyframe]), stream=self.stream, backward=True)
         self._frames.close()
         self._frames = self._decoded_frames()
         self.position = keyframe
-        if self._frame_index is None:
-            self._frame_index = {pts: i for i, pts in enumerate(timestamps)}
+        self._timestamps = timestamps
 
     def grab(self) -> bool:
         frame = next(self._frames, None)
-        if self._frame_index is not None:
+        if self._timestamps is not None:
             # After a seek the decoder may first return frames shown before the keyframe (open GOPs).
-            while frame is not None and self._frame_index.get(frame.pts, -1) < self.position:
-                if frame.pts not in self._frame_index:
+            while frame is not None and self._frame_id(frame.pts) < self.position:
+                if self._frame_id(frame.pts) < 0:
                     raise _UnreliableSeek
                 frame = next(self._frames, None)
-            if frame is not None and self._frame_index[frame.pts] != self.position:
+            if frame is not None and self._frame_id(frame.pts) != self.position:
                 raise _UnreliableSeek
         if frame is None:
             return False
@@ -204,12 +247,56 @@ class _PyAVStream:
         return float((self._frame.pts - start) * self.stream.time_base)
 
 
+class _TorchCodecStream:
+    """The frames of a video file through torchcodec (PyTorch's decoder); the same interface as
+    :class:`_OpenCVStream`. Its exact seek mode indexes the packets when the file is opened (as
+    :func:`_keyframe_index` does) and decodes a wanted frame from the keyframe before it, or on from the
+    last frame decoded when that is nearer."""
+
+    def __init__(self, video: str):
+        decoder_class = _import_torchcodec()
+        self.video = video
+        try:
+            self.decoder = decoder_class(video, dimension_order="NHWC", seek_mode="exact",
+                                         num_ffmpeg_threads=_decoder_threads())
+        except (RuntimeError, ValueError) as err:
+            raise FrameReadError(f"video '{video}': torchcodec cannot open it ({str(err).splitlines()[0]})") from None
+        self.fps = float(self.decoder.metadata.average_fps or 0.0)
+        self.position = 0
+        self._frame = None
+
+    def close(self) -> None:
+        self.decoder = None
+
+    def skip_to(self, index: int) -> None:
+        self.position = index  # torchcodec seeks only where that saves decoding
+
+    def grab(self) -> bool:
+        if self.position >= len(self.decoder):
+            return False
+        try:
+            self._frame = self.decoder.get_frame_at(self.position)
+        except RuntimeError:
+            return False  # a damaged tail ends the stream as a short file does
+        self.position += 1
+        return True
+
+    def retrieve(self) -> np.ndarray:
+        return self._frame.data.numpy()
+
+    def timestamp(self) -> float:
+        return float(self._frame.pts_seconds)
+
+
+_STREAMS = {"opencv": _OpenCVStream, "pyav": _PyAVStream, "torchcodec": _TorchCodecStream}
+
+
 def open_video(video: str, backend: str = "opencv"):
     """A stream over the frames of ``video``: ``grab()``, ``retrieve()`` (RGB), ``timestamp()``,
     ``skip_to(index)``, ``fps``, ``position``, ``close()``."""
     if not os.path.isfile(video):
         raise FrameReadError(f"video '{video}': file not found")
-    return (_PyAVStream if check_backend(backend) == "pyav" else _OpenCVStream)(video)
+    return _STREAMS[check_backend(backend)](video)
 
 
 class VideoWriter:
@@ -223,7 +310,9 @@ class VideoWriter:
             raise ValueError(f"'{path}': video width and height must be even, got {width}x{height}")
         self.path = path
         self._writer = self._container = None
-        if check_backend(backend) == "pyav":
+        if backend not in WRITER_BACKENDS:
+            raise ValueError(f"video backend '{backend}' cannot write videos, expected one of {list(WRITER_BACKENDS)}")
+        if backend == "pyav":
             av = _import_av()
             self._container = av.open(path, "w")
             self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001),

@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from ..config import ConfigError, check_run_inputs, config_to_dict, save_config_json
 from ..data import BadSampleError, VideoDataset, collate_samples, read_class_names
 from ..data.build import build_eval_dataset, build_train_dataset, prepare_synthetic_data
+from ..data.transforms import DeviceColourAugment, normalize_clips
 from ..models.build import build_model, freeze_bn, load_network, load_pretrained
 from ..checkpoint_file import atomic_write_text, load_checkpoint, remove_leftover_tmp
 from ..errors import CheckpointError
@@ -258,11 +259,16 @@ class Trainer:
         loss_sum, batch_time_sum, data_time_sum = 0.0, 0.0, 0.0
         grad_norm = math.nan  # of the last optimizer step (none yet in this epoch)
         skipped: List[str] = []  # (skip_bad_samples) the samples replaced on this rank
+        colour_augment = DeviceColourAugment(cfg.time_dim) if cfg.augment_on_device and not cfg.rand_augment else None
         end = time.time()
         for idx, (clips, labels, _, skipped_in_batch) in enumerate(self._training_batches(epoch, loader)):
             skipped += [message for _, message in skipped_in_batch]
             data_time = time.time() - end
+            # uint8 from the workers: normalized here, after the (4x smaller) copy to the device.
             clips = clips.to(ctx.device, non_blocking=True)
+            if colour_augment is not None:
+                clips = colour_augment(clips)
+            clips = normalize_clips(clips, cfg.time_dim)
             labels = labels.to(ctx.device, non_blocking=True)
             step = (idx + 1) % cfg.iter_size == 0
             # Accumulation iterations skip DDP's gradient all-reduce; the stepping one syncs the sum.
