@@ -1,7 +1,14 @@
 """The CUDA kernels' cost as the compiler sees it, no GPU needed: per kernel and architecture, the
 registers and spills `ptxas -v` reports and, from the SASS (`cuobjdump -sass`), the instruction
-count and the instructions that move data: global loads/stores by width, atomics, shared-memory
-accesses, shuffles, and 64-bit integer multiplies (address arithmetic).
+count and the instructions that move data: global loads/stores by width, atomics (those on floats
+in global memory apart), shared-memory accesses, shuffles, conditional branches (`BSSY`, predicated
+`BRA`), and 64-bit integer multiplies (address arithmetic). Then, per SIFA-Net shape (N=8, T=4, 3×3
+taps: C=128 at 28², 256 at 14², 512 at 7²), two floors of the fused op's passes on an H100 SXM
+(3.35 TB/s, 132 SMs × 4 schedulers at 1.98 GHz): the memory floor (every input read once, every
+output written once) and the issue floor (warp-instructions / issue rate), the warp-instructions
+taken as the static SASS count of the 3×3 kernels, whose tap loop is unrolled, times the warps'
+pixels (forward and first backward pass: one per pixel; the backward's scatter: one per pixel and
+channel slice) — an estimate that leaves out stalls and counts the prologue once per pixel.
 
     python benchmarks/kernel_cost.py [--arch 80 90] [--rev GIT_REV] [--dtype float Half] [--filter fused]
 
@@ -111,13 +118,62 @@ def _sass(obj: Path) -> dict[str, Counter]:
                 current[f"{base}.{width}"] += 1
             elif base in ("ATOMG", "RED", "ATOM", "REDG"):
                 current["atomics"] += 1
+                if ".F32" in op or ".F64" in op or ".F16" in op or ".BF16" in op:
+                    current["float atomics"] += 1
+            elif base in ("ATOMS",):
+                current["shared atomics"] += 1
             elif base in ("LDS", "STS"):
                 current["shared"] += 1
+            elif base == "BSSY" or (base == "BRA" and re.search(r"@!?U?P\w+\s+BRA", line)):
+                current["branches"] += 1
             elif base == "SHFL":
                 current["shuffles"] += 1
             elif base in ("IMAD", "IMUL") and ".WIDE" in op:
                 current["64-bit mul"] += 1
     return out
+
+
+HBM_BYTES_PER_S = 3.35e12  # H100 SXM
+WARP_INSTRUCTIONS_PER_S = 132 * 4 * 1.98e9  # SMs × warp schedulers × boost clock
+SIFA_NET_SHAPES = [(8, 128, 4, 28, 28), (8, 256, 4, 14, 14), (8, 512, 4, 7, 7)]  # N, C, T, H, W; 3×3 taps
+TAPS = 9
+ELEMENT_BYTES = {"float": 4, "Half": 2, "BFloat16": 2, "double": 8}
+
+
+def _kernel(counts: dict[str, int], prefix: str) -> int | None:
+    """The instruction count of the kernel whose name starts with `prefix`, if compiled."""
+    return next((v for k, v in counts.items() if k.startswith(prefix)), None)
+
+
+def _floors(counts: dict[str, int], arch: int, dtypes: list[str]) -> None:
+    """Memory and issue floors of the fused op's forward and backward (input and offset gradients)."""
+    print(f"floors on an H100 SXM from the sm_{arch} SASS (3×3 taps, one group):")
+    print("| pass | dtype | N×C×T×H×W | memory floor MB | memory floor µs | warp-instr. per pixel | issue floor µs | "
+          "issue / memory |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dtype in dtypes:
+        e = ELEMENT_BYTES[dtype]
+        for N, C, T, H, W in SIFA_NET_SHAPES:
+            pixels, S = N * T * H * W, C // 32
+            feature, offsets, scores = pixels * C, pixels * 2 * TAPS, pixels * TAPS
+            # forward: x read, out written, offsets read, scores written (float)
+            fwd_bytes = 2 * feature * e + offsets * e + scores * 4
+            fwd = _kernel(counts, f"forward_slice_kernel<{dtype}, {S}, {TAPS}>")
+            # backward: x, grad_out, offsets, scores read; float input gradient and offset gradient written
+            bwd_bytes = 2 * feature * e + feature * 4 + 2 * offsets * e + scores * 4
+            first = _kernel(counts, f"backward_slice_kernel<{dtype}, {S}, {TAPS}>")
+            s = 2 if S % 2 == 0 else 1
+            scatter = _kernel(counts, f"scatter_slice_kernel<{dtype}, {s}, {TAPS}>")
+            bwd = None if first is None or scatter is None else first + scatter * C // (32 * s)
+            for name, nbytes, per_pixel in (("forward", fwd_bytes, fwd), ("backward", bwd_bytes, bwd)):
+                mem_us = nbytes / HBM_BYTES_PER_S * 1e6
+                if per_pixel is None:
+                    issue = ratio = "n/a"
+                else:
+                    issue_us = pixels * per_pixel / WARP_INSTRUCTIONS_PER_S * 1e6
+                    issue, ratio = f"{issue_us:.1f}", f"{issue_us / mem_us:.2f}"
+                print(f"| {name} | {dtype} | {N}×{C}×{T}×{H}×{W} | {nbytes / 1e6:.1f} | {mem_us:.1f} | "
+                      f"{per_pixel if per_pixel is not None else 'n/a'} | {issue} | {ratio} |", flush=True)
 
 
 def main() -> None:
@@ -131,13 +187,16 @@ def main() -> None:
         ops_dir = _sources(args.rev, Path(tmp))
         print(f"kernel file: {args.rev or 'working tree'}")
         columns = ["kernel", "arch", "registers", "spill B", "SASS", "LDG.32", "LDG.64", "LDG.128", "LDG.U16",
-                   "STG", "atomics", "shared", "shuffles", "64-bit mul"]
+                   "STG", "atomics", "float atomics (global)", "shared", "shared atomics", "shuffles", "branches",
+                   "64-bit mul"]
         print("| " + " | ".join(columns) + " |")
         print("|" + "---|" * len(columns))
+        counts = {}
         for arch in args.arch:
             log, obj = _compile(ops_dir, arch, Path(tmp))
             regs, sass = _ptxas(log), _sass(obj)
             names = _demangle(sorted(regs))
+            counts[arch] = {names[m]: sass.get(m, Counter())["instructions"] for m in regs}
             for mangled in sorted(regs, key=lambda m: names[m]):
                 name = names[mangled]
                 if not any(f"<{d}," in name for d in args.dtype):
@@ -147,8 +206,11 @@ def main() -> None:
                 c = sass.get(mangled, Counter())
                 stg = sum(v for k, v in c.items() if k.startswith("STG"))
                 row = [name, f"sm_{arch}", *regs[mangled], c["instructions"], c["LDG.32"], c["LDG.64"], c["LDG.128"],
-                       c["LDG.U16"], stg, c["atomics"], c["shared"], c["shuffles"], c["64-bit mul"]]
+                       c["LDG.U16"], stg, c["atomics"], c["float atomics"], c["shared"], c["shared atomics"],
+                       c["shuffles"], c["branches"], c["64-bit mul"]]
                 print("| " + " | ".join(str(v) for v in row) + " |", flush=True)
+        print()
+        _floors(counts[max(counts)], max(counts), args.dtype)
 
 
 if __name__ == "__main__":
