@@ -79,7 +79,7 @@ def test_every_gradient_mask(emu):
     assert_same(run_ops(emu, tensors, geo, masks=masks), want)
 
 
-@pytest.mark.parametrize("case", ["C=70 G=5 dil=2", "slice S=4 dil=2"])
+@pytest.mark.parametrize("case", ["C=70 G=5 dil=2", "slice S=4 dil=2", "slice S=3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_reduced_precision_matches_cpu_float32(emu, dtype, case):
     # the CPU kernels have no 16-bit path: compare with them on the same (rounded) values in float32
@@ -150,6 +150,19 @@ def test_input_gradient_in_bands(emu):
         blocks[shared_limit] = emu.statistics()[1]
         assert_same({"bands": got}, {"bands": want}, rtol=1e-5, atol=1e-5, what=f"shared limit {shared_limit}")
     assert blocks[1] > blocks[0]
+
+
+def test_sifa_net_stage4_shape(emu):
+    # a SIFA-Net stage-4 SIFA call at its real frame size (C = 512, 7×7, T = 4; one sample): the
+    # fused op's forward and input/offset gradients, float32, against the CPU kernels
+    tensors, geo = make_inputs((1, 512, 4, 7, 7, 3, 3, 1, 1, 1.5), torch.float32)
+    x, off, w, _ = tensors
+    configure(emu, "shuffled", 0, seed=11)
+    got = dict(zip(("out", "scores"), emu.sifa_attention(x, off, w, [1, 1], [1, 1], [1, 1], 1)))
+    got["grads"] = _fused_backward(emu, tensors, geo, [True, True, False])
+    want = dict(zip(("out", "scores"), torch.ops.sifa.sifa_attention(x, off, w, [1, 1], [1, 1], [1, 1], 1)))
+    want["grads"] = _fused_backward(torch.ops.sifa, tensors, geo, [True, True, False])
+    assert_same(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_deterministic_mode(emu):

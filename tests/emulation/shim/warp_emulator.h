@@ -161,6 +161,12 @@ inline unsigned __ballot_sync(unsigned mask, int predicate, const char* file = _
 template <class T>
 T __ldg(const T* p) { return *p; }
 
+inline float __uint_as_float(unsigned bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 // Fibers of one block interleave only at sync points and blocks run one after another, so a
 // read-modify-write is atomic here; the emulator counts them (an atomic is a cost on the GPU).
 template <class T>

@@ -6,13 +6,15 @@
 // that type too.
 //
 // Two kernel families:
-// - the slice kernels, for the fused op with one group and C = 32·S (S = 2, 4, 8 or 16 channels per
-//   lane: C = 64, 128, 256 or 512): each lane keeps its S contiguous channels in registers, reads
-//   them with vector loads, and sweeps the taps once — forward: sample, score, accumulate; backward,
-//   in two passes with no global float atomics in the input and offset gradients: per pixel, the
-//   score, offset and query gradients; then per (frame, channel slice), the bilinear scatter summed
-//   in shared memory in a fixed order (a deterministic backward). Only the frozen weight's gradient,
-//   when asked for, adds with atomics;
+// - the slice kernels, for the fused op with one group and C = 32·S (S = 2, 3, 4, 6, 8, 12 or 16
+//   channels per lane: C = 64…512, SIFA-Net's widths and SIFA-Swin's up to 512; the wider Swin
+//   stages, 768, 1024 and 1536 channels, take the general kernels): each lane keeps its S contiguous
+//   channels in registers, reads them with vector loads, and sweeps the taps once (unrolled for 3×3
+//   taps while the registers allow) reading every corner without a branch — forward: sample, score,
+//   accumulate; backward, in two passes with no global float atomics in the input and offset
+//   gradients: per pixel, the score, offset and query gradients; then per (frame, channel slice),
+//   the bilinear scatter summed in shared memory in a fixed order (a deterministic backward). Only
+//   the frozen weight's gradient, when asked for, adds with atomics;
 // - the general kernels, for every other op and shape: lanes stride over each group's channels, and
 //   the backward scatters with atomics.
 #include <ATen/ATen.h>
@@ -21,6 +23,7 @@
 #include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cuda_fp16.h>
 #include <torch/library.h>
 
 #include "../sifa.h"
@@ -34,6 +37,23 @@ using math::Geometry;
 
 constexpr int kWarp = 32;
 constexpr int kMaxWarpsPerBlock = 8;
+constexpr int kMaxThreads = kWarp * kMaxWarpsPerBlock;
+// Register budget: every kernel is declared for blocks of up to kMaxThreads threads; the slice
+// kernels for two resident blocks per SM (16 warps), which caps them at 128 registers a thread,
+// except the backward's first pass at S ≥ 12 channels per lane, whose six live S-channel arrays
+// do not fit in 128 without spilling: one block per SM (up to 255 registers).
+constexpr int kRegistersPerSM = 65536;
+constexpr int register_cap(int blocks_per_sm) {
+  return kRegistersPerSM / (kMaxThreads * blocks_per_sm) < 255 ? kRegistersPerSM / (kMaxThreads * blocks_per_sm) : 255;
+}
+constexpr int kSliceBlocksPerSM = 2;
+template <int S>
+constexpr int kBackwardSliceBlocksPerSM = S < 12 ? kSliceBlocksPerSM : 1;
+static_assert(register_cap(kSliceBlocksPerSM) == 128, "the slice kernels' register budget");
+static_assert(register_cap(kBackwardSliceBlocksPerSM<16>) == 255, "the wide backward's register budget");
+// Taps unrolled (3×3) where the unrolled loop stays within the budget without spilling.
+template <int kTaps, int S, int kMaxS>
+constexpr int kUnrolledTaps = kTaps && S <= kMaxS ? kTaps : 1;
 constexpr int64_t kDefaultSharedLimit = 48 * 1024;  // dynamic shared memory without an opt-in
 
 template <typename T>
@@ -84,17 +104,50 @@ __device__ __forceinline__ Pixel load_pixel(int64_t p, const Geometry& g, const 
 
 // --- slice kernels -------------------------------------------------------------------------------
 
-// S consecutive elements, loaded and stored as one aligned vector (16 bytes at most per access).
+// The alignment of S consecutive elements of a C = 32·S row: the largest power of two dividing
+// their bytes, at most 16 (so a slice is read with vector loads of up to 16 bytes: S = 3 floats as
+// three 4-byte loads, S = 12 as three 16-byte loads).
+constexpr int slice_alignment(int bytes) {
+  int a = 1;
+  while (a < 16 && bytes % (2 * a) == 0) a *= 2;
+  return a;
+}
+
+// S consecutive elements, loaded and stored as aligned vectors.
 template <typename T, int S>
-struct alignas(sizeof(T) * S < 16 ? sizeof(T) * S : 16) Slice {
+struct alignas(slice_alignment(sizeof(T) * S)) Slice {
   T v[S];
 };
+
+// Widens two 16-bit elements packed in a 32-bit word: bfloat16 is the high half of a float (a shift
+// and a mask), half goes through the packed half2 conversion.
+template <typename scalar_t>
+__device__ __forceinline__ float2 widen_pair(uint32_t pair) {
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    return make_float2(__uint_as_float(pair << 16), __uint_as_float(pair & 0xffff0000u));
+  } else {
+    __half2 h;
+    memcpy(&h, &pair, sizeof h);
+    return __half22float2(h);
+  }
+}
 
 template <int S, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void load_slice(const scalar_t* p, acc_t (&out)[S]) {
   const auto s = *reinterpret_cast<const Slice<scalar_t, S>*>(p);
+  if constexpr (sizeof(scalar_t) == 2 && S % 2 == 0) {
 #pragma unroll
-  for (int i = 0; i < S; ++i) out[i] = acc_t(s.v[i]);
+    for (int i = 0; i < S; i += 2) {
+      uint32_t pair;
+      memcpy(&pair, &s.v[i], sizeof pair);
+      const float2 f = widen_pair<scalar_t>(pair);
+      out[i] = f.x;
+      out[i + 1] = f.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < S; ++i) out[i] = acc_t(s.v[i]);
+  }
 }
 
 template <int S, typename scalar_t, typename acc_t>
@@ -135,15 +188,16 @@ __device__ __forceinline__ void atomic_add_slice(acc_t* dst, acc_t scale, const 
 
 // Fused forward, one group, C = 32·S: per tap, the lane's S samples stay in registers from the
 // score's dot product to the aggregation; the score goes to shared memory never, to global once.
-template <typename scalar_t, int S>
-__global__ void forward_slice_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+template <typename scalar_t, int S, int kTaps>
+__global__ void __launch_bounds__(kMaxThreads, kSliceBlocksPerSM) forward_slice_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                      const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                      scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
+  constexpr int kUnroll = kUnrolledTaps<kTaps, S, 8>;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto shared = warp_shared<acc_t>(smem, g);
   const int lane = threadIdx.x % kWarp;
-  const int64_t C = kWarp * S, K = g.taps(), HW = g.plane();
+  const int64_t C = kWarp * S, K = kTaps ? kTaps : g.taps(), HW = g.plane();
   SIFA_WARP_PIXEL_LOOP(p, pixels) {
     const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
     __syncwarp();  // taps written
@@ -152,6 +206,7 @@ __global__ void forward_slice_kernel(const scalar_t* __restrict__ x, const scala
     load_slice<S>(x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C + lane * S, q);
 #pragma unroll
     for (int i = 0; i < S; ++i) acc[i] = 0;
+#pragma unroll(kUnroll)
     for (int64_t k = 0; k < K; ++k) {
       const Bilinear<acc_t> b = shared.taps[k];
       acc_t s[S], w[S], v[S];
@@ -159,8 +214,7 @@ __global__ void forward_slice_kernel(const scalar_t* __restrict__ x, const scala
       for (int i = 0; i < S; ++i) s[i] = 0;
 #pragma unroll
       for (int corner = 0; corner < 4; ++corner) {
-        if (b.weight[corner] == acc_t(0)) continue;  // outside the image: the same for every lane
-        load_slice<S>(frame + b.index[corner] * C, v);
+        load_slice<S>(frame + b.index[corner] * C, v);  // outside the image: pixel 0, weight 0
 #pragma unroll
         for (int i = 0; i < S; ++i) s[i] += b.weight[corner] * v[i];
       }
@@ -184,18 +238,19 @@ __global__ void forward_slice_kernel(const scalar_t* __restrict__ x, const scala
 // (grad_score, read by scatter_slice_kernel) and the query gradient summed over the taps in
 // registers (grad_query, pixel p's share of frame prev(t)'s input gradient). Atomics only for the
 // frozen weight's gradient, when asked for.
-template <typename scalar_t, int S>
-__global__ void backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
+template <typename scalar_t, int S, int kTaps>
+__global__ void __launch_bounds__(kMaxThreads, kBackwardSliceBlocksPerSM<S>) backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                       const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                       const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
                                       at::acc_type<scalar_t, true>* __restrict__ grad_score,
                                       at::acc_type<scalar_t, true>* __restrict__ grad_query, scalar_t* __restrict__ goff,
                                       at::acc_type<scalar_t, true>* gw, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
+  constexpr int kUnroll = kUnrolledTaps<kTaps, S, 4>;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto shared = warp_shared<acc_t>(smem, g);
   const int lane = threadIdx.x % kWarp;
-  const int64_t C = kWarp * S, K = g.taps(), HW = g.plane();
+  const int64_t C = kWarp * S, K = kTaps ? kTaps : g.taps(), HW = g.plane();
   SIFA_WARP_PIXEL_LOOP(p, pixels) {
     const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
     __syncwarp();  // taps written
@@ -206,6 +261,7 @@ __global__ void backward_slice_kernel(const scalar_t* __restrict__ go, const at:
     load_slice<S>(go + p * C + lane * S, grad_out);
 #pragma unroll
     for (int i = 0; i < S; ++i) gq[i] = 0;
+#pragma unroll(kUnroll)
     for (int64_t k = 0; k < K; ++k) {
       const Bilinear<acc_t> b = shared.taps[k];
       const int64_t si = g.score_index(n, 0, k, t, hw);
@@ -267,18 +323,19 @@ __global__ void backward_slice_kernel(const scalar_t* __restrict__ go, const at:
 // either); the block then sums the copies in warp order, adds the query gradients of the frames
 // whose query is frame t (t + 1, and t itself for t = 0) and stores the slice once. Outputs do
 // not depend on the lane schedule or the grid: bitwise the same run to run.
-template <typename scalar_t, int s>
-__global__ void scatter_slice_kernel(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
+template <typename scalar_t, int s, int kTaps>
+__global__ void __launch_bounds__(kMaxThreads, kSliceBlocksPerSM) scatter_slice_kernel(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
                                      const scalar_t* __restrict__ off, const scalar_t* __restrict__ wt,
                                      const at::acc_type<scalar_t, true>* __restrict__ sc,
                                      const at::acc_type<scalar_t, true>* __restrict__ grad_score,
                                      const at::acc_type<scalar_t, true>* __restrict__ grad_query,
                                      at::acc_type<scalar_t, true>* __restrict__ gx, Geometry g, int64_t band_pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
+  constexpr int kUnroll = kUnrolledTaps<kTaps, s, 2>;
   constexpr int kSlice = kWarp * s;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
-  const int64_t C = g.C, K = g.taps(), HW = g.plane();
+  const int64_t C = g.C, K = kTaps ? kTaps : g.taps(), HW = g.plane();
   const int64_t slices = C / kSlice, bands = (HW + band_pixels - 1) / band_pixels;
   const auto shared = warp_shared<acc_t>(smem, g);
   acc_t* copies = reinterpret_cast<acc_t*>(smem + warps * WarpShared<acc_t>::bytes(g));  // [warp][band pixel][kSlice]
@@ -296,6 +353,7 @@ __global__ void scatter_slice_kernel(const scalar_t* __restrict__ go, const scal
       acc_t grad_out[s], wq[s], w[s], v[s];
       load_slice<s>(go + (nt * HW + hw) * C + c0 + lane * s, grad_out);
       load_slice<s>(query_frame + hw * C, wq);
+#pragma unroll(kUnroll)
       for (int64_t k = 0; k < K; ++k) {
         const Bilinear<acc_t> b = shared.taps[k];
         const int64_t si = g.score_index(n, 0, k, t, hw);
@@ -330,7 +388,7 @@ __global__ void scatter_slice_kernel(const scalar_t* __restrict__ go, const scal
 // --- general kernels -----------------------------------------------------------------------------
 
 template <typename scalar_t, bool kCorrelate, bool kAggregate>
-__global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+__global__ void __launch_bounds__(kMaxThreads) forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
@@ -388,7 +446,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
 // scores) then drives a second sweep with the query and weight gradients and one bilinear scatter
 // serving both parts.
 template <typename scalar_t, bool kCorrelate, bool kAggregate>
-__global__ void backward_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
+__global__ void __launch_bounds__(kMaxThreads) backward_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                 const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                 const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
                                 at::acc_type<scalar_t, true>* gx, scalar_t* __restrict__ goff,
@@ -533,15 +591,29 @@ template <typename scalar_t, typename F>
 bool with_slice(const Geometry& g, Parts parts, std::initializer_list<const at::Tensor*> features, F&& f) {
   if (!(parts.correlate && parts.aggregate) || g.groups != 1 || g.C % kWarp != 0) return false;
   const int64_t S = g.C / kWarp;
-  const int64_t vector_bytes = std::min<int64_t>(16, S * int64_t(sizeof(scalar_t)));
+  const int64_t vector_bytes = slice_alignment(static_cast<int>(S * sizeof(scalar_t)));
   for (const at::Tensor* t : features)
     if (!aligned(*t, vector_bytes)) return false;  // e.g. a channels-last view at an odd storage offset
   switch (S) {
     case 2: f(std::integral_constant<int, 2>{}); return true;
+    case 3: f(std::integral_constant<int, 3>{}); return true;
     case 4: f(std::integral_constant<int, 4>{}); return true;
+    case 6: f(std::integral_constant<int, 6>{}); return true;
     case 8: f(std::integral_constant<int, 8>{}); return true;
+    case 12: f(std::integral_constant<int, 12>{}); return true;
     case 16: f(std::integral_constant<int, 16>{}); return true;
     default: return false;
+  }
+}
+
+// Calls f(std::integral_constant<int, kTaps>): 9 for 3×3 taps (the networks' kernels, unrolled),
+// else 0 (K read from the geometry).
+template <typename F>
+void with_taps(const Geometry& g, F&& f) {
+  if (g.kh == 3 && g.kw == 3) {
+    f(std::integral_constant<int, 9>{});
+  } else {
+    f(std::integral_constant<int, 0>{});
   }
 }
 
@@ -555,11 +627,13 @@ struct CudaKernels {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_forward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
       const bool sliced = with_slice<scalar_t>(g, parts, {&ts.x, &ts.weight, &ts.out}, [&](auto S) {
-        const auto kernel = forward_slice_kernel<scalar_t, decltype(S)::value>;
-        const auto cfg = launch_config<acc_t>(kernel, g, pixels);
-        kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
-            ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(),
-            ts.scores.data_ptr<acc_t>(), ts.out.data_ptr<scalar_t>(), g, pixels);
+        with_taps(g, [&](auto taps) {
+          const auto kernel = forward_slice_kernel<scalar_t, decltype(S)::value, decltype(taps)::value>;
+          const auto cfg = launch_config<acc_t>(kernel, g, pixels);
+          kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
+              ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(),
+              ts.scores.data_ptr<acc_t>(), ts.out.data_ptr<scalar_t>(), g, pixels);
+        });
       });
       if (!sliced) {
         with_parts(parts, [&](auto cor, auto agg) {
@@ -590,21 +664,33 @@ struct CudaKernels {
               grad_score = at::empty_like(ts.scores);
               grad_query = at::empty(ts.x.sizes(), ts.scores.options());
             }
-            const auto kernel = backward_slice_kernel<scalar_t, decltype(S)::value>;
-            const auto cfg = launch_config<acc_t>(kernel, g, pixels);
-            kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
-                ts.grad_out.data_ptr<scalar_t>(), ptr_or_null<acc_t>(ts.grad_scores), ts.x.data_ptr<scalar_t>(),
-                ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(),
-                ptr_or_null<acc_t>(grad_score), ptr_or_null<acc_t>(grad_query), ptr_or_null<scalar_t>(ts.grad_offset),
-                ptr_or_null<acc_t>(ts.grad_weight), g, pixels);
-            if (!ts.grad_x.defined()) return;
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-            const auto scatter = scatter_slice_kernel<scalar_t, 2>;
-            const auto sc_cfg = scatter_config<acc_t, 2>(scatter, g);
-            scatter<<<sc_cfg.launch.blocks, sc_cfg.launch.threads, sc_cfg.launch.shared_bytes, stream>>>(
-                ts.grad_out.data_ptr<scalar_t>(), ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(),
-                ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(), grad_score.data_ptr<acc_t>(),
-                grad_query.data_ptr<acc_t>(), ts.grad_x.data_ptr<acc_t>(), g, sc_cfg.band_pixels);
+            with_taps(g, [&](auto taps) {
+              constexpr int kTaps = decltype(taps)::value;
+              const auto kernel = backward_slice_kernel<scalar_t, decltype(S)::value, kTaps>;
+              const auto cfg = launch_config<acc_t>(kernel, g, pixels);
+              kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
+                  ts.grad_out.data_ptr<scalar_t>(), ptr_or_null<acc_t>(ts.grad_scores), ts.x.data_ptr<scalar_t>(),
+                  ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(),
+                  ptr_or_null<acc_t>(grad_score), ptr_or_null<acc_t>(grad_query),
+                  ptr_or_null<scalar_t>(ts.grad_offset), ptr_or_null<acc_t>(ts.grad_weight), g, pixels);
+              if (!ts.grad_x.defined()) return;
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+              // two channels per lane where C is a multiple of 64, else one
+              const auto scatter_with = [&](auto channels) {
+                constexpr int s = decltype(channels)::value;
+                const auto scatter = scatter_slice_kernel<scalar_t, s, kTaps>;
+                const auto sc_cfg = scatter_config<acc_t, s>(scatter, g);
+                scatter<<<sc_cfg.launch.blocks, sc_cfg.launch.threads, sc_cfg.launch.shared_bytes, stream>>>(
+                    ts.grad_out.data_ptr<scalar_t>(), ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(),
+                    ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(), grad_score.data_ptr<acc_t>(),
+                    grad_query.data_ptr<acc_t>(), ts.grad_x.data_ptr<acc_t>(), g, sc_cfg.band_pixels);
+              };
+              if constexpr (decltype(S)::value % 2 == 0) {
+                scatter_with(std::integral_constant<int, 2>{});
+              } else {
+                scatter_with(std::integral_constant<int, 1>{});
+              }
+            });
           });
       if (!sliced) {
         if (ts.grad_x.defined() || ts.grad_weight.defined())
