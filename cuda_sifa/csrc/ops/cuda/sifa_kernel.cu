@@ -40,17 +40,20 @@ constexpr int kMaxWarpsPerBlock = 8;
 constexpr int kMaxThreads = kWarp * kMaxWarpsPerBlock;
 // Register budget: every kernel is declared for blocks of up to kMaxThreads threads; the slice
 // kernels for two resident blocks per SM (16 warps), which caps them at 128 registers a thread,
-// except the backward's first pass at S ≥ 12 channels per lane, whose six live S-channel arrays
-// do not fit in 128 without spilling: one block per SM (up to 255 registers).
+// except where that would spill: the backward's first pass at S ≥ 12 channels per lane (six live
+// S-channel arrays) and the double kernels (two registers a value) get one block per SM (up to
+// 255 registers), as do the general kernels.
 constexpr int kRegistersPerSM = 65536;
 constexpr int register_cap(int blocks_per_sm) {
   return kRegistersPerSM / (kMaxThreads * blocks_per_sm) < 255 ? kRegistersPerSM / (kMaxThreads * blocks_per_sm) : 255;
 }
 constexpr int kSliceBlocksPerSM = 2;
-template <int S>
-constexpr int kBackwardSliceBlocksPerSM = S < 12 ? kSliceBlocksPerSM : 1;
-static_assert(register_cap(kSliceBlocksPerSM) == 128, "the slice kernels' register budget");
-static_assert(register_cap(kBackwardSliceBlocksPerSM<16>) == 255, "the wide backward's register budget");
+template <typename scalar_t>
+constexpr int kSliceBlocks = std::is_same_v<scalar_t, double> ? 1 : kSliceBlocksPerSM;
+template <typename scalar_t, int S>
+constexpr int kBackwardSliceBlocks = S < 12 ? kSliceBlocks<scalar_t> : 1;
+static_assert(register_cap(kSliceBlocks<float>) == 128, "the slice kernels' register budget");
+static_assert(register_cap(kBackwardSliceBlocks<float, 16>) == 255, "the wide backward's register budget");
 // Taps unrolled (3×3) where the unrolled loop stays within the budget without spilling.
 template <int kTaps, int S, int kMaxS>
 constexpr int kUnrolledTaps = kTaps && S <= kMaxS ? kTaps : 1;
@@ -189,7 +192,7 @@ __device__ __forceinline__ void atomic_add_slice(acc_t* dst, acc_t scale, const 
 // Fused forward, one group, C = 32·S: per tap, the lane's S samples stay in registers from the
 // score's dot product to the aggregation; the score goes to shared memory never, to global once.
 template <typename scalar_t, int S, int kTaps>
-__global__ void __launch_bounds__(kMaxThreads, kSliceBlocksPerSM) forward_slice_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+__global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) forward_slice_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                      const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                      scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
@@ -239,7 +242,7 @@ __global__ void __launch_bounds__(kMaxThreads, kSliceBlocksPerSM) forward_slice_
 // registers (grad_query, pixel p's share of frame prev(t)'s input gradient). Atomics only for the
 // frozen weight's gradient, when asked for.
 template <typename scalar_t, int S, int kTaps>
-__global__ void __launch_bounds__(kMaxThreads, kBackwardSliceBlocksPerSM<S>) backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
+__global__ void __launch_bounds__(kMaxThreads, (kBackwardSliceBlocks<scalar_t, S>)) backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                       const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                       const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
                                       at::acc_type<scalar_t, true>* __restrict__ grad_score,
@@ -324,7 +327,7 @@ __global__ void __launch_bounds__(kMaxThreads, kBackwardSliceBlocksPerSM<S>) bac
 // whose query is frame t (t + 1, and t itself for t = 0) and stores the slice once. Outputs do
 // not depend on the lane schedule or the grid: bitwise the same run to run.
 template <typename scalar_t, int s, int kTaps>
-__global__ void __launch_bounds__(kMaxThreads, kSliceBlocksPerSM) scatter_slice_kernel(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
+__global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) scatter_slice_kernel(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
                                      const scalar_t* __restrict__ off, const scalar_t* __restrict__ wt,
                                      const at::acc_type<scalar_t, true>* __restrict__ sc,
                                      const at::acc_type<scalar_t, true>* __restrict__ grad_score,
@@ -388,7 +391,7 @@ __global__ void __launch_bounds__(kMaxThreads, kSliceBlocksPerSM) scatter_slice_
 // --- general kernels -----------------------------------------------------------------------------
 
 template <typename scalar_t, bool kCorrelate, bool kAggregate>
-__global__ void __launch_bounds__(kMaxThreads) forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+__global__ void __launch_bounds__(kMaxThreads, 1) forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
@@ -446,7 +449,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const scalar_t* __
 // scores) then drives a second sweep with the query and weight gradients and one bilinear scatter
 // serving both parts.
 template <typename scalar_t, bool kCorrelate, bool kAggregate>
-__global__ void __launch_bounds__(kMaxThreads) backward_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
+__global__ void __launch_bounds__(kMaxThreads, 1) backward_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                 const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                 const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
                                 at::acc_type<scalar_t, true>* gx, scalar_t* __restrict__ goff,
