@@ -1,7 +1,15 @@
 """The CUDA kernels' cost as the compiler sees it, no GPU needed: per kernel and architecture, the
 registers and spills `ptxas -v` reports and, from the SASS (`cuobjdump -sass`), the instruction
-count and the instructions that move data: global loads/stores by width, atomics, shared-memory
-accesses, shuffles, and 64-bit integer multiplies (address arithmetic).
+count and the instructions that move data: global loads/stores by width, atomics (those on floats
+in global memory apart), shared-memory accesses, shuffles, branches around loads (conditional
+forward branches that skip a global load), and 64-bit integer multiplies (address arithmetic). Then, per SIFA-Net shape (N=8, T=4, 3×3
+taps: C=128 at 28², 256 at 14², 512 at 7²), two floors of the fused op's passes on an H100 SXM
+(3.35 TB/s, 132 SMs × 4 schedulers at 1.98 GHz): the memory floor (every input read once, every
+output written once) and the issue floor (warp-instructions / issue rate), the warp-instructions
+per pixel read from the SASS loops of the 3×3 kernels (the pixel loop's body, plus the tap loop's
+body for each further tap where it is not unrolled) times the warps' pixels (forward and first
+backward pass: one per pixel; the backward's scatter: one per pixel and channel slice) — an
+estimate that leaves out stalls, the per-block prologues and the scatter's final sum.
 
     python benchmarks/kernel_cost.py [--arch 80 90] [--rev GIT_REV] [--dtype float Half] [--filter fused]
 
@@ -25,6 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OPS = ROOT / "cuda_sifa" / "csrc" / "ops"
 sys.path.insert(0, str(ROOT))
+
+HBM_BYTES_PER_S = 3.35e12  # H100 SXM
+WARP_INSTRUCTIONS_PER_S = 132 * 4 * 1.98e9  # SMs × warp schedulers × boost clock
+SIFA_NET_SHAPES = [(8, 128, 4, 28, 28), (8, 256, 4, 14, 14), (8, 512, 4, 7, 7)]  # N, C, T, H, W; 3×3 taps
+TAPS = 9
+ELEMENT_BYTES = {"float": 4, "Half": 2, "BFloat16": 2, "double": 8}
 
 
 def _tool(name: str) -> str:
@@ -98,12 +112,18 @@ def _sass(obj: Path) -> dict[str, Counter]:
     env = {**os.environ, "NVDISASM_PATH": str(Path(_tool("nvdisasm")).parent)}
     text = subprocess.run([_tool("cuobjdump"), "-sass", str(obj)], check=True, capture_output=True, text=True,
                           env=env).stdout
-    out, current = {}, None
+    out, current, listing = {}, None, []
     for line in text.splitlines():
         if m := re.search(r"Function : (\S+)", line):
-            current = out.setdefault(m.group(1), Counter())
-        elif current is not None and (m := re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)", line)):
-            op = m.group(1)
+            if current is not None:
+                current["per pixel"], current["branches around loads"] = _per_pixel(listing), _branches_around_loads(listing)
+            current, listing = out.setdefault(m.group(1), Counter()), []
+        elif current is not None and (m := re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)", line)):
+            op = m.group(2)
+            target = re.search(r"BRA\s+`?\(?(0x[0-9a-f]+)", line) if op.startswith("BRA") else None
+            predicated = bool(re.match(r"\s+/\*[0-9a-f]+\*/\s+@", line))
+            listing.append((int(m.group(1), 16), op.split(".")[0], int(target.group(1), 16) if target else None,
+                            predicated))
             current["instructions"] += 1
             base = op.split(".")[0]
             if base in ("LDG", "STG"):
@@ -111,13 +131,97 @@ def _sass(obj: Path) -> dict[str, Counter]:
                 current[f"{base}.{width}"] += 1
             elif base in ("ATOMG", "RED", "ATOM", "REDG"):
                 current["atomics"] += 1
+                if ".F32" in op or ".F64" in op or ".F16" in op or ".BF16" in op:
+                    current["float atomics"] += 1
+            elif base in ("ATOMS",):
+                current["shared atomics"] += 1
             elif base in ("LDS", "STS"):
                 current["shared"] += 1
             elif base == "SHFL":
                 current["shuffles"] += 1
             elif base in ("IMAD", "IMUL") and ".WIDE" in op:
                 current["64-bit mul"] += 1
+    if current is not None:
+        current["per pixel"], current["branches around loads"] = _per_pixel(listing), _branches_around_loads(listing)
     return out
+
+
+def _branches_around_loads(listing: list) -> int:
+    """Conditional forward branches that skip a global load (a load the warp may or may not issue)."""
+    return sum(1 for address, base, target, predicated in listing
+               if base == "BRA" and predicated and target is not None and target > address
+               and any(b == "LDG" and address < a < target for a, b, _, _ in listing))
+
+
+def _per_pixel(listing: list, taps: int = TAPS) -> int:
+    """Warp-instructions a warp issues per pixel, from the loops of the SASS (backward branches):
+    the pixel loop's body (the outermost loop holding the corner reads: shuffles in the forward and
+    the backward's first pass, shared loads and stores in the scatter) plus, where the tap loop is
+    not unrolled, its body once more per further tap (the innermost loop holding the shuffles)."""
+    # the code past the first unconditional EXIT is the shuffles' fallback for diverged warps
+    end = next((i for i, (_, base, _, predicated) in enumerate(listing) if base == "EXIT" and not predicated),
+               len(listing))
+    listing = listing[:end + 1]
+    if len(listing) < 2:
+        return len(listing)
+    step = listing[1][0] - listing[0][0]
+    loops = [(target, address) for address, _, target, _ in listing if target is not None and target <= address]
+
+    def holds(loop, kinds):
+        return {base for address, base, _, _ in listing if loop[0] <= address <= loop[1]} >= kinds
+
+    def size(loop):
+        return (loop[1] - loop[0]) // step + 1
+
+    kinds = {"SHFL"} if any(base == "SHFL" for _, base, _, _ in listing) else {"LDS", "STS"}
+    holding = sorted((loop for loop in loops if holds(loop, kinds)), key=size)
+    if not holding:
+        return len(listing)
+    if kinds == {"SHFL"}:  # forward, backward first pass: the grid-stride loop over pixels
+        pixel, tap = holding[-1], holding[0]
+        return size(pixel) + (taps - 1) * size(tap) if tap != pixel else size(pixel)
+    # the scatter: the loop over the frame's pixels (inside the loop over blocks' items)
+    inner = [loop for loop in holding if loop != holding[-1]]
+    return size(inner[-1] if inner else holding[-1])
+
+
+
+
+def _kernel(counts: dict[str, int], *names: str) -> int | None:
+    """The warp-instructions per pixel of the first of `names` compiled (kernel<args>), if any."""
+    return next((counts[n] for n in names if n in counts), None)
+
+
+def _floors(counts: dict[str, int], arch: int, dtypes: list[str]) -> None:
+    """Memory and issue floors of the fused op's forward and backward (input and offset gradients)."""
+    print(f"floors on an H100 SXM from the sm_{arch} SASS (3×3 taps, one group):")
+    print("| pass | dtype | N×C×T×H×W | memory floor MB | memory floor µs | warp-instr. per pixel | issue floor µs | "
+          "issue / memory |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dtype in dtypes:
+        e = ELEMENT_BYTES[dtype]
+        for N, C, T, H, W in SIFA_NET_SHAPES:
+            pixels, S = N * T * H * W, C // 32
+            feature, offsets, scores = pixels * C, pixels * 2 * TAPS, pixels * TAPS
+            # forward: x read, out written, offsets read, scores written (float)
+            fwd_bytes = 2 * feature * e + offsets * e + scores * 4
+            # the kernels compiled for 3×3 taps, else (an older kernel file) those for any K
+            fwd = _kernel(counts, f"forward_slice_kernel<{dtype}, {S}, {TAPS}>", f"forward_slice_kernel<{dtype}, {S}>")
+            # backward: x, grad_out, offsets, scores read; float input gradient and offset gradient written
+            bwd_bytes = 2 * feature * e + feature * 4 + 2 * offsets * e + scores * 4
+            first = _kernel(counts, f"backward_slice_kernel<{dtype}, {S}, {TAPS}>", f"backward_slice_kernel<{dtype}, {S}>")
+            s = 2 if S % 2 == 0 else 1
+            scatter = _kernel(counts, f"scatter_slice_kernel<{dtype}, {s}, {TAPS}>")  # none before the two passes
+            bwd = None if first is None else first + (scatter or 0) * C // (32 * s)
+            for name, nbytes, per_pixel in (("forward", fwd_bytes, fwd), ("backward", bwd_bytes, bwd)):
+                mem_us = nbytes / HBM_BYTES_PER_S * 1e6
+                if per_pixel is None:
+                    issue = ratio = "n/a"
+                else:
+                    issue_us = pixels * per_pixel / WARP_INSTRUCTIONS_PER_S * 1e6
+                    issue, ratio = f"{issue_us:.1f}", f"{issue_us / mem_us:.2f}"
+                print(f"| {name} | {dtype} | {N}×{C}×{T}×{H}×{W} | {nbytes / 1e6:.1f} | {mem_us:.1f} | "
+                      f"{per_pixel if per_pixel is not None else 'n/a'} | {issue} | {ratio} |", flush=True)
 
 
 def main() -> None:
@@ -131,13 +235,16 @@ def main() -> None:
         ops_dir = _sources(args.rev, Path(tmp))
         print(f"kernel file: {args.rev or 'working tree'}")
         columns = ["kernel", "arch", "registers", "spill B", "SASS", "LDG.32", "LDG.64", "LDG.128", "LDG.U16",
-                   "STG", "atomics", "shared", "shuffles", "64-bit mul"]
+                   "STG", "atomics", "float atomics (global)", "shared", "shared atomics", "shuffles", "branches around loads",
+                   "64-bit mul", "warp-instr. per pixel"]
         print("| " + " | ".join(columns) + " |")
         print("|" + "---|" * len(columns))
+        counts = {}
         for arch in args.arch:
             log, obj = _compile(ops_dir, arch, Path(tmp))
             regs, sass = _ptxas(log), _sass(obj)
             names = _demangle(sorted(regs))
+            counts[arch] = {names[m]: sass.get(m, Counter())["per pixel"] for m in regs}
             for mangled in sorted(regs, key=lambda m: names[m]):
                 name = names[mangled]
                 if not any(f"<{d}," in name for d in args.dtype):
@@ -147,8 +254,11 @@ def main() -> None:
                 c = sass.get(mangled, Counter())
                 stg = sum(v for k, v in c.items() if k.startswith("STG"))
                 row = [name, f"sm_{arch}", *regs[mangled], c["instructions"], c["LDG.32"], c["LDG.64"], c["LDG.128"],
-                       c["LDG.U16"], stg, c["atomics"], c["shared"], c["shuffles"], c["64-bit mul"]]
+                       c["LDG.U16"], stg, c["atomics"], c["float atomics"], c["shared"], c["shared atomics"],
+                       c["shuffles"], c["branches around loads"], c["64-bit mul"], c["per pixel"]]
                 print("| " + " | ".join(str(v) for v in row) + " |", flush=True)
+        print()
+        _floors(counts[max(counts)], max(counts), args.dtype)
 
 
 if __name__ == "__main__":

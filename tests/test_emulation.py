@@ -21,8 +21,9 @@ SANITIZER = os.environ.get("SIFA_EMULATION_SANITIZER", "thread-hooks")
 HAS_EXT = ops.backend() == "extension"
 
 
-def _load(source=None, tag="kernels"):
-    """Builds and loads an emulated kernel library; returns its torch.ops namespace."""
+def _load(source=None, tag="kernels", arch=900):
+    """Builds and loads an emulated kernel library (the code paths of GPU architecture `arch`);
+    returns its torch.ops namespace."""
     from emulation import build
 
     if SANITIZER == "address" and "libasan" not in os.environ.get("LD_PRELOAD", ""):
@@ -32,7 +33,7 @@ def _load(source=None, tag="kernels"):
     os.environ.setdefault("UBSAN_OPTIONS", f"log_path={build.BUILD / 'ubsan'}:print_stacktrace=1")
     name = build.library_name(tag)
     if not hasattr(getattr(torch.ops, name), "defcor"):
-        torch.ops.load_library(str(build.build(source, SANITIZER, tag)))
+        torch.ops.load_library(str(build.build(source, SANITIZER, tag, arch)))
     return getattr(torch.ops, name)
 
 
@@ -50,8 +51,8 @@ RUNS = [("in order", 0), ("reversed", 1), ("shuffled", 2)]
 if SANITIZER == "address":  # out-of-bounds accesses do not depend on the lane order: one run per case
     RUNS = RUNS[:1]
 
-def configure(emu, schedule, max_blocks, seed=0, only_last_blocks=0):
-    emu.configure(SCHEDULES[schedule], seed, max_blocks, only_last_blocks)
+def configure(emu, schedule, max_blocks, seed=0, only_last_blocks=0, shared_limit=0):
+    emu.configure(SCHEDULES[schedule], seed, max_blocks, only_last_blocks, shared_limit)
 
 
 @pytest.mark.parametrize("name", list(CATALOGUE))
@@ -62,7 +63,9 @@ def test_catalogue_matches_cpu_kernels(emu, name):
         configure(emu, schedule, max_blocks, seed=7)
         got = run_ops(emu, tensors, geo)
         launches, blocks, collectives, _ = emu.statistics()
-        assert launches == 7 and blocks >= launches  # 3 forward, 4 backward launches
+        # 3 forward, 4 backward launches; the slice kernels' two fused backwards with the input
+        # gradient take two passes each
+        assert launches == (9 if name.startswith("slice") else 7) and blocks >= launches
         if max_blocks:  # fewer blocks than pixels need: the grid-stride loops cover the rest
             assert blocks <= launches * max_blocks
         assert_same(got, want, what=f"{name}, {schedule} lanes, {max_blocks or 'all'} blocks:")
@@ -76,7 +79,7 @@ def test_every_gradient_mask(emu):
     assert_same(run_ops(emu, tensors, geo, masks=masks), want)
 
 
-@pytest.mark.parametrize("case", ["C=70 G=5 dil=2", "slice S=4 dil=2"])
+@pytest.mark.parametrize("case", ["C=70 G=5 dil=2", "slice S=4 dil=2", "slice S=3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_reduced_precision_matches_cpu_float32(emu, dtype, case):
     # the CPU kernels have no 16-bit path: compare with them on the same (rounded) values in float32
@@ -108,20 +111,102 @@ def test_misaligned_channels_last_input_takes_the_general_kernels(emu):
                 atol=1e-5)
 
 
-def test_deterministic_mode_refuses_the_atomic_backward(emu):
-    tensors, geo = make_inputs(CATALOGUE["slice S=2"])
+def _fused_backward(lib, tensors, geo, mask):
     x, off, w, _ = tensors
-    out, scores = emu.sifa_attention(x, off, w, geo["stride"], geo["padding"], geo["dilation"], 1)
-    args = (x, off, w, scores, geo["stride"], geo["padding"], geo["dilation"], 1)
+    out, scores = lib.sifa_attention(x, off, w, geo["stride"], geo["padding"], geo["dilation"], 1)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=out.dtype)
+    return lib._sifa_attention_backward(grad_out, None, x, off, w, scores, geo["stride"], geo["padding"],
+                                        geo["dilation"], 1, mask)
+
+
+@pytest.mark.parametrize("case", ["slice S=2", "slice S=8 5x5"])
+def test_fused_input_gradient_without_atomics_is_deterministic(emu, case):
+    # the slice kernels' input gradient: no atomics, and in float32 (where a changed summation order
+    # changes bits) bitwise the same run to run, under every lane schedule and grid size
+    tensors, geo = make_inputs(CATALOGUE[case], torch.float32)
+    want = _fused_backward(torch.ops.sifa, tensors, geo, [True, True, False])
+    results = []
+    for schedule, max_blocks in [("in order", 0), ("shuffled", 2), ("reversed", 1), ("shuffled", 0), ("in order", 0)]:
+        configure(emu, schedule, max_blocks, seed=len(results))
+        got = _fused_backward(emu, tensors, geo, [True, True, False])
+        assert emu.statistics()[3] == 0, "global atomics in the fused backward"
+        results.append(got)
+    for got in results:
+        for a, b, what in zip(got, results[0], ("input", "offset")):
+            assert torch.equal(a, b), f"{what} gradient differs between runs"
+    assert_same({case: results[0]}, {case: want}, rtol=1e-5, atol=1e-5)
+
+
+def test_input_gradient_in_bands(emu):
+    # a frame whose slice does not fit in one warp's shared memory (here 12×10 pixels × 64 channels ×
+    # 4 bytes = 30 KB, on a device reporting 48 KB, of which the kernel takes half) is scattered in
+    # bands of pixels, one block each: more blocks, same gradients
+    tensors, geo = make_inputs((1, 64, 2, 12, 10, 3, 3, 1, 1, 2.0), torch.float32)
+    want = _fused_backward(torch.ops.sifa, tensors, geo, [True, False, False])
+    blocks = {}
+    for shared_limit in (0, 1):
+        configure(emu, "shuffled", 0, shared_limit=shared_limit)
+        got = _fused_backward(emu, tensors, geo, [True, False, False])
+        blocks[shared_limit] = emu.statistics()[1]
+        assert_same({"bands": got}, {"bands": want}, rtol=1e-5, atol=1e-5, what=f"shared limit {shared_limit}")
+    assert blocks[1] > blocks[0]
+
+
+def test_sifa_net_stage4_shape(emu):
+    # a SIFA-Net stage-4 SIFA call at its real frame size (C = 512, 7×7, T = 4; one sample): the
+    # fused op's forward and input/offset gradients, float32, against the CPU kernels
+    tensors, geo = make_inputs((1, 512, 4, 7, 7, 3, 3, 1, 1, 1.5), torch.float32)
+    x, off, w, _ = tensors
+    configure(emu, "shuffled", 0, seed=11)
+    got = dict(zip(("out", "scores"), emu.sifa_attention(x, off, w, [1, 1], [1, 1], [1, 1], 1)))
+    got["grads"] = _fused_backward(emu, tensors, geo, [True, True, False])
+    want = dict(zip(("out", "scores"), torch.ops.sifa.sifa_attention(x, off, w, [1, 1], [1, 1], [1, 1], 1)))
+    want["grads"] = _fused_backward(torch.ops.sifa, tensors, geo, [True, True, False])
+    assert_same(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_mode(emu):
+    tensors, geo = make_inputs(CATALOGUE["slice S=2"])
     torch.use_deterministic_algorithms(True)
     try:
-        with pytest.raises(RuntimeError, match="sifa backward \\(CUDA\\).*atomics"):
-            emu._sifa_attention_backward(torch.ones_like(out), None, *args, [True, True, False])
+        # the fused op's input and offset gradients: no atomics
+        _fused_backward(emu, tensors, geo, [True, True, False])
+        # the frozen weight's gradient, and the general kernels' bilinear scatter, add with atomics
+        with pytest.raises(RuntimeError, match="sifa backward \\(CUDA\\).*weight gradient.*atomics"):
+            _fused_backward(emu, tensors, geo, [False, False, True])
+        general, general_geo = make_inputs(CATALOGUE["C=40 G=2"])
+        x, off, w, _ = general
+        s, p, d = general_geo["stride"], general_geo["padding"], general_geo["dilation"]
+        with pytest.raises(RuntimeError, match="sifa backward \\(CUDA\\).*scatter.*atomics"):
+            emu._defcor_backward(torch.ones(x.shape[0], 18, *x.shape[2:], dtype=x.dtype), x, off, w, s, p, d, 2,
+                                 [True, False, False])
         # no atomics when only the offsets' gradient is asked for, and none on the CPU
-        emu._sifa_attention_backward(torch.ones_like(out), None, *args, [False, True, False])
-        torch.ops.sifa._sifa_attention_backward(torch.ones_like(out), None, *args, [True, True, False])
+        emu._defcor_backward(torch.ones(x.shape[0], 18, *x.shape[2:], dtype=x.dtype), x, off, w, s, p, d, 2,
+                             [False, True, False])
+        _fused_backward(torch.ops.sifa, tensors, geo, [True, True, True])
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(scope="module")
+def emu_sm80():
+    if not HAS_EXT:
+        pytest.skip("the CPU kernels (the expectation) are not built: run `bash make.sh`")
+    return _load(tag="sm80", arch=800)
+
+
+@pytest.mark.parametrize("case", ["slice S=2", "slice S=16 x20"])
+def test_scalar_atomics_before_sm90(emu, emu_sm80, case):
+    # the weight gradient's adds on GPUs without float2/float4 global atomics (sm_80 builds) and with
+    tensors, geo = make_inputs(CATALOGUE[case], torch.float32)
+    want = _fused_backward(torch.ops.sifa, tensors, geo, [True, True, True])
+    N, C, T, H, W = tensors[0].shape
+    per_channel = N * T * H * W * 9 * C  # one add per channel, pixel and tap
+    for lib, adds_per_atomic in ((emu_sm80, 1), (emu, 4 if C % 128 == 0 else 2)):
+        configure(lib, "shuffled", 2)
+        got = _fused_backward(lib, tensors, geo, [True, True, True])
+        assert lib.statistics()[3] == per_channel // adds_per_atomic
+        assert_same({case: got}, {case: want}, rtol=1e-5, atol=1e-5)
 
 
 def test_empty_problems(emu):
@@ -165,14 +250,19 @@ def _mutant(pattern, replacement, count):
     return mutated
 
 
-MUTANTS = {  # (pattern, replacement, occurrences, what the emulator must report)
+GENERAL_AND_SLICE = ("C=40 G=2", "slice S=2")
+MUTANTS = {  # (pattern, replacement, occurrences, what the emulator must report, cases it shows on)
     # the lanes fill the pixel's taps, then all read them: without the sync a lane reads a tap before
     # the lane that writes it got there
-    "missing __syncwarp": (r"__syncwarp\(\);(?=\s*// taps)", "", 4, r"shared memory race|shared memory byte \d+ that nobody wrote"),
+    "missing __syncwarp": (r"__syncwarp\(\);(?=\s*// taps)", "", 5,
+                           r"shared memory race|shared memory byte \d+ that nobody wrote", GENERAL_AND_SLICE),
     # a reduction whose shuffles run on some lanes only: the others never reach them
     "lane-dependent reduction": (r"v \+= __shfl_xor_sync\(0xffffffffu, v, lane_mask\)",
                                  "if (threadIdx.x % 2 == 0) v += __shfl_xor_sync(0xffffffffu, v, lane_mask)",
-                                 1, r"warp divergence"),
+                                 1, r"warp divergence", GENERAL_AND_SLICE),
+    # the input gradient's scatter: the block sums its warps' copies before every warp finished its own
+    "missing __syncthreads": (r"__syncthreads\(\);(?=\s*// every warp's copy complete)", "", 1,
+                              r"shared memory race", ("slice S=2",)),
 }
 
 
@@ -182,10 +272,10 @@ def test_emulator_catches_injected_bug(name):
         pytest.skip("needs the CPU kernels")
     if SANITIZER != "thread-hooks":
         pytest.skip("the shared-memory checks live in the default build, not under AddressSanitizer")
-    pattern, replacement, count, report = MUTANTS[name]
+    pattern, replacement, count, report, cases = MUTANTS[name]
     tag = re.sub(r"\W+", "-", name)
     lib = _load(_mutant(pattern, replacement, count), tag=f"mutant-{tag}")
-    for case in ("C=40 G=2", "slice S=2"):  # the general and the slice kernels
+    for case in cases:  # the general and the slice kernels
         tensors, geo = make_inputs(CATALOGUE[case])
         for schedule, max_blocks in RUNS:
             configure(lib, schedule, max_blocks)

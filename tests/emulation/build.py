@@ -66,15 +66,17 @@ def library_name(tag: str) -> str:
     return "sifa_emulated" if tag == "kernels" else "sifa_emulated_" + re.sub(r"\W", "_", tag)
 
 
-def build(source: Optional[str] = None, sanitizer: str = "thread-hooks", tag: str = "kernels") -> Path:
+def build(source: Optional[str] = None, sanitizer: str = "thread-hooks", tag: str = "kernels",
+          arch: int = 900) -> Path:
     """Compiles (or reuses) the emulated kernels as op library ``library_name(tag)``; `source`
-    replaces the kernel file's text (the deliberately broken variants of the tests). Returns the
-    shared library's path."""
+    replaces the kernel file's text (the deliberately broken variants of the tests); `arch` the GPU
+    architecture whose code paths run (SIFA_EMULATED_ARCH: 800 takes the scalar global atomics of
+    GPUs before sm_90). Returns the shared library's path."""
     source = KERNEL.read_text() if source is None else source
     kernel_flags, runtime_flags, link_flags = _sanitizer_flags(sanitizer)
     includes = [f"-I{HERE / 'shim'}", f"-I{KERNEL.parent}"] + [f"-I{p}" for p in cpp_extension.include_paths()]
     common = ["-std=c++20", "-fPIC", "-O1", "-g", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-              "-Wno-unused-variable"] + includes
+              "-Wno-unused-variable", f"-DSIFA_EMULATED_ARCH={arch}"] + includes
     inputs = [source, (HERE / "shim" / "warp_emulator.h").read_text(), (HERE / "runtime.cpp").read_text(),
               (HERE / "emulated_ops.cpp").read_text(), (KERNEL.parent.parent / "sifa.h").read_text(),
               (KERNEL.parent.parent / "sifa_math.h").read_text(), " ".join(common + kernel_flags + link_flags), tag,

@@ -9,10 +9,10 @@
 
 namespace {
 
-void configure(int64_t schedule, int64_t seed, int64_t max_blocks, int64_t only_last_blocks) {
+void configure(int64_t schedule, int64_t seed, int64_t max_blocks, int64_t only_last_blocks, int64_t shared_limit) {
   TORCH_CHECK(schedule >= 0 && schedule <= 2, "schedule: 0 in order, 1 reversed, 2 shuffled");
   sifa_emu::configure(static_cast<sifa_emu::Schedule>(schedule), static_cast<uint64_t>(seed), max_blocks,
-                      only_last_blocks);
+                      only_last_blocks, shared_limit);
 }
 
 std::vector<int64_t> statistics() {
@@ -24,6 +24,6 @@ std::vector<int64_t> statistics() {
 
 TORCH_LIBRARY(SIFA_EMULATED_LIBRARY, m) {
   sifa::ops::define_schemas(m);
-  m.def("configure(int schedule, int seed, int max_blocks, int only_last_blocks=0) -> ()", &configure);
+  m.def("configure(int schedule, int seed, int max_blocks, int only_last_blocks=0, int shared_limit=0) -> ()", &configure);
   m.def("statistics() -> int[]", &statistics);
 }

@@ -128,6 +128,7 @@ struct Runtime {
   uint64_t seed = 0;
   int64_t max_blocks = 0;
   int64_t only_last_blocks = 0;
+  std::size_t opt_in_limit = kOptInSharedLimit;  // what the emulated device reports
   Statistics stats{0, 0, 0, 0};
   std::unordered_map<const void*, std::size_t> opt_in_shared;
   cudaError_t last_error = cudaSuccess;
@@ -510,8 +511,10 @@ void* dynamic_shared(std::size_t alignment) {
 
 void count_atomic() { ++rt().stats.atomics; }
 
-void configure(Schedule schedule, uint64_t seed, int64_t max_blocks, int64_t only_last_blocks) {
+void configure(Schedule schedule, uint64_t seed, int64_t max_blocks, int64_t only_last_blocks,
+               int64_t shared_limit) {
   auto& r = rt();
+  r.opt_in_limit = shared_limit > 0 ? std::min<std::size_t>(shared_limit, kOptInSharedLimit) : kOptInSharedLimit;
   r.schedule = schedule;
   r.seed = seed;
   r.max_blocks = max_blocks;
@@ -521,8 +524,10 @@ void configure(Schedule schedule, uint64_t seed, int64_t max_blocks, int64_t onl
 
 Statistics statistics() { return rt().stats; }
 
+int opt_in_shared_limit() { return static_cast<int>(rt().opt_in_limit); }
+
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
-  if (bytes < 0 || std::size_t(bytes) > kOptInSharedLimit) return cudaErrorInvalidValue;
+  if (bytes < 0 || std::size_t(bytes) > rt().opt_in_limit) return cudaErrorInvalidValue;
   rt().opt_in_shared[kernel] = bytes;
   return cudaSuccess;
 }
@@ -553,7 +558,8 @@ void run_launch(const void* kernel, const LaunchConfig& cfg, const std::function
     return;
   }
   const auto opt_in = r.opt_in_shared.find(kernel);
-  const std::size_t limit = std::max(kDefaultSharedLimit, opt_in == r.opt_in_shared.end() ? 0 : opt_in->second);
+  const std::size_t limit = std::min(std::max(kDefaultSharedLimit, opt_in == r.opt_in_shared.end() ? 0 : opt_in->second),
+                                     std::max(kDefaultSharedLimit, r.opt_in_limit));
   if (cfg.shared_bytes > limit) {
     r.last_error = cudaErrorInvalidValue;  // what a GPU answers to dynamic shared memory beyond the opt-in
     return;

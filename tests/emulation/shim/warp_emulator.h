@@ -68,9 +68,12 @@ void* dynamic_shared(std::size_t alignment);
 
 // How the next launches run: lane order within a block between sync points; the most blocks a
 // launch gets (0: as many as it asks for; fewer make the kernels' grid-stride loops iterate); and
-// whether to run only the grid's last blocks (0: all), for problems too big to emulate whole.
+// whether to run only the grid's last blocks (0: all), for problems too big to emulate whole; and
+// the opt-in shared memory per block the device reports (0: an H100's 227 KB; less makes the
+// kernels take their paths for small shared memory).
 enum class Schedule { kInOrder = 0, kReversed = 1, kShuffled = 2 };
-void configure(Schedule schedule, uint64_t seed, int64_t max_blocks, int64_t only_last_blocks);
+void configure(Schedule schedule, uint64_t seed, int64_t max_blocks, int64_t only_last_blocks, int64_t shared_limit);
+int opt_in_shared_limit();
 // Counters since the last configure(): launches, blocks, warp collectives, atomics.
 struct Statistics {
   int64_t launches, blocks, collectives, atomics;
@@ -158,6 +161,12 @@ inline unsigned __ballot_sync(unsigned mask, int predicate, const char* file = _
 template <class T>
 T __ldg(const T* p) { return *p; }
 
+inline float __uint_as_float(unsigned bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 // Fibers of one block interleave only at sync points and blocks run one after another, so a
 // read-modify-write is atomic here; the emulator counts them (an atomic is a cost on the GPU).
 template <class T>
@@ -192,10 +201,11 @@ inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
-// The emulated device: an H100 (sm_90): 132 SMs, 227 KB of opt-in shared memory per block.
+// The emulated device: an H100 (sm_90): 132 SMs, 227 KB of opt-in shared memory per block (or the
+// configured limit).
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
   switch (attr) {
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = 227 * 1024; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = sifa_emu::opt_in_shared_limit(); return cudaSuccess;
     case cudaDevAttrMultiProcessorCount: *value = 132; return cudaSuccess;
   }
   return cudaErrorInvalidValue;

@@ -3,22 +3,27 @@
 // output gradient) is a coalesced run of consecutive channels, and channel dot products are reduced
 // with warp shuffles. The pixel's K taps (corners, weights, their derivatives) are computed once per
 // warp into shared memory. Math in float (double for double) for every storage dtype; scores in
-// that type too. Atomics only in the backward: the bilinear scatter into the input gradient (which
-// also receives the query gradient at prev(t)) and the frozen weight's gradient when asked for.
+// that type too.
 //
-// Two kernel pairs:
-// - the slice kernels, for the fused op with one group and C = 32·S (S = 2, 4, 8 or 16 channels per
-//   lane: C = 64…512, every SIFA block of the networks): each lane keeps its S contiguous channels
-//   in registers, reads them with vector loads, and sweeps the taps once — forward: sample, score,
-//   accumulate; backward: read each corner's slice once for the sample and the score and offset
-//   reductions, add the query gradient in registers and scatter with vector atomics;
-// - the general kernels, for every other op and shape: lanes stride over each group's channels.
+// Two kernel families:
+// - the slice kernels, for the fused op with one group and C = 32·S (S = 2, 3, 4, 6, 8, 12 or 16
+//   channels per lane: C = 64…512, SIFA-Net's widths and SIFA-Swin's up to 512; the wider Swin
+//   stages, 768, 1024 and 1536 channels, take the general kernels): each lane keeps its S contiguous
+//   channels in registers, reads them with vector loads, and sweeps the taps once (unrolled for 3×3
+//   taps while the registers allow) reading every corner without a branch — forward: sample, score,
+//   accumulate; backward, in two passes with no global float atomics in the input and offset
+//   gradients: per pixel, the score, offset and query gradients; then per (frame, channel slice),
+//   the bilinear scatter summed in shared memory in a fixed order (a deterministic backward). Only
+//   the frozen weight's gradient, when asked for, adds with atomics;
+// - the general kernels, for every other op and shape: lanes stride over each group's channels, and
+//   the backward scatters with atomics.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Context.h>
 #include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cuda_fp16.h>
 #include <torch/library.h>
 
 #include "../sifa.h"
@@ -32,6 +37,26 @@ using math::Geometry;
 
 constexpr int kWarp = 32;
 constexpr int kMaxWarpsPerBlock = 8;
+constexpr int kMaxThreads = kWarp * kMaxWarpsPerBlock;
+// Register budget: every kernel is declared for blocks of up to kMaxThreads threads; the slice
+// kernels for two resident blocks per SM (16 warps), which caps them at 128 registers a thread,
+// except where that would spill: the backward's first pass at S ≥ 12 channels per lane (six live
+// S-channel arrays) and the double kernels (two registers a value) get one block per SM (up to
+// 255 registers), as do the general kernels.
+constexpr int kRegistersPerSM = 65536;
+constexpr int register_cap(int blocks_per_sm) {
+  return kRegistersPerSM / (kMaxThreads * blocks_per_sm) < 255 ? kRegistersPerSM / (kMaxThreads * blocks_per_sm) : 255;
+}
+constexpr int kSliceBlocksPerSM = 2;
+template <typename scalar_t>
+constexpr int kSliceBlocks = std::is_same_v<scalar_t, double> ? 1 : kSliceBlocksPerSM;
+template <typename scalar_t, int S>
+constexpr int kBackwardSliceBlocks = S < 12 ? kSliceBlocks<scalar_t> : 1;
+static_assert(register_cap(kSliceBlocks<float>) == 128, "the slice kernels' register budget");
+static_assert(register_cap(kBackwardSliceBlocks<float, 16>) == 255, "the wide backward's register budget");
+// Taps unrolled (3×3) where the unrolled loop stays within the budget without spilling.
+template <int kTaps, int S, int kMaxS>
+constexpr int kUnrolledTaps = kTaps && S <= kMaxS ? kTaps : 1;
 constexpr int64_t kDefaultSharedLimit = 48 * 1024;  // dynamic shared memory without an opt-in
 
 template <typename T>
@@ -82,17 +107,50 @@ __device__ __forceinline__ Pixel load_pixel(int64_t p, const Geometry& g, const 
 
 // --- slice kernels -------------------------------------------------------------------------------
 
-// S consecutive elements, loaded and stored as one aligned vector (16 bytes at most per access).
+// The alignment of S consecutive elements of a C = 32·S row: the largest power of two dividing
+// their bytes, at most 16 (so a slice is read with vector loads of up to 16 bytes: S = 3 floats as
+// three 4-byte loads, S = 12 as three 16-byte loads).
+constexpr int slice_alignment(int bytes) {
+  int a = 1;
+  while (a < 16 && bytes % (2 * a) == 0) a *= 2;
+  return a;
+}
+
+// S consecutive elements, loaded and stored as aligned vectors.
 template <typename T, int S>
-struct alignas(sizeof(T) * S < 16 ? sizeof(T) * S : 16) Slice {
+struct alignas(slice_alignment(sizeof(T) * S)) Slice {
   T v[S];
 };
+
+// Widens two 16-bit elements packed in a 32-bit word: bfloat16 is the high half of a float (a shift
+// and a mask), half goes through the packed half2 conversion.
+template <typename scalar_t>
+__device__ __forceinline__ float2 widen_pair(uint32_t pair) {
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    return make_float2(__uint_as_float(pair << 16), __uint_as_float(pair & 0xffff0000u));
+  } else {
+    __half2 h;
+    memcpy(&h, &pair, sizeof h);
+    return __half22float2(h);
+  }
+}
 
 template <int S, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void load_slice(const scalar_t* p, acc_t (&out)[S]) {
   const auto s = *reinterpret_cast<const Slice<scalar_t, S>*>(p);
+  if constexpr (sizeof(scalar_t) == 2 && S % 2 == 0) {
 #pragma unroll
-  for (int i = 0; i < S; ++i) out[i] = acc_t(s.v[i]);
+    for (int i = 0; i < S; i += 2) {
+      uint32_t pair;
+      memcpy(&pair, &s.v[i], sizeof pair);
+      const float2 f = widen_pair<scalar_t>(pair);
+      out[i] = f.x;
+      out[i + 1] = f.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < S; ++i) out[i] = acc_t(s.v[i]);
+  }
 }
 
 template <int S, typename scalar_t, typename acc_t>
@@ -103,14 +161,20 @@ __device__ __forceinline__ void store_slice(scalar_t* p, const acc_t (&in)[S]) {
   *reinterpret_cast<Slice<scalar_t, S>*>(p) = s;
 }
 
-// dst[0..S) += scale·v: float4/float2 atomics where the architecture has them (sm_90), else scalar.
+// float4/float2 global atomics exist from sm_90 on. The warp emulator (no __CUDA_ARCH__) runs
+// either path: SIFA_EMULATED_ARCH=800 selects the scalar one.
+#if defined(__CUDA_ARCH__)
+#define SIFA_VECTOR_ATOMICS (__CUDA_ARCH__ >= 900)
+#elif defined(SIFA_EMULATED_ARCH)
+#define SIFA_VECTOR_ATOMICS (SIFA_EMULATED_ARCH >= 900)
+#else
+#define SIFA_VECTOR_ATOMICS 1
+#endif
+
+// dst[0..S) += scale·v: float4/float2 atomics where the architecture has them, else scalar.
 template <int S, typename acc_t>
 __device__ __forceinline__ void atomic_add_slice(acc_t* dst, acc_t scale, const acc_t (&v)[S]) {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-  constexpr bool kVectorAtomics = std::is_same_v<acc_t, float>;
-#else
-  constexpr bool kVectorAtomics = false;
-#endif
+  constexpr bool kVectorAtomics = SIFA_VECTOR_ATOMICS && std::is_same_v<acc_t, float>;
   if constexpr (kVectorAtomics && S % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < S; i += 4)
@@ -127,15 +191,16 @@ __device__ __forceinline__ void atomic_add_slice(acc_t* dst, acc_t scale, const 
 
 // Fused forward, one group, C = 32·S: per tap, the lane's S samples stay in registers from the
 // score's dot product to the aggregation; the score goes to shared memory never, to global once.
-template <typename scalar_t, int S>
-__global__ void forward_slice_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+template <typename scalar_t, int S, int kTaps>
+__global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) forward_slice_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                      const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                      scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
+  constexpr int kUnroll = kUnrolledTaps<kTaps, S, 8>;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto shared = warp_shared<acc_t>(smem, g);
   const int lane = threadIdx.x % kWarp;
-  const int64_t C = kWarp * S, K = g.taps(), HW = g.plane();
+  const int64_t C = kWarp * S, K = kTaps ? kTaps : g.taps(), HW = g.plane();
   SIFA_WARP_PIXEL_LOOP(p, pixels) {
     const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
     __syncwarp();  // taps written
@@ -144,6 +209,7 @@ __global__ void forward_slice_kernel(const scalar_t* __restrict__ x, const scala
     load_slice<S>(x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C + lane * S, q);
 #pragma unroll
     for (int i = 0; i < S; ++i) acc[i] = 0;
+#pragma unroll(kUnroll)
     for (int64_t k = 0; k < K; ++k) {
       const Bilinear<acc_t> b = shared.taps[k];
       acc_t s[S], w[S], v[S];
@@ -151,8 +217,7 @@ __global__ void forward_slice_kernel(const scalar_t* __restrict__ x, const scala
       for (int i = 0; i < S; ++i) s[i] = 0;
 #pragma unroll
       for (int corner = 0; corner < 4; ++corner) {
-        if (b.weight[corner] == acc_t(0)) continue;  // outside the image: the same for every lane
-        load_slice<S>(frame + b.index[corner] * C, v);
+        load_slice<S>(frame + b.index[corner] * C, v);  // outside the image: pixel 0, weight 0
 #pragma unroll
         for (int i = 0; i < S; ++i) s[i] += b.weight[corner] * v[i];
       }
@@ -170,31 +235,36 @@ __global__ void forward_slice_kernel(const scalar_t* __restrict__ x, const scala
   }
 }
 
-// Fused backward, one group, C = 32·S: per tap each corner's slice is read once, for the sample
-// and for the dot products that give the score and offset gradients; the corners then receive
-// their share by vector atomics, and the query gradient, summed over the taps in registers, is
-// added once into the input gradient at prev(t).
-template <typename scalar_t, int S>
-__global__ void backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
+// Fused backward, one group, C = 32·S, first of two passes (per pixel, no scatter): per tap each
+// corner's slice is read once, for the sample and for the dot products that give the score and
+// offset gradients. Every output is written once: the offset gradients, the score gradient
+// (grad_score, read by scatter_slice_kernel) and the query gradient summed over the taps in
+// registers (grad_query, pixel p's share of frame prev(t)'s input gradient). Atomics only for the
+// frozen weight's gradient, when asked for.
+template <typename scalar_t, int S, int kTaps>
+__global__ void __launch_bounds__(kMaxThreads, (kBackwardSliceBlocks<scalar_t, S>)) backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                       const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                       const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
-                                      at::acc_type<scalar_t, true>* gx, scalar_t* __restrict__ goff,
+                                      at::acc_type<scalar_t, true>* __restrict__ grad_score,
+                                      at::acc_type<scalar_t, true>* __restrict__ grad_query, scalar_t* __restrict__ goff,
                                       at::acc_type<scalar_t, true>* gw, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
+  constexpr int kUnroll = kUnrolledTaps<kTaps, S, 4>;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto shared = warp_shared<acc_t>(smem, g);
   const int lane = threadIdx.x % kWarp;
-  const int64_t C = kWarp * S, K = g.taps(), HW = g.plane();
+  const int64_t C = kWarp * S, K = kTaps ? kTaps : g.taps(), HW = g.plane();
   SIFA_WARP_PIXEL_LOOP(p, pixels) {
     const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
     __syncwarp();  // taps written
     const int64_t nt = n * g.T + t, query_pixel = (n * g.T + g.prev_frame(t)) * HW + hw;
     const scalar_t* frame = x + nt * HW * C + lane * S;
-    acc_t q[S], grad_out[S], grad_query[S];
+    acc_t q[S], grad_out[S], gq[S];
     load_slice<S>(x + query_pixel * C + lane * S, q);
     load_slice<S>(go + p * C + lane * S, grad_out);
 #pragma unroll
-    for (int i = 0; i < S; ++i) grad_query[i] = 0;
+    for (int i = 0; i < S; ++i) gq[i] = 0;
+#pragma unroll(kUnroll)
     for (int64_t k = 0; k < K; ++k) {
       const Bilinear<acc_t> b = shared.taps[k];
       const int64_t si = g.score_index(n, 0, k, t, hw);
@@ -209,9 +279,7 @@ __global__ void backward_slice_kernel(const scalar_t* __restrict__ go, const at:
       math::ChannelTerms<acc_t> sums{acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
 #pragma unroll
       for (int corner = 0; corner < 4; ++corner) {
-        if (b.weight[corner] == acc_t(0) && b.dweight_dy[corner] == acc_t(0) && b.dweight_dx[corner] == acc_t(0))
-          continue;  // outside the image
-        load_slice<S>(frame + b.index[corner] * C, v);
+        load_slice<S>(frame + b.index[corner] * C, v);  // outside the image: pixel 0, weights 0
         acc_t by_grad_out = 0, by_weight_query = 0;
 #pragma unroll
         for (int i = 0; i < S; ++i) {
@@ -230,37 +298,100 @@ __global__ void backward_slice_kernel(const scalar_t* __restrict__ go, const at:
       sums.agg_x = warp_sum(sums.agg_x);
       sums.cor_y = warp_sum(sums.cor_y);
       sums.cor_x = warp_sum(sums.cor_x);
-      const acc_t grad_score = sums.agg_s + (gsc_in ? gsc_in[si] : acc_t(0));
-      if (goff && lane == 0) {
-        goff[g.offset_index(n, k, 0, t, hw)] = static_cast<scalar_t>(score * sums.agg_y + grad_score * sums.cor_y);
-        goff[g.offset_index(n, k, 1, t, hw)] = static_cast<scalar_t>(score * sums.agg_x + grad_score * sums.cor_x);
+      const acc_t gs = sums.agg_s + (gsc_in ? gsc_in[si] : acc_t(0));
+      if (lane == 0) {
+        if (grad_score) grad_score[si] = gs;
+        if (goff) {
+          goff[g.offset_index(n, k, 0, t, hw)] = static_cast<scalar_t>(score * sums.agg_y + gs * sums.cor_y);
+          goff[g.offset_index(n, k, 1, t, hw)] = static_cast<scalar_t>(score * sums.agg_x + gs * sums.cor_x);
+        }
       }
       if (gw) {
 #pragma unroll
         for (int i = 0; i < S; ++i) v[i] = q[i] * sample[i];
-        atomic_add_slice<S>(gw + (nt * K + k) * C + lane * S, grad_score, v);
+        atomic_add_slice<S>(gw + (nt * K + k) * C + lane * S, gs, v);
       }
-      if (gx) {
 #pragma unroll
-        for (int i = 0; i < S; ++i) {
-          grad_query[i] += grad_score * w[i] * sample[i];
-          v[i] = math::corner_value<true, true>(score, grad_out[i], grad_score, w[i] * q[i]);
-        }
-        acc_t* gx_frame = gx + nt * HW * C + lane * S;
-#pragma unroll
-        for (int corner = 0; corner < 4; ++corner)
-          if (b.weight[corner] != acc_t(0)) atomic_add_slice<S>(gx_frame + b.index[corner] * C, b.weight[corner], v);
-      }
+      for (int i = 0; i < S; ++i) gq[i] += gs * w[i] * sample[i];
     }
-    if (gx) atomic_add_slice<S>(gx + query_pixel * C + lane * S, acc_t(1), grad_query);
+    if (grad_query) store_slice<S>(grad_query + p * C + lane * S, gq);
     __syncwarp();  // the shared taps are rewritten for the next pixel
+  }
+}
+
+// Fused backward, second pass: the input gradient, without global atomics and in a fixed order.
+// One block per (frame n·T + t, slice of 32·s channels, band of the frame's pixels): its warps take
+// the frame's pixels in turn, each scattering the corner shares that land in the band into a copy
+// of the band's slice of its own in shared memory (a lane owns s channels: no shared atomics
+// either); the block then sums the copies in warp order, adds the query gradients of the frames
+// whose query is frame t (t + 1, and t itself for t = 0) and stores the slice once. Outputs do
+// not depend on the lane schedule or the grid: bitwise the same run to run.
+template <typename scalar_t, int s, int kTaps>
+__global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) scatter_slice_kernel(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
+                                     const scalar_t* __restrict__ off, const scalar_t* __restrict__ wt,
+                                     const at::acc_type<scalar_t, true>* __restrict__ sc,
+                                     const at::acc_type<scalar_t, true>* __restrict__ grad_score,
+                                     const at::acc_type<scalar_t, true>* __restrict__ grad_query,
+                                     at::acc_type<scalar_t, true>* __restrict__ gx, Geometry g, int64_t band_pixels) {
+  using acc_t = at::acc_type<scalar_t, true>;
+  constexpr int kUnroll = kUnrolledTaps<kTaps, s, 2>;
+  constexpr int kSlice = kWarp * s;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  const int64_t C = g.C, K = kTaps ? kTaps : g.taps(), HW = g.plane();
+  const int64_t slices = C / kSlice, bands = (HW + band_pixels - 1) / band_pixels;
+  const auto shared = warp_shared<acc_t>(smem, g);
+  acc_t* copies = reinterpret_cast<acc_t*>(smem + warps * WarpShared<acc_t>::bytes(g));  // [warp][band pixel][kSlice]
+  for (int64_t item = blockIdx.x; item < g.N * g.T * slices * bands; item += gridDim.x) {
+    const int64_t nt = item / (slices * bands), n = nt / g.T, t = nt % g.T;
+    const int64_t c0 = (item / bands % slices) * kSlice, first = item % bands * band_pixels;
+    const int64_t len = HW - first < band_pixels ? HW - first : band_pixels;
+    for (int64_t i = threadIdx.x; i < warps * len * kSlice; i += blockDim.x) copies[i] = 0;
+    __syncthreads();  // copies zeroed
+    acc_t* mine = copies + warp * len * kSlice + lane * s;
+    const scalar_t* query_frame = x + (n * g.T + g.prev_frame(t)) * HW * C + c0 + lane * s;
+    for (int64_t hw = warp; hw < HW; hw += warps) {
+      load_pixel(nt * HW + hw, g, off, shared, lane);
+      __syncwarp();  // taps written
+      acc_t grad_out[s], wq[s], w[s], v[s];
+      load_slice<s>(go + (nt * HW + hw) * C + c0 + lane * s, grad_out);
+      load_slice<s>(query_frame + hw * C, wq);
+#pragma unroll(kUnroll)
+      for (int64_t k = 0; k < K; ++k) {
+        const Bilinear<acc_t> b = shared.taps[k];
+        const int64_t si = g.score_index(n, 0, k, t, hw);
+        const acc_t score = sc[si], gs = grad_score[si];
+        load_slice<s>(wt + (t * K + k) * C + c0 + lane * s, w);
+#pragma unroll
+        for (int i = 0; i < s; ++i) v[i] = math::corner_value<true, true>(score, grad_out[i], gs, w[i] * wq[i]);
+#pragma unroll
+        for (int corner = 0; corner < 4; ++corner) {
+          const int64_t local = b.index[corner] - first;
+          if (b.weight[corner] != acc_t(0) && local >= 0 && local < len) {  // the same for every lane
+#pragma unroll
+            for (int i = 0; i < s; ++i) mine[local * kSlice + i] += b.weight[corner] * v[i];
+          }
+        }
+      }
+      __syncwarp();  // the shared taps are rewritten for the next pixel
+    }
+    __syncthreads();  // every warp's copy complete
+    for (int64_t i = threadIdx.x; i < len * kSlice; i += blockDim.x) {
+      const int64_t hw = first + i / kSlice, c = c0 + i % kSlice;
+      acc_t sum = 0;
+      for (int copy = 0; copy < warps; ++copy) sum += copies[copy * len * kSlice + i];
+      if (t + 1 < g.T) sum += grad_query[((nt + 1) * HW + hw) * C + c];
+      if (t == 0) sum += grad_query[(nt * HW + hw) * C + c];
+      gx[(nt * HW + hw) * C + c] = sum;
+    }
+    __syncthreads();  // the copies are zeroed again for the next item
   }
 }
 
 // --- general kernels -----------------------------------------------------------------------------
 
 template <typename scalar_t, bool kCorrelate, bool kAggregate>
-__global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
+__global__ void __launch_bounds__(kMaxThreads, 1) forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
@@ -318,7 +449,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
 // scores) then drives a second sweep with the query and weight gradients and one bilinear scatter
 // serving both parts.
 template <typename scalar_t, bool kCorrelate, bool kAggregate>
-__global__ void backward_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
+__global__ void __launch_bounds__(kMaxThreads, 1) backward_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                 const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                 const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
                                 at::acc_type<scalar_t, true>* gx, scalar_t* __restrict__ goff,
@@ -421,6 +552,34 @@ LaunchConfig launch_config(Kernel* kernel, const Geometry& g, int64_t pixels) {
   return {static_cast<unsigned>(blocks), warps * kWarp, bytes};
 }
 
+// Launch configuration of scatter_slice_kernel: up to 8 warps per block, each with its pixel's taps
+// and a copy of the block's slice of the frame, within half the device's opt-in shared memory (two
+// blocks per SM); where one copy of a frame's slice does not fit, one warp per block and the frame
+// cut into bands of pixels (each block then reads every pixel of the frame for its band).
+struct ScatterConfig {
+  LaunchConfig launch;
+  int64_t band_pixels;
+};
+
+template <typename acc_t, int s, typename Kernel>
+ScatterConfig scatter_config(Kernel* kernel, const Geometry& g) {
+  int device = 0, opt_in = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&opt_in, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int64_t budget = std::max<int64_t>(kDefaultSharedLimit, opt_in) / 2;
+  const int64_t taps = WarpShared<acc_t>::bytes(g), pixel = kWarp * s * int64_t(sizeof(acc_t));
+  TORCH_CHECK(taps + pixel <= budget, "sifa (CUDA): a ", g.kh, "×", g.kw, " kernel needs ", taps + pixel,
+              " bytes of shared memory per warp, over ", budget);
+  const int64_t frame = taps + g.plane() * pixel;
+  const int warps = static_cast<int>(std::clamp<int64_t>(budget / frame, 1, kMaxWarpsPerBlock));
+  const int64_t band_pixels = std::min<int64_t>(g.plane(), (budget - taps) / pixel);
+  const int64_t bytes = warps * (taps + band_pixels * pixel);
+  if (bytes > kDefaultSharedLimit)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  const int64_t items = g.N * g.T * (g.C / (kWarp * s)) * ((g.plane() + band_pixels - 1) / band_pixels);
+  return {{static_cast<unsigned>(std::min<int64_t>(items, int64_t(1) << 20)), warps * kWarp, bytes}, band_pixels};
+}
+
 template <typename T>
 T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -435,15 +594,29 @@ template <typename scalar_t, typename F>
 bool with_slice(const Geometry& g, Parts parts, std::initializer_list<const at::Tensor*> features, F&& f) {
   if (!(parts.correlate && parts.aggregate) || g.groups != 1 || g.C % kWarp != 0) return false;
   const int64_t S = g.C / kWarp;
-  const int64_t vector_bytes = std::min<int64_t>(16, S * int64_t(sizeof(scalar_t)));
+  const int64_t vector_bytes = slice_alignment(static_cast<int>(S * sizeof(scalar_t)));
   for (const at::Tensor* t : features)
     if (!aligned(*t, vector_bytes)) return false;  // e.g. a channels-last view at an odd storage offset
   switch (S) {
     case 2: f(std::integral_constant<int, 2>{}); return true;
+    case 3: f(std::integral_constant<int, 3>{}); return true;
     case 4: f(std::integral_constant<int, 4>{}); return true;
+    case 6: f(std::integral_constant<int, 6>{}); return true;
     case 8: f(std::integral_constant<int, 8>{}); return true;
+    case 12: f(std::integral_constant<int, 12>{}); return true;
     case 16: f(std::integral_constant<int, 16>{}); return true;
     default: return false;
+  }
+}
+
+// Calls f(std::integral_constant<int, kTaps>): 9 for 3×3 taps (the networks' kernels, unrolled),
+// else 0 (K read from the geometry).
+template <typename F>
+void with_taps(const Geometry& g, F&& f) {
+  if (g.kh == 3 && g.kw == 3) {
+    f(std::integral_constant<int, 9>{});
+  } else {
+    f(std::integral_constant<int, 0>{});
   }
 }
 
@@ -457,11 +630,13 @@ struct CudaKernels {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_forward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
       const bool sliced = with_slice<scalar_t>(g, parts, {&ts.x, &ts.weight, &ts.out}, [&](auto S) {
-        const auto kernel = forward_slice_kernel<scalar_t, decltype(S)::value>;
-        const auto cfg = launch_config<acc_t>(kernel, g, pixels);
-        kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
-            ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(),
-            ts.scores.data_ptr<acc_t>(), ts.out.data_ptr<scalar_t>(), g, pixels);
+        with_taps(g, [&](auto taps) {
+          const auto kernel = forward_slice_kernel<scalar_t, decltype(S)::value, decltype(taps)::value>;
+          const auto cfg = launch_config<acc_t>(kernel, g, pixels);
+          kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
+              ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(),
+              ts.scores.data_ptr<acc_t>(), ts.out.data_ptr<scalar_t>(), g, pixels);
+        });
       });
       if (!sliced) {
         with_parts(parts, [&](auto cor, auto agg) {
@@ -478,23 +653,51 @@ struct CudaKernels {
 
   static void backward(const BackwardTensors& ts, const Geometry& g, Parts parts) {
     const c10::cuda::CUDAGuard guard(ts.x.device());
-    if (ts.grad_x.defined() || ts.grad_weight.defined())
-      at::globalContext().alertNotDeterministic("sifa backward (CUDA): the bilinear scatter adds with atomics");
     const int64_t pixels = g.N * g.T * g.plane();
     const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_backward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
       const bool sliced = ts.grad_scores_out.defined() ? false : with_slice<scalar_t>(
           g, parts, {&ts.x, &ts.weight, &ts.grad_out, &ts.grad_x, &ts.grad_weight}, [&](auto S) {
-            const auto kernel = backward_slice_kernel<scalar_t, decltype(S)::value>;
-            const auto cfg = launch_config<acc_t>(kernel, g, pixels);
-            kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
-                ts.grad_out.data_ptr<scalar_t>(), ptr_or_null<acc_t>(ts.grad_scores), ts.x.data_ptr<scalar_t>(),
-                ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(),
-                ptr_or_null<acc_t>(ts.grad_x), ptr_or_null<scalar_t>(ts.grad_offset), ptr_or_null<acc_t>(ts.grad_weight),
-                g, pixels);
+            if (ts.grad_weight.defined())
+              at::globalContext().alertNotDeterministic("sifa backward (CUDA): the weight gradient adds with atomics");
+            // the input gradient's second pass reads the score and query gradients of the first
+            at::Tensor grad_score, grad_query;
+            if (ts.grad_x.defined()) {
+              grad_score = at::empty_like(ts.scores);
+              grad_query = at::empty(ts.x.sizes(), ts.scores.options());
+            }
+            with_taps(g, [&](auto taps) {
+              constexpr int kTaps = decltype(taps)::value;
+              const auto kernel = backward_slice_kernel<scalar_t, decltype(S)::value, kTaps>;
+              const auto cfg = launch_config<acc_t>(kernel, g, pixels);
+              kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
+                  ts.grad_out.data_ptr<scalar_t>(), ptr_or_null<acc_t>(ts.grad_scores), ts.x.data_ptr<scalar_t>(),
+                  ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(),
+                  ptr_or_null<acc_t>(grad_score), ptr_or_null<acc_t>(grad_query),
+                  ptr_or_null<scalar_t>(ts.grad_offset), ptr_or_null<acc_t>(ts.grad_weight), g, pixels);
+              if (!ts.grad_x.defined()) return;
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+              // two channels per lane where C is a multiple of 64, else one
+              const auto scatter_with = [&](auto channels) {
+                constexpr int s = decltype(channels)::value;
+                const auto scatter = scatter_slice_kernel<scalar_t, s, kTaps>;
+                const auto sc_cfg = scatter_config<acc_t, s>(scatter, g);
+                scatter<<<sc_cfg.launch.blocks, sc_cfg.launch.threads, sc_cfg.launch.shared_bytes, stream>>>(
+                    ts.grad_out.data_ptr<scalar_t>(), ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(),
+                    ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(), grad_score.data_ptr<acc_t>(),
+                    grad_query.data_ptr<acc_t>(), ts.grad_x.data_ptr<acc_t>(), g, sc_cfg.band_pixels);
+              };
+              if constexpr (decltype(S)::value % 2 == 0) {
+                scatter_with(std::integral_constant<int, 2>{});
+              } else {
+                scatter_with(std::integral_constant<int, 1>{});
+              }
+            });
           });
       if (!sliced) {
+        if (ts.grad_x.defined() || ts.grad_weight.defined())
+          at::globalContext().alertNotDeterministic("sifa backward (CUDA): the bilinear scatter adds with atomics");
         with_parts(parts, [&](auto cor, auto agg) {
           const auto kernel = backward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value>;
           const auto cfg = launch_config<acc_t>(kernel, g, pixels);
