@@ -2,6 +2,8 @@
 from a cache the test fills), and which epoch checkpoints a run keeps by default."""
 import json
 import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -34,7 +36,20 @@ def test_safetensors_round_trip_is_bitwise_with_the_plain_data_in_its_metadata(t
     assert (loaded["epoch"], loaded["top1"], loaded["config"]) == (7, 61.25, config)
     for key, value in state.items():
         assert loaded["model"][key].dtype == value.dtype and torch.equal(loaded["model"][key], value), key
-    assert open(path + ".sha256").read() .split()[1] == "w.safetensors"
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs coreutils' sha256sum")
+@pytest.mark.parametrize("name", ["current.pth", "weights.safetensors"])
+def test_sha256sum_checks_the_sidecar_in_the_checkpoint_folder_wherever_that_folder_moved(tmp_path, name):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint_file({"model": {"w": torch.arange(4.0)}, "epoch": 1}, str(run / name))
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved)
+    check = subprocess.run(["sha256sum", "-c", f"{name}.sha256"], cwd=moved, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.strip() == f"{name}: OK", check
+    (moved / name).write_bytes(b"changed")
+    assert subprocess.run(["sha256sum", "-c", f"{name}.sha256"], cwd=moved, capture_output=True).returncode == 1
 
 
 def test_damaged_safetensors_file_is_one_checkpoint_error(tmp_path):
