@@ -15,6 +15,8 @@ from sifa.engine.trainer import Trainer
 from sifa.models.build import build_model, load_network, load_pretrained
 from sifa.tools import export_weights
 
+pytestmark = pytest.mark.slow  # a 3-epoch training run and its evaluations
+
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
