@@ -16,6 +16,10 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "cuda_sifa" / "csrc"
+# sifa-<script> runs sifa.tools.<tool>'s main() (through sifa/tools/console.py); python -m sifa.tools.<tool> too
+CONSOLE_SCRIPTS = {"train": "train", "predict": "predict", "prepare": "prepare", "export": "export",
+                   "export-weights": "export_weights", "visualize": "visualize", "plot": "plot_log",
+                   "complexity": "complexity"}
 
 
 def _real_cuda_home():
@@ -124,6 +128,8 @@ def main():
         python_requires=">=3.10",
         ext_modules=[_extension()],
         cmdclass={"build_ext": _build_ext_class()},
+        entry_points={"console_scripts": [f"sifa-{script} = sifa.tools.console:{function}"
+                                          for script, function in CONSOLE_SCRIPTS.items()]},
     )
 
 

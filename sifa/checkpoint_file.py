@@ -1,19 +1,23 @@
 """Checkpoint files: reading, writing, the SHA-256 sidecar, and the atomic write every saved file uses.
 
-A checkpoint holds only tensors and plain Python data, so :func:`load_checkpoint` reads it
-weights-only, without running pickled code; a SHA-256 file beside each (``sha256sum -c`` reads it)
-lets the loader tell a damaged file. Files are written to a .tmp, flushed and renamed, so a kill or
-a full disk never replaces a good file with a partial one.
+Two formats, told apart by the file name: PyTorch's (``.pth`` and any other name) and safetensors
+(``.safetensors``, weights only). A checkpoint holds only tensors and plain Python data, so
+:func:`load_checkpoint` reads a PyTorch file weights-only, without running pickled code; a safetensors
+file holds ``model`` (the tensors) and the plain data beside them as JSON in its metadata, and reads
+back as the same dictionary. A SHA-256 file beside each (``<digest>  <file name>``: ``sha256sum -c``
+checks it from the checkpoint's folder) lets the loader tell a damaged file. Files are written to a
+.tmp, flushed and renamed, so a kill or a full disk never replaces a good file with a partial one.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import pickle
 import shutil
-from typing import IO, Any, Callable, Dict, List, Optional
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
@@ -21,6 +25,7 @@ from .errors import CheckpointError, CheckpointNotFoundError, UserError
 
 ZIP_MAGIC = b"PK\x03\x04"  # how the files of torch.save begin
 TMP = ".tmp"
+SAFETENSORS = ".safetensors"
 
 
 class CheckpointWriteError(UserError, OSError):
@@ -93,11 +98,40 @@ def publish(tmp: str, path: str, digest: str) -> None:
     os.replace(checksum + TMP, checksum)
 
 
+def is_safetensors(path: str | os.PathLike) -> bool:
+    return os.fspath(path).endswith(SAFETENSORS)
+
+
+def _safetensors_bytes(obj: Mapping[str, Any], path: str) -> bytes:
+    """``obj["model"]`` (a state dict) as safetensors, every other entry JSON-encoded in the metadata."""
+    from safetensors.torch import save
+
+    if not isinstance(obj.get("model"), Mapping):
+        raise CheckpointWriteError(f"cannot write {path}: a safetensors file holds weights only, under 'model'")
+    # copies: safetensors refuses tensors that share storage, as tied or cloned state-dict entries may
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in obj["model"].items()}
+    metadata = {key: json.dumps(value) for key, value in obj.items() if key != "model"}
+    return save(tensors, metadata=metadata)
+
+
+def _metadata_value(text: str) -> Any:
+    """A metadata entry as written by :func:`_safetensors_bytes` (JSON); other writers' plain strings as such."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def save_checkpoint_file(obj: Any, path: str) -> str:
     """Write ``obj`` to ``path`` through ``path``.tmp, flushed to disk first, with its SHA-256 beside it;
-    returns the digest."""
+    returns the digest. A ``.safetensors`` path takes ``{"model": state dict, **plain data}``."""
+    if is_safetensors(path):
+        data = _safetensors_bytes(obj, path)
+        write = lambda f: f.write(data)  # noqa: E731
+    else:
+        write = lambda f: torch.save(obj, f)  # noqa: E731
     try:
-        _write_synced(path + TMP, lambda f: torch.save(obj, f), binary=True)
+        _write_synced(path + TMP, write, binary=True)
     except OSError as e:
         raise _write_error(path, e, "the previous checkpoint there is kept") from e
     digest = file_sha256(path + TMP)
@@ -143,8 +177,21 @@ def verify_checksum(path: str | os.PathLike) -> None:
                               f"after it was saved")
 
 
+def _load_safetensors(path: str | os.PathLike, size: int) -> Dict[str, Any]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({size} bytes): {e}") from None
+    return {"model": tensors, **{key: _metadata_value(value) for key, value in metadata.items()}}
+
+
 def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     """The checkpoint file's contents on the CPU; the original's checkpoints also hold an argparse.Namespace.
+    A ``.safetensors`` file reads as ``{"model": its tensors, **its metadata}``.
 
     An empty, truncated, damaged or foreign file, or one that fails its SHA-256, raises one CheckpointError
     naming the file and the problem."""
@@ -153,6 +200,10 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     size = os.path.getsize(path)
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the save that wrote it did not finish")
+    if is_safetensors(path):
+        checkpoint = _load_safetensors(path, size)
+        verify_checksum(path)
+        return checkpoint
     with open(path, "rb") as f:
         is_zip = f.read(4) == ZIP_MAGIC
     try:

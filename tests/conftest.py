@@ -12,6 +12,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "emulation: CUDA kernels run on the CPU under the warp emulator (tests/emulation)")
     config.addinivalue_line("markers", "packaging: pip installs the package into a venv and uses it outside the "
                                        "repository (tests/test_packaging.py, a few minutes)")
+    config.addinivalue_line("markers", "slow: left out of the quick subset, python -m pytest -m \"not slow\" tests "
+                                       "(README)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,6 +17,8 @@ from sifa.models.tsm_resnet import TSMBottleneck, temporal_shift
 from sifa.ops import previous_frame
 from sifa.tools import ablation
 
+pytestmark = pytest.mark.slow  # the ablation's training runs
+
 
 def test_temporal_shift_moves_an_eighth_of_the_channels_each_way_with_zero_padding() -> None:
     x = torch.randn(2, 16, 3, 4, 5)  # 16 channels: 2 move forward in time, 2 back, 12 stay

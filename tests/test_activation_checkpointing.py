@@ -7,6 +7,8 @@ import torch
 
 from sifa.models import get_model_by_name
 
+pytestmark = pytest.mark.slow  # full-size networks' forward and backward, twice each
+
 CASES = {  # net name -> (frames, frame size)
     "c2d_sifa_resnet50": (8, 32),
     "c2d_resnet50": (8, 32),

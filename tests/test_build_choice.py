@@ -40,6 +40,7 @@ def test_force_cuda_without_toolkit_names_the_problem(setup_py, monkeypatch):
         setup_py._want_cuda(None)
 
 
+@pytest.mark.slow  # a make.sh build of the kernels
 def test_make_sh_builds_when_pip_cannot_install(tmp_path):
     # a stand-in python: the optional-package check fails, pip fails as without network, the build is
     # a no-op (the kernels are already built here), everything else is the real interpreter

@@ -48,6 +48,7 @@ def test_plain_c2d_on_four_frames_costs_the_2d_resnet_plus_the_deeper_stem() -> 
     assert flops_c2d == flops_2d + 3 * stem_2d
 
 
+@pytest.mark.slow  # the CLI counting full networks
 @needs_extension
 def test_cli_prints_parameters_and_gflops(capsys: pytest.CaptureFixture) -> None:
     complexity.main(["--net_name", "c2d_sifa_resnet50", "--clip_length", "8", "--crop_size", "64",
@@ -59,6 +60,7 @@ def test_cli_prints_parameters_and_gflops(capsys: pytest.CaptureFixture) -> None
     assert f"GFLOPs per view: {flops / 1e9:.2f}" in out
 
 
+@pytest.mark.slow  # the CLI counting full networks
 def test_cli_takes_the_network_and_view_from_a_config_file(capsys: pytest.CaptureFixture) -> None:
     from helpers import REPO_ROOT
 

@@ -133,6 +133,7 @@ def damaged_data(tmp_path):
     return data
 
 
+@pytest.mark.slow  # a training launch
 def test_a_too_short_training_video_is_one_line_and_exit_status_2(tmp_path, tiny_data):
     # raised while the training set is built, before any process group or epoch
     result = run_command(tiny_config(tmp_path, tiny_data), "clip_length=16")
@@ -143,6 +144,7 @@ def test_a_too_short_training_video_is_one_line_and_exit_status_2(tmp_path, tiny
                         result.stderr.strip().splitlines()[-1]), result.stderr[-3000:]
 
 
+@pytest.mark.slow  # a training run
 def test_an_unreadable_validation_video_stops_after_the_epoch_is_saved(tmp_path, damaged_data):
     write_frame_folder(damaged_data["train_video"], frames(8, height=32, width=32))  # training reads all
     # train_val_3d.py with a data-loader worker: one line, exit status 2, although the error is raised again
@@ -156,6 +158,7 @@ def test_an_unreadable_validation_video_stops_after_the_epoch_is_saved(tmp_path,
     assert load_checkpoint(str(tmp_path / "out" / "current.pth"))["epoch"] == 1
 
 
+@pytest.mark.slow  # a training run
 def test_skip_bad_samples_trains_on_and_lists_the_skipped_files(tmp_path, damaged_data):
     config = tiny_config(tmp_path, damaged_data)
     with pytest.raises(BadSampleError, match=r"epoch 1 training: .*train_list\.txt, line 2: video .*frame file "

@@ -9,6 +9,8 @@ from helpers import launch, tiny_config
 from sifa.checkpoint_file import load_checkpoint
 from sifa.models import get_model_by_name
 
+pytestmark = pytest.mark.slow  # every network family trained on 2 processes
+
 # net name -> (frames per clip, crop size): Swin takes 224² frames only; 4 frames are one Swin clip.
 FAMILIES = {
     "c2d_sifa_resnet50": (8, 32),

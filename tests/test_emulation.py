@@ -15,7 +15,7 @@ import torch
 import sifa.ops as ops
 from kernel_catalogue import CATALOGUE, assert_same, make_inputs, run_ops
 
-pytestmark = pytest.mark.emulation
+pytestmark = [pytest.mark.emulation, pytest.mark.slow]  # compiles the CUDA kernels for the host
 
 SANITIZER = os.environ.get("SIFA_EMULATION_SANITIZER", "thread-hooks")
 HAS_EXT = ops.backend() == "extension"

@@ -80,6 +80,7 @@ def sifa_net(tmp_path_factory):
     return root, model
 
 
+@pytest.mark.slow  # a full network exported and run
 def test_export_tool_onnx_both_heads_runs_in_onnxruntime(sifa_net, capsys):
     root, model = sifa_net
     out = str(root / "both.onnx")
@@ -96,6 +97,7 @@ def test_export_tool_onnx_both_heads_runs_in_onnxruntime(sifa_net, capsys):
         np.testing.assert_allclose(g, e.numpy(), atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow  # a full network exported and reloaded
 def test_export_tool_pt2_reloads_with_the_main_head(sifa_net):
     root, model = sifa_net
     out = str(root / "main.pt2")
@@ -108,6 +110,7 @@ def test_export_tool_pt2_reloads_with_the_main_head(sifa_net):
     np.testing.assert_allclose(got, main_head.numpy(), atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow  # a SIFA-Swin exported and compared
 @pytest.mark.parametrize("export_format", export.FORMATS)
 def test_sifa_swin_exports_match(tmp_path, export_format):
     torch.manual_seed(2)

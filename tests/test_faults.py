@@ -19,6 +19,8 @@ from sifa.engine.trainer import NonFiniteLossError, Trainer
 from sifa.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from sifa.models.build import build_model, load_pretrained
 
+pytestmark = pytest.mark.slow  # training runs killed and resumed
+
 
 # ------------------------------------------------------------------------------------ non-finite training
 def test_nan_loss_stops_training_naming_epoch_and_iteration_and_keeps_the_last_checkpoint(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from helpers import REPO_ROOT as ROOT
@@ -97,6 +98,7 @@ def test_out_of_budget_skips_every_stage_and_still_writes_the_summary(tmp_path):
     assert timed[:2] == ["preflight", "tests"] and len(timed) >= 4, stages
 
 
+@pytest.mark.slow  # the whole script on the CPU
 def test_cpu_rehearsal(tmp_path):
     """The whole script as CI runs it on a machine without a GPU: every stage runs or says why not."""
     result = _run_script(str(tmp_path))

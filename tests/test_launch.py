@@ -3,9 +3,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from helpers import REPO_ROOT, free_port
+
+pytestmark = pytest.mark.slow  # torchrun launches of training runs
 
 SCRIPT = str(REPO_ROOT / "train_val_3d.py")
 

@@ -19,6 +19,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from helpers import REPO_ROOT as ROOT
+
+pytestmark = pytest.mark.slow  # a venv importing sifa and running the operator tests
 WANTED = ["torch", "timm", "numpy", "pyyaml"]
 TEST_RUNNER = ["pytest"]
 ABSENT = ["lmdb", "cv2", "av", "onnx", "onnxruntime", "onnxscript", "tensorboard", "matplotlib"]

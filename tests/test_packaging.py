@@ -1,6 +1,7 @@
 """Packaging: `pip install --no-build-isolation .` and `-e .` in a fresh venv,
 then sifa.ops (compiled kernels) and load_config on a settings file from a directory outside the
-repository, where only the base_config/ that travels inside the package can supply the defaults.
+repository, where only the base_config/ that travels inside the package can supply the defaults,
+and the console scripts (sifa-train, ...) on the venv's PATH.
 
 The venv uses --system-site-packages to reuse the installed torch (installing torch into it would
 take minutes). The build runs in a temporary copy of the repository's files, so no build artefact
@@ -19,7 +20,11 @@ import pytest
 
 from helpers import REPO_ROOT
 
-pytestmark = pytest.mark.packaging
+pytestmark = [pytest.mark.packaging, pytest.mark.slow]
+
+# README's list of the console scripts
+CONSOLE_SCRIPTS = ["sifa-train", "sifa-predict", "sifa-prepare", "sifa-export", "sifa-export-weights", "sifa-visualize",
+                   "sifa-plot", "sifa-complexity"]
 
 CHECK = textwrap.dedent("""
     import json, sys
@@ -93,6 +98,15 @@ def test_pip_install_outside_repository(tmp_path):
     assert sorted(p.name for p in (Path(info["sifa"]).parent / "base_config").glob("*.yml")) == \
         sorted(p.name for p in (REPO_ROOT / "sifa" / "base_config").glob("*.yml"))
     assert (info["demo_classes"], info["k400_classes"]) == (4, 400), info
+
+    # the console scripts: each is installed and answers --help; one runs a tool through and exits with 0
+    for script in CONSOLE_SCRIPTS:
+        usage = _run([str(env_dir / "bin" / script), "--help"], cwd=work, env=env, timeout=300).stdout
+        assert usage.startswith("usage: "), (script, usage[:300])
+    _run([python, "-c", "import torch; torch.save({'model': {'w': torch.arange(3.0)}, 'epoch': 1}, 'run.pth')"],
+         cwd=work, env=env)
+    _run([str(env_dir / "bin" / "sifa-export-weights"), "--checkpoint", "run.pth"], cwd=work, env=env, timeout=300)
+    assert (work / "run.safetensors").is_file() and (work / "run.safetensors.sha256").is_file()
 
     # editable (PEP 660), same venv: the sources and their sifa/base_config/ are what runs
     info = install_and_check("-e", str(src))

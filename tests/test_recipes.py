@@ -9,6 +9,8 @@ from sifa.config import load_config
 from sifa.errors import ConfigError
 from sifa.engine.optim import effective_batch_and_lr
 
+pytestmark = pytest.mark.slow  # the shipped settings launched as documented
+
 # The original: 4 processes (num_gpu: 4) x batch_size x iter_size, at its learning rates. Swin-B
 # (no recipe in the original) and the SSv1 batch are ours; their lr is what they were set for.
 EXPECTED = {  # setting -> (effective batch, lr)

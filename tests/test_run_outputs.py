@@ -15,6 +15,8 @@ from sifa.engine.trainer import Trainer
 from sifa.models.build import build_model, load_network, load_pretrained
 from sifa.tools import export_weights
 
+pytestmark = pytest.mark.slow  # a 3-epoch training run and its evaluations
+
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
@@ -50,6 +52,7 @@ def test_log_starts_with_the_merged_config_and_names_what_it_reports(run):
     assert "val top1" in log and " top3 " in log and "top5" not in log
     last_epoch = json.loads((run["out"] / "val_accuracy.json").read_text())[-1]
     assert {"top1", "top3"} <= set(last_epoch) and "top5" not in last_epoch
+    assert "checkpoints kept: current.pth" in log and "the newest 2 (keep_last)" in log
 
 
 def test_evaluation_shows_progress_on_rank_0(run, capfd):
@@ -85,10 +88,15 @@ def test_best_holds_the_weights_of_the_first_epoch_with_the_highest_validation_t
         assert all(torch.equal(value, epoch_weights[key]) for key, value in best["model"].items())
 
 
-def test_exported_weights_are_smaller_and_load_for_evaluation_and_as_pretrained_model(run, tmp_path, capsys):
+@pytest.mark.parametrize("out_name", ["weights.pth", "weights.safetensors"])
+def test_exported_weights_are_smaller_and_load_for_evaluation_and_as_pretrained_model(run, tmp_path, capsys,
+                                                                                      out_name):
     current = str(run["out"] / "current.pth")
-    out = export_weights.main(["--checkpoint", current, "--out", str(tmp_path / "weights.pth")])
+    out = export_weights.main(["--checkpoint", current, "--out", str(tmp_path / out_name)])
     assert "MiB" in capsys.readouterr().out
+    with open(out, "rb") as f:  # the format the name asks for: a zip archive, or safetensors' JSON header
+        head = f.read(9)
+    assert head.startswith(b"PK") if out_name.endswith(".pth") else head[8:9] == b"{"
     assert os.path.getsize(out) < 0.7 * os.path.getsize(current)
     exported, trained = load_checkpoint(out), load_checkpoint(current)
     assert set(exported) == {"model", "epoch", "config"} and exported["epoch"] == 3
@@ -140,3 +148,19 @@ def test_pretrained_checkpoint_of_another_clip_length_suggests_remove_defcor_wei
         load_pretrained(build_model(cfg, cfg.num_segments), cfg)
     cfg.remove_defcor_weight = True
     load_pretrained(build_model(cfg, cfg.num_segments), cfg)
+
+
+def test_eval_only_of_exported_safetensors_scores_as_the_training_checkpoint(run, tmp_path):
+    weights = export_weights.main(["--checkpoint", str(run["out"] / "ckpt_epoch_3.pth")])
+    assert weights == str(run["out"] / "ckpt_epoch_3.safetensors")  # the default name
+    cfg = load_config(run["config"], [f"output_dir={tmp_path}"])
+    scores = []
+    for path in (str(run["out"] / "ckpt_epoch_3.pth"), weights):
+        trainer = Trainer(cfg, CPU, eval_only=True)
+        trainer.evaluate_checkpoint(path)
+        trainer.close()
+        scores.append(json.loads((tmp_path / "eval_only_accuracy.json").read_text()))
+    assert scores[1]["epoch"] == scores[0]["epoch"] == 3
+    assert (scores[1]["top1"], scores[1]["top5"]) == (scores[0]["top1"], scores[0]["top5"])
+    os.remove(weights)
+    os.remove(weights + ".sha256")

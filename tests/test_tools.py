@@ -22,6 +22,8 @@ from sifa.models import get_model_by_name
 from sifa.ops import previous_frame, reference
 from sifa.tools import plot_log, predict, visualize
 
+pytestmark = pytest.mark.slow  # a network trained here, then predicted and visualized
+
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 NUM_CLASSES = 6
 CROP = 64

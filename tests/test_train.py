@@ -23,6 +23,8 @@ from sifa.errors import ConfigError
 from sifa.models import get_model_by_name
 from sifa.models.build import build_model, freeze_bn, load_pretrained
 
+pytestmark = pytest.mark.slow  # training runs of several epochs
+
 
 # --------------------------------------------------------------------------------------------- schedule
 def schedule(iters_per_epoch, **overrides):

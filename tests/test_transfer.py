@@ -140,6 +140,7 @@ def test_swin_transfer_sifa(swin_base_2d: torch.nn.Module, layout: str) -> None:
     assert len(conv_keys) == 24 and all(torch.count_nonzero(state[k]) == 0 for k in conv_keys)
 
 
+@pytest.mark.slow  # two full Swin-Bs at 224 px
 def test_plain_c2d_swin_on_a_static_clip_equals_the_2d_swin(swin_base_2d: torch.nn.Module) -> None:
     swin_2d = copy.deepcopy(swin_base_2d)
     swin_2d.patch_embed.norm = torch.nn.Identity()  # the C2D Swin has no patch norm

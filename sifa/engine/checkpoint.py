@@ -65,9 +65,17 @@ def remove_old_epoch_checkpoints(output_dir: str, keep_last: int) -> List[str]:
     return removed
 
 
+def kept_checkpoints(save_freq: int, keep_last: int) -> str:
+    """What a run keeps in its output folder, said in its log."""
+    epochs = "all of them" if keep_last == 0 else f"the newest {keep_last}"
+    return (f"checkpoints kept: {CURRENT} (each epoch, to resume), ckpt_epoch_N.pth every {save_freq} epoch(s) "
+            f"(save_freq), {epochs} (keep_last), and {BEST} (weights only, of the best validation top1)")
+
+
 def save_weights(path: str, model_state: Dict[str, torch.Tensor], **info: Any) -> str:
     """A weights-only file (``model`` and plain-data ``info`` such as epoch, top1, config; no optimizer
-    state), written atomically with its SHA-256; --eval_only, predict and pretrained_model load it."""
+    state), written atomically with its SHA-256: safetensors when ``path`` ends with .safetensors, else
+    PyTorch's format; --eval_only, predict and pretrained_model load either."""
     save_checkpoint_file({"model": model_state, **info}, path)
     return path
 

@@ -26,7 +26,7 @@ from ..checkpoint_file import atomic_write_text, load_checkpoint, remove_leftove
 from ..errors import CheckpointError
 from ..models.weights import load_weights
 from .checkpoint import (BEST, CURRENT, capture_rng_state, newest_intact_epoch_checkpoint, remove_old_epoch_checkpoints,
-                         restore_rng_state, resume_path, save_checkpoint, save_weights)
+                         kept_checkpoints, restore_rng_state, resume_path, save_checkpoint, save_weights)
 from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks, wrap_ddp
 from .evaluate import EvalResult, class_report, evaluate, plot_confusion
 from .optim import build_optimizer, build_scheduler, effective_batch_and_lr
@@ -157,6 +157,7 @@ class Trainer:
                   f"{cfg.reference_batch}: auto_scale_lr)" if cfg.auto_scale_lr else ""
         logger.info(f"effective batch {effective_batch} clips per optimizer step (batch_size {cfg.batch_size} x "
                     f"{ctx.world_size} process(es) x iter_size {cfg.iter_size}), lr {lr:g}{scaling}")
+        logger.info(kept_checkpoints(cfg.save_freq, cfg.keep_last))
         optim_cfg = SimpleNamespace(**{**vars(cfg), "base_learning_rate": lr})
         optimizer = build_optimizer(model.parameters(), optim_cfg)
         scheduler = build_scheduler(optimizer, optim_cfg, iters_per_epoch)

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
-from typing import List
+from typing import List, Mapping, Tuple
 
 import torch
 from torch import nn
 
 from ..checkpoint_file import load_checkpoint
-from ..errors import CheckpointNotFoundError, ConfigError
+from ..config import DEFAULT_CONFIG, load_config
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from .registry import check_model_config, get_model_by_name, model_entry, model_options
 from .transfer import DEFCOR_WEIGHT, remove_fc, transfer_weights
 from .weights import load_weights
@@ -29,6 +30,7 @@ IMAGENET_WEIGHTS = {
             "swin_base_patch4_window7_224.ms_in1k / .ms_in22k); the transfer reads the official layout (under "
             "'model', patch merging at the end of each stage) and timm's (patch merging at the start of the next)",
 }
+TIMM_PREFIX = "timm:"  # pretrained_model: timm:<name>, ImageNet weights by timm's name
 
 
 def build_model(cfg: SimpleNamespace, num_segments: int) -> nn.Module:
@@ -50,17 +52,39 @@ def _skipped(cfg: SimpleNamespace) -> tuple:
     return (DEFCOR_WEIGHT,) if cfg.remove_defcor_weight else ()
 
 
+def timm_pretrained_weights(name: str) -> dict:
+    """The weights timm's ``create_model(name, pretrained=True)`` loads, through its own mechanism: from the
+    Hugging Face cache (HF_HUB_CACHE, HF_HOME), downloaded there first unless HF_HUB_OFFLINE=1."""
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(f"pretrained_model timm:{name}: timm {timm.__version__} has no model {name!r} "
+                          f"(timm.list_pretrained() lists the names with weights, e.g. resnet50.tv_in1k)")
+    try:
+        return timm.create_model(name, pretrained=True).state_dict()
+    except RuntimeError as e:  # e.g. an unknown pretrained tag
+        raise ConfigError(f"pretrained_model timm:{name}: {e}") from None
+    except OSError as e:  # not in the cache and no download (offline, no network)
+        raise CheckpointNotFoundError(f"pretrained_model timm:{name}: timm could not load its weights: {e} (with "
+                                      f"HF_HUB_OFFLINE=1 they must already be in the Hugging Face cache)") from None
+
+
 def load_pretrained(model: nn.Module, cfg: SimpleNamespace) -> None:
     """Initialise ``model`` from ``cfg.pretrained_model``: transferred from 2-D ImageNet weights if
-    ``transfer_weights``, without the classifiers if ``remove_fc``; missing and unexpected keys are logged."""
-    if not os.path.isfile(cfg.pretrained_model):
+    ``transfer_weights``, without the classifiers if ``remove_fc``; missing and unexpected keys are logged.
+    ``timm:<name>`` takes timm's pretrained weights of that name (:func:`timm_pretrained_weights`): 2-D
+    ImageNet weights, always transferred."""
+    if cfg.pretrained_model.startswith(TIMM_PREFIX):
+        state, transfer = timm_pretrained_weights(cfg.pretrained_model[len(TIMM_PREFIX):]), True
+    elif os.path.isfile(cfg.pretrained_model):
+        state, transfer = load_checkpoint(cfg.pretrained_model), cfg.transfer_weights
+    else:
         expected = IMAGENET_WEIGHTS[model_entry(cfg.net_name).family]
         raise CheckpointNotFoundError(
             f"pretrained_model not found: {cfg.pretrained_model}; for {cfg.net_name} with transfer_weights: true it "
             f"is {expected}. Download it there, or set pretrained_model to another checkpoint of this code, or to '' "
             f"to train from scratch (docs/training.md, 'ImageNet initialisation')")
-    state = load_checkpoint(cfg.pretrained_model)
-    if cfg.transfer_weights:
+    if transfer:
         state = transfer_weights(cfg.net_name, state)
     if cfg.remove_fc:
         state = remove_fc(cfg.net_name, state)
@@ -88,3 +112,19 @@ def freeze_bn(model: nn.Module) -> List[nn.Module]:
         for parameter in module.parameters():
             parameter.requires_grad = False
     return norms[1:]
+
+
+def network_from_checkpoint(checkpoint: str, device: torch.device | str = "cpu") -> Tuple[nn.Module, SimpleNamespace]:
+    """The network a weights file (or training checkpoint) of this code was trained as, rebuilt from the file
+    alone, from the config saved in it (keys it lacks: sifa/base_config/default.yml's), with every weight
+    loaded, in eval mode at eva_num_segments; returns (network, config)."""
+    content = load_checkpoint(checkpoint)
+    saved = content.get("config")
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"{checkpoint} holds no config (only files this code wrote do): the network cannot be "
+                              f"rebuilt from it alone; give the experiment's YAML as well")
+    cfg = load_config(DEFAULT_CONFIG)
+    vars(cfg).update({key: value for key, value in saved.items() if key in vars(cfg)})
+    model = build_model(cfg, cfg.eva_num_segments)
+    load_weights(model, content, strict=True, skip=_skipped(cfg), source=f"checkpoint {checkpoint}")
+    return model.to(device).eval(), cfg
