@@ -5,39 +5,18 @@ return value becomes its exit status (a string or list: status 1), so each scrip
 result. A tool's failure still exits with its message and status 1 (`sifa.errors.exit_on_user_error`).
 """
 import importlib
+from functools import partial
 
 
 def _run(tool: str) -> None:
     importlib.import_module(f"sifa.tools.{tool}").main()
 
 
-def train() -> None:
-    _run("train")
-
-
-def predict() -> None:
-    _run("predict")
-
-
-def prepare() -> None:
-    _run("prepare")
-
-
-def export() -> None:
-    _run("export")
-
-
-def export_weights() -> None:
-    _run("export_weights")
-
-
-def visualize() -> None:
-    _run("visualize")
-
-
-def plot_log() -> None:
-    _run("plot_log")
-
-
-def complexity() -> None:
-    _run("complexity")
+train = partial(_run, "train")
+predict = partial(_run, "predict")
+prepare = partial(_run, "prepare")
+export = partial(_run, "export")
+export_weights = partial(_run, "export_weights")
+visualize = partial(_run, "visualize")
+plot_log = partial(_run, "plot_log")
+complexity = partial(_run, "complexity")
