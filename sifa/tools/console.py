@@ -2,7 +2,7 @@
 
 The tools' main() return what they made (paths, predictions) for Python callers, but a console script's
 return value becomes its exit status (a string or list: status 1), so each script runs main() and drops the
-result. A tool's failure still exits with its message and status 1 (`sifa.errors.exit_on_user_error`).
+result. A user error still exits with its one-line message and status 2 (`sifa.errors.exit_on_user_error`).
 """
 import importlib
 from functools import partial
