@@ -303,7 +303,8 @@ def run_network(results: Optional[Path], rehearsal: bool) -> None:
 
 
 def profile_target() -> None:
-    """What ncu profiles: the fused forward and the networks' backward at SIFA-Net's C=256 14² layer."""
+    """What ncu profiles: the fused forward and the networks' backward (its per-pixel pass and its scatter) at
+    SIFA-Net's C=256 14² layer."""
     import torch
     import sifa.ops as ops
 

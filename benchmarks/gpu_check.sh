@@ -97,7 +97,7 @@ for tool in ncu compute-sanitizer; do
     skip "$tool" "no GPU" tools.log
   elif [ $tool = ncu ]; then
     stage ncu 45 tools.log ncu --clock-control none --target-processes all \
-      --kernel-name "regex:(forward|backward)(_slice)?_kernel" --launch-count 6 \
+      --kernel-name "regex:(forward|backward|scatter)(_slice)?_kernel" --launch-count 8 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
       "$PYTHON" $DRIVER profile-target
   else
