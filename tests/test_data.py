@@ -221,24 +221,34 @@ def test_train_transform_lays_out_the_crop_and_flips_it(time_dim):
     assert flips == {True, False}
 
 
+class OpenCVThreads(torch.utils.data.Dataset):
+    """One item: OpenCV's thread count after a train transform ran in the loader's worker."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        import cv2
+
+        TrainClipTransform(16)([np.zeros((20, 24, 3), np.uint8)] * 2)
+        return cv2.getNumThreads()
+
+
 def test_train_transform_runs_opencv_on_one_thread_in_a_data_loader_worker():
     cv2 = pytest.importorskip("cv2")
-
-    class OpenCVThreads(torch.utils.data.Dataset):
-        def __len__(self):
-            return 1
-
-        def __getitem__(self, index):
-            TrainClipTransform(16)([np.zeros((20, 24, 3), np.uint8)] * 2)
-            return cv2.getNumThreads()
-
     before = cv2.getNumThreads()
-    cv2.setNumThreads(2)  # the workers inherit it
+    cv2.setNumThreads(2)
     try:
-        (in_worker,) = torch.utils.data.DataLoader(OpenCVThreads(), batch_size=None, num_workers=1)
+        # the parent's thread pool running when the worker forks: a worker that then changed the
+        # thread count itself would wait forever (the loader's timeout turns that into a failure)
+        cv2.GaussianBlur(np.zeros((1024, 1024), np.uint8), (5, 5), 1.0)
+        for context in ("fork", "spawn"):
+            (in_worker,) = torch.utils.data.DataLoader(OpenCVThreads(), batch_size=None, num_workers=1, timeout=60,
+                                                       multiprocessing_context=context)
+            assert in_worker == 1, context
+        assert cv2.getNumThreads() == 2  # the parent's own count is back after the fork
     finally:
         cv2.setNumThreads(before)
-    assert in_worker == 1
 
 
 def _smooth_colour_clip(frames: int, size: int, seed: int = 0) -> np.ndarray:

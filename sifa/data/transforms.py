@@ -6,6 +6,7 @@ and apply them to every leading (frame) index alike, so the frames of a clip sta
 from __future__ import annotations
 
 import math
+import os
 from typing import List, Optional, Sequence
 
 import cv2
@@ -21,6 +22,21 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BLUR_SIGMA = (0.1, 2.0)
 # Covers +-3 sigma of the widest blur.
 BLUR_KERNEL = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1
+
+
+def _fork_with_one_opencv_thread() -> None:
+    """Forked children (fork-started DataLoader workers) start with one OpenCV thread and no thread pool.
+
+    A child must not change OpenCV's thread count itself: it holds a copy of its parent's thread
+    pool, and cv2.setNumThreads waits for the pool's threads, which were not forked, forever. So the
+    parent drops to one thread just before each fork and takes its threads back just after.
+    """
+    saved = []
+    os.register_at_fork(before=lambda: (saved.append(cv2.getNumThreads()), cv2.setNumThreads(1)),
+                        after_in_parent=lambda: cv2.setNumThreads(saved.pop()))
+
+
+_fork_with_one_opencv_thread()
 
 
 def frames_to_clip(frames: Sequence[np.ndarray]) -> torch.Tensor:
@@ -157,7 +173,8 @@ class TrainClipTransform:
 
     def __call__(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         if cv2.getNumThreads() != 1 and get_worker_info() is not None:
-            cv2.setNumThreads(1)  # as torch does in a DataLoader worker: the workers already share the cores
+            # a spawned worker (a forked one has one thread already): the workers share the cores, as torch's do
+            cv2.setNumThreads(1)
         height, width = frames[0].shape[:2]
         top, left, h, w = transforms.RandomResizedCrop.get_params(torch.empty(0, height, width), list(self.SCALE),
                                                                  list(self.RATIO))
