@@ -21,9 +21,9 @@ SANITIZER = os.environ.get("SIFA_EMULATION_SANITIZER", "thread-hooks")
 HAS_EXT = ops.backend() == "extension"
 
 
-def _load(source=None, tag="kernels", arch=900):
-    """Builds and loads an emulated kernel library (the code paths of GPU architecture `arch`);
-    returns its torch.ops namespace."""
+def _load(source=None, tag="kernels", arch=900, dtype=None):
+    """Builds and loads an emulated kernel library (the code paths of GPU architecture `arch`, for
+    `dtype` only when given); returns its torch.ops namespace."""
     from emulation import build
 
     if SANITIZER == "address" and "libasan" not in os.environ.get("LD_PRELOAD", ""):
@@ -33,7 +33,7 @@ def _load(source=None, tag="kernels", arch=900):
     os.environ.setdefault("UBSAN_OPTIONS", f"log_path={build.BUILD / 'ubsan'}:print_stacktrace=1")
     name = build.library_name(tag)
     if not hasattr(getattr(torch.ops, name), "defcor"):
-        torch.ops.load_library(str(build.build(source, SANITIZER, tag, arch)))
+        torch.ops.load_library(str(build.build(source, SANITIZER, tag, arch, dtype)))
     return getattr(torch.ops, name)
 
 
@@ -192,7 +192,7 @@ def test_deterministic_mode(emu):
 def emu_sm80():
     if not HAS_EXT:
         pytest.skip("the CPU kernels (the expectation) are not built: run `bash make.sh`")
-    return _load(tag="sm80", arch=800)
+    return _load(tag="sm80", arch=800, dtype=torch.float32)  # the cases it runs
 
 
 @pytest.mark.parametrize("case", ["slice S=2", "slice S=16 x20"])
@@ -274,7 +274,7 @@ def test_emulator_catches_injected_bug(name):
         pytest.skip("the shared-memory checks live in the default build, not under AddressSanitizer")
     pattern, replacement, count, report, cases = MUTANTS[name]
     tag = re.sub(r"\W+", "-", name)
-    lib = _load(_mutant(pattern, replacement, count), tag=f"mutant-{tag}")
+    lib = _load(_mutant(pattern, replacement, count), tag=f"mutant-{tag}", dtype=torch.float64)  # make_inputs' dtype
     for case in cases:  # the general and the slice kernels
         tensors, geo = make_inputs(CATALOGUE[case])
         for schedule, max_blocks in RUNS:

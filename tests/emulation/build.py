@@ -34,6 +34,9 @@ _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;{}]*?>)?)\s*<<<(.*?)>>>\s*\(", re.
 _SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\((\d+)\)\s+)?([\w:]+(?:\s+[\w:]+)*?)\s+(\w+)\s*\[\s*\]\s*;")
 
 
+_SCALAR_TYPES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16"}
+
+
 def host_source(cuda_source: str) -> str:
     """The kernel file with its launch and dynamic shared memory syntax made host C++."""
 
@@ -67,16 +70,19 @@ def library_name(tag: str) -> str:
 
 
 def build(source: Optional[str] = None, sanitizer: str = "thread-hooks", tag: str = "kernels",
-          arch: int = 900) -> Path:
+          arch: int = 900, dtype: Optional[torch.dtype] = None) -> Path:
     """Compiles (or reuses) the emulated kernels as op library ``library_name(tag)``; `source`
     replaces the kernel file's text (the deliberately broken variants of the tests); `arch` the GPU
     architecture whose code paths run (SIFA_EMULATED_ARCH: 800 takes the scalar global atomics of
-    GPUs before sm_90). Returns the shared library's path."""
+    GPUs before sm_90); `dtype` the one dtype a variant is built for (default: all four).
+    Returns the shared library's path."""
     source = KERNEL.read_text() if source is None else source
     kernel_flags, runtime_flags, link_flags = _sanitizer_flags(sanitizer)
     includes = [f"-I{HERE / 'shim'}", f"-I{KERNEL.parent}"] + [f"-I{p}" for p in cpp_extension.include_paths()]
     common = ["-std=c++20", "-fPIC", "-O1", "-g", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
               "-Wno-unused-variable", f"-DSIFA_EMULATED_ARCH={arch}"] + includes
+    if dtype is not None:
+        common.append(f"-DSIFA_EMULATED_DTYPE=at::ScalarType::{_SCALAR_TYPES[dtype]}")
     inputs = [source, (HERE / "shim" / "warp_emulator.h").read_text(), (HERE / "runtime.cpp").read_text(),
               (HERE / "emulated_ops.cpp").read_text(), (KERNEL.parent.parent / "sifa.h").read_text(),
               (KERNEL.parent.parent / "sifa_math.h").read_text(), " ".join(common + kernel_flags + link_flags), tag,

@@ -23,6 +23,16 @@
 #define __align__(n) __attribute__((aligned(n)))
 #define SIFA_EMULATION 1
 
+// A variant build that runs one dtype (build.py's `dtype`: the deliberately broken kernels, the sm_80
+// code paths) instantiates the kernels for that dtype only, in a quarter of the compile time; a call
+// with another dtype fails with ATen's "not implemented for" message.
+#ifdef SIFA_EMULATED_DTYPE
+#include <ATen/Dispatch.h>
+#undef AT_DISPATCH_FLOATING_TYPES_AND2
+#define AT_DISPATCH_FLOATING_TYPES_AND2(T1, T2, TYPE, NAME, ...) \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(SIFA_EMULATED_DTYPE, __VA_ARGS__))
+#endif
+
 struct dim3 {
   unsigned x, y, z;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
