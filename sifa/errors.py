@@ -14,6 +14,7 @@ import sys
 from typing import Iterator
 
 USAGE_ERROR_STATUS = 2  # the exit status of argparse's usage errors, for the same kind of mistake
+INTERRUPTED_STATUS = 130  # the shells' status of a process ended by Ctrl-C (128 + SIGINT)
 
 
 class UserError(Exception):
@@ -61,5 +62,9 @@ def exit_on_user_error() -> Iterator[None]:
         yield
     except UserError as err:
         if int(os.environ.get("RANK", 0)) == 0:
-            print(f"error: {err}", file=sys.stderr)
+            print_user_error(err)
         sys.exit(USAGE_ERROR_STATUS)
+
+
+def print_user_error(err: UserError) -> None:
+    print(f"error: {err}", file=sys.stderr, flush=True)
