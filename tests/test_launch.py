@@ -49,6 +49,7 @@ def test_missing_checkpoint_in_a_plain_run_is_one_message(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------
 # Faults of launched training runs (issue 23): tiny runs of 2 processes, 2 epochs (3 iterations each).
+CURRENT_ONLY = ("eva_inter=false", "save_freq=100")  # no validation, and current.pth alone: less to write
 def launched(command, tmp_path):
     """``command`` (a launcher's) started in a session of its own, as a shell starts it: Ctrl-C reaches its
     process group."""
@@ -82,7 +83,7 @@ def assert_same_training(checkpoint, reference):
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory, tiny_data):
     tmp_path = tmp_path_factory.mktemp("uninterrupted")
-    launch(2, tiny_config(tmp_path, tiny_data), "--opts", "eva_inter=false")
+    launch(2, tiny_config(tmp_path, tiny_data), "--opts", *CURRENT_ONLY)
     return tmp_path / "out" / "current.pth"
 
 
@@ -109,7 +110,7 @@ def test_ctrl_c_of_a_launched_run_is_one_line_per_process_naming_the_checkpoint(
     out = tmp_path / "out"
     launcher = launched([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2",
                          f"--master_port={free_port()}", SCRIPT, f"--config_file={config}",
-                         "--opts", "eva_inter=false"], tmp_path)
+                         "--opts", *CURRENT_ONLY], tmp_path)
     try:
         wait_for_log(out, "epoch [2/2] iter [1/", launcher, tmp_path)
         os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C in the launcher's terminal
@@ -132,7 +133,7 @@ def test_two_nodes_train_checkpoint_and_resume_as_one(tmp_path, tiny_data, unint
     for epochs in (1, 2):
         nodes = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
                  f"--rdzv-id=two-nodes-{epochs}"]
-        command = torchrun(1, config, "--opts", f"epochs={epochs}", "resume=true", "eva_inter=false",
+        command = torchrun(1, config, "--opts", f"epochs={epochs}", "resume=true", *CURRENT_ONLY,
                            node_options=nodes)
         agents = [subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True) for _ in range(2)]
@@ -147,7 +148,7 @@ def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_resumes_by_itsel
                                                                                  uninterrupted_run):
     config = tiny_config(tmp_path, tiny_data)
     out = tmp_path / "out"
-    launcher = launched(torchrun(2, config, "--opts", "eva_inter=false",
+    launcher = launched(torchrun(2, config, "--opts", *CURRENT_ONLY,
                                  node_options=["--max-restarts=1", f"--master_port={free_port()}"]), tmp_path)
     try:
         wait_for_log(out, "epoch [2/2] iter [1/", launcher, tmp_path)
