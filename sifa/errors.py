@@ -57,7 +57,8 @@ class ExtensionNotBuiltError(UserError, RuntimeError):
 def exit_on_user_error() -> Iterator[None]:
     """Runs a command-line tool's work: a UserError ends the process with its message on one line of
     stderr and exit status 2. Under torch.distributed every process meets the same error in the same
-    inputs; the launchers set RANK before any process group exists, so rank 0 alone prints it."""
+    inputs before the process group exists (the launchers set RANK), so rank 0 alone prints it; what
+    one process meets in a training run is reported by `sifa.engine.distributed.stops_reported_once`."""
     try:
         yield
     except UserError as err:

@@ -48,7 +48,7 @@ def resume_after_restart(cfg: SimpleNamespace) -> None:
     """A worker group that torchrun restarted (``--max-restarts``) continues from the run's last
     checkpoint, not from what the first start resumed from (or from scratch)."""
     current = os.path.join(cfg.output_dir, CURRENT)
-    if elastic_restart_count() > 0 and os.path.isfile(current):
+    if os.path.isfile(current):
         cfg.resume = current
 
 
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> None:
     check_model_config(cfg)
     check_run_inputs(cfg, eval_checkpoint=args.eval_only)
     exit_with_launcher()
-    if not eval_only:
+    restart = elastic_restart_count()
+    if restart and not eval_only:
         resume_after_restart(cfg)
     ctx = init_distributed(args.local_rank)
     lock = None
@@ -69,12 +70,11 @@ def run(args: argparse.Namespace) -> None:
             lock = OutputDirLock(cfg.output_dir) if ctx.is_main and not eval_only else None
             trainer = Trainer(cfg, ctx, eval_only=eval_only)
             try:
+                if restart:
+                    trainer.logger.info(f"restart {restart} of the workers by torchrun (--max-restarts)")
                 if eval_only:
                     trainer.evaluate_checkpoint(args.eval_only)
                 else:
-                    if elastic_restart_count() > 0:
-                        trainer.logger.info(f"restart {elastic_restart_count()} of the workers by torchrun "
-                                            f"(--max-restarts)")
                     trainer.train()
             finally:
                 trainer.close()
