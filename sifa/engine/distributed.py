@@ -83,25 +83,24 @@ def stops_reported_once(ctx: DistContext, interrupted: Callable[[], str]) -> Ite
     stops = dist.PrefixStore(f"sifa_stops/restart{elastic_restart_count()}", ctx.store) if ctx.store else None
     try:
         yield
-    except KeyboardInterrupt:
-        # The launcher passes Ctrl-C on to a worker the terminal interrupted already.
+    except (KeyboardInterrupt, Exception) as stop:
+        # From here on the process only reports and exits: a second Ctrl-C (the launcher passes on to each
+        # worker what the terminal sent it already) must not cut the report short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _earlier_stop(ctx, stops, INTERRUPTED_STATUS)
-        _print_interrupted(ctx, interrupted)
-        sys.exit(INTERRUPTED_STATUS)
-    except UserError as err:
-        _earlier_stop(ctx, stops, USAGE_ERROR_STATUS)
-        digest = hashlib.sha256(str(err).encode()).hexdigest()
-        if _first_value(stops, f"error/{digest}", str(ctx.rank)) in (None, str(ctx.rank)):
-            print_user_error(err)
-        sys.exit(USAGE_ERROR_STATUS)
-    except Exception:
-        earlier = _earlier_stop(ctx, stops, BUG_STATUS)
-        if earlier is None:
-            raise
-        if earlier == INTERRUPTED_STATUS:
+        status = (INTERRUPTED_STATUS if isinstance(stop, KeyboardInterrupt)
+                  else USAGE_ERROR_STATUS if isinstance(stop, UserError) else BUG_STATUS)
+        earlier = _earlier_stop(ctx, stops, status)
+        if status == USAGE_ERROR_STATUS:
+            digest = hashlib.sha256(str(stop).encode()).hexdigest()
+            if _first_value(stops, f"error/{digest}", str(ctx.rank)) in (None, str(ctx.rank)):
+                print_user_error(stop)
+        elif status == BUG_STATUS:
+            if earlier is None:
+                raise
+            status = earlier  # this failure is the earlier stop's consequence
+        if status == INTERRUPTED_STATUS:
             _print_interrupted(ctx, interrupted)
-        sys.exit(earlier)
+        sys.exit(status)
 
 
 def _earlier_stop(ctx: DistContext, stops: Optional[dist.Store], status: int) -> Optional[int]:
