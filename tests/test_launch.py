@@ -50,6 +50,8 @@ def test_missing_checkpoint_in_a_plain_run_is_one_message(tmp_path):
 # ------------------------------------------------------------------------------------------------------
 # Faults of launched training runs: tiny runs of 2 processes, 2 epochs of 3 iterations.
 CURRENT_ONLY = ("eva_inter=false", "save_freq=100")  # no validation, and current.pth alone: less to write
+
+
 def launched(command, tmp_path):
     """``command`` (a launcher's) started in a session of its own, as a shell starts it: Ctrl-C reaches its
     process group."""
