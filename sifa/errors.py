@@ -14,6 +14,7 @@ import sys
 from typing import Iterator
 
 USAGE_ERROR_STATUS = 2  # the exit status of argparse's usage errors, for the same kind of mistake
+INTERRUPTED_STATUS = 130  # the shells' status of a process ended by Ctrl-C (128 + SIGINT)
 
 
 class UserError(Exception):
@@ -56,10 +57,15 @@ class ExtensionNotBuiltError(UserError, RuntimeError):
 def exit_on_user_error() -> Iterator[None]:
     """Runs a command-line tool's work: a UserError ends the process with its message on one line of
     stderr and exit status 2. Under torch.distributed every process meets the same error in the same
-    inputs; the launchers set RANK before any process group exists, so rank 0 alone prints it."""
+    inputs before the process group exists (the launchers set RANK), so rank 0 alone prints it; what
+    one process meets in a training run is reported by `sifa.engine.distributed.stops_reported_once`."""
     try:
         yield
     except UserError as err:
         if int(os.environ.get("RANK", 0)) == 0:
-            print(f"error: {err}", file=sys.stderr)
+            print_user_error(err)
         sys.exit(USAGE_ERROR_STATUS)
+
+
+def print_user_error(err: UserError) -> None:
+    print(f"error: {err}", file=sys.stderr, flush=True)

@@ -3,15 +3,25 @@
 The launchers export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT;
 `torch.distributed.launch` also passes `--local-rank=N` (older versions `--local_rank=N`).
 Without RANK/WORLD_SIZE the run is a single process and no process group is created.
+Under torchrun the store of the rendezvous is the launcher's own, so it outlives the workers: the
+processes tell each other there why they stop (`stops_reported_once`).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import signal
+import sys
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
+
+from ..errors import INTERRUPTED_STATUS, USAGE_ERROR_STATUS, UserError, print_user_error
+
+BUG_STATUS = 1  # Python's exit status after a traceback
 
 
 @dataclass(frozen=True)
@@ -20,6 +30,7 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+    store: Optional[dist.Store] = None  # the rendezvous' key-value store, in a distributed run
 
     @property
     def is_main(self) -> bool:
@@ -41,11 +52,79 @@ def init_distributed(local_rank: Optional[int] = None) -> DistContext:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    store = None
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
-                                device_id=device if device.type == "cuda" else None)
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+        # init_method="env://" does this rendezvous itself, but would not hand on the store.
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size))
+        dist.init_process_group(backend=backend, store=dist.PrefixStore("default_pg", store), rank=rank,
+                                world_size=world_size, device_id=device if device.type == "cuda" else None)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, store=store)
+
+
+def elastic_restart_count() -> int:
+    """How often torchrun (``--max-restarts``) has restarted the workers of this run: 0 on the first start."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+@contextlib.contextmanager
+def stops_reported_once(ctx: DistContext, interrupted: Callable[[], str]) -> Iterator[None]:
+    """Runs a process's part of a run so that the terminal gets one line for why it stopped.
+
+    A user error is printed by the first rank that meets it (every rank meets the same damaged
+    checkpoint; a bad video, only the rank whose share holds it), and ends the process with status
+    2. Ctrl-C (SIGINT, which torchrun passes on to every worker) ends each process with one line,
+    ``interrupted()``: where the run can be resumed. The first process to stop records its exit
+    status in the store; a process whose collective then fails ("Connection closed by peer", the
+    only thing gloo can say) exits with that status and says nothing of its own, as a consequence.
+    Any other error keeps its traceback.
+    """
+    # A restarted group (torchrun --max-restarts) shares the launcher's store with the group before it.
+    stops = dist.PrefixStore(f"sifa_stops/restart{elastic_restart_count()}", ctx.store) if ctx.store else None
+    try:
+        yield
+    except (KeyboardInterrupt, Exception) as stop:
+        # From here on the process only reports and exits: a second Ctrl-C (the launcher passes on to each
+        # worker what the terminal sent it already) must not cut the report short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        status = (INTERRUPTED_STATUS if isinstance(stop, KeyboardInterrupt)
+                  else USAGE_ERROR_STATUS if isinstance(stop, UserError) else BUG_STATUS)
+        earlier = _earlier_stop(ctx, stops, status)
+        if status == USAGE_ERROR_STATUS:
+            digest = hashlib.sha256(str(stop).encode()).hexdigest()
+            if _first_value(stops, f"error/{digest}", str(ctx.rank)) in (None, str(ctx.rank)):
+                print_user_error(stop)
+        elif status == BUG_STATUS:
+            if earlier is None:
+                raise
+            status = earlier  # this failure is the earlier stop's consequence
+        if status == INTERRUPTED_STATUS:
+            _print_interrupted(ctx, interrupted)
+        sys.exit(status)
+
+
+def _earlier_stop(ctx: DistContext, stops: Optional[dist.Store], status: int) -> Optional[int]:
+    """Records this process's stop with its exit ``status`` unless another process stopped before it;
+    returns that process's status, or None when this one is the first."""
+    mine = f"{status} rank{ctx.rank}"
+    first = _first_value(stops, "first", mine)
+    return None if first in (None, mine) else int(first.split()[0])
+
+
+def _first_value(stops: Optional[dist.Store], key: str, value: str) -> Optional[str]:
+    """Sets ``key`` to ``value`` unless a process set it before; returns the value it holds, or None
+    without a store."""
+    if stops is None:
+        return None
+    try:
+        return stops.compare_set(key, "", value).decode()
+    except dist.DistError:  # the store is gone (outside torchrun it is rank 0's): nothing is known
+        return None
+
+
+def _print_interrupted(ctx: DistContext, interrupted: Callable[[], str]) -> None:
+    rank = f" (rank {ctx.rank})" if ctx.distributed else ""
+    print(f"interrupted{rank}: {interrupted()}", file=sys.stderr, flush=True)
 
 
 def wrap_ddp(ctx: DistContext, model: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:
