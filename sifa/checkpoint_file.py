@@ -282,4 +282,7 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
         raise CheckpointError(f"{path} {problem} ({size} bytes)") from None
     # After the read, so that a file that does not even load is described as such.
     verify_integrity(path, is_zip)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint (a dictionary of "
+                              f"named entries)")
     return checkpoint

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import (CPU, REPO_ROOT, free_port, run_command, small_training_state, subprocess_env, tiny_config,
-                     train)
+                     train, user_error)
 from sifa.checkpoint_file import CheckpointWriteError, file_sha256, load_checkpoint, remove_leftover_tmp
 from sifa.config import load_config
 from sifa.engine import checkpoint as checkpoint_module
@@ -250,6 +250,25 @@ def test_a_pickle_that_would_run_code_is_refused_as_such(tmp_path):
                                               rf"was not loaded$"):
         load_checkpoint(str(path))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, problem", [
+    ([1, 2], r"{path} holds a list, not a checkpoint"),
+    ({"model": {1: torch.zeros(1)}}, r"{path} holds no network weights: its entry 1 \(Tensor\) is not a tensor "
+                                     r"named by a string"),
+    ({"model": {"fc.weight": "text"}}, r"{path} holds no network weights: its entry 'fc\.weight' \(str\)")],
+    ids=["a list", "an int key", "a text weight"])
+def test_the_export_tools_report_a_foreign_checkpoint_in_one_line(tmp_path, capsys, content, problem):
+    from sifa.tools import export, export_weights
+
+    path = tmp_path / "current.pth"
+    torch.save(content, path)
+    problem = problem.format(path=re.escape(str(path)))
+    with user_error(capsys, problem):
+        export.main(["--config_file", str(REPO_ROOT / "sifa" / "base_config" / "default.yml"), "--checkpoint",
+                     str(path), "--format", "pt2"])
+    with user_error(capsys, problem):
+        export_weights.main(["--checkpoint", str(path)])
 
 
 class RunsShellCommand:
