@@ -46,6 +46,45 @@ def test_nan_loss_stops_training_naming_epoch_and_iteration_and_keeps_the_last_c
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
+def with_hook_on_the_last_iteration(monkeypatch, hook):
+    """Training's network calls ``hook(model)`` after the forward of the 6th (an epoch's last) iteration."""
+    real_build_model = trainer_module.build_model
+
+    def build_model(cfg, num_segments):
+        model = real_build_model(cfg, num_segments)
+        forwards = {"n": 0}
+
+        def count(module, inputs, outputs):
+            forwards["n"] += 1
+            if forwards["n"] == 6:
+                hook(model)
+
+        model.register_forward_hook(count)
+        return model
+
+    monkeypatch.setattr(trainer_module, "build_model", build_model)
+
+
+def test_an_infinite_gradient_norm_stops_training_before_the_step(tmp_path, tiny_data, monkeypatch):
+    # The loss stays finite; the classifier's gradient is infinite (as when a huge lr blew up the weights).
+    with_hook_on_the_last_iteration(monkeypatch, lambda model: model.fc.weight.register_hook(
+        lambda grad: torch.full_like(grad, float("inf"))))
+    with pytest.raises(NonFiniteLossError, match=r"^training diverged: the gradient norm is inf at epoch 1, iteration "
+                                                 r"6/6; stopped without saving this epoch, no epoch was saved"):
+        train(tiny_config(tmp_path, tiny_data), "epochs=1", "eva_inter=false")
+    assert not (tmp_path / "out" / "current.pth").exists()
+
+
+def test_an_epoch_with_infinite_batchnorm_statistics_is_not_saved(tmp_path, tiny_data, monkeypatch):
+    # Training normalises with each batch's statistics: the loss and gradients stay finite. (Through .data:
+    # the backward of the forward just run checks that its saved tensors have not changed.)
+    with_hook_on_the_last_iteration(monkeypatch, lambda model: model.bn1.running_var.data.fill_(float("inf")))
+    with pytest.raises(NonFiniteLossError, match=r"^training diverged: after epoch 1, model\.bn1\.running_var hold "
+                                                 r"NaN or infinite values; stopped without saving this epoch"):
+        train(tiny_config(tmp_path, tiny_data), "epochs=1", "eva_inter=false")
+    assert not (tmp_path / "out" / "current.pth").exists()
+
+
 def test_fp16_steps_the_gradient_scaler_skips_are_not_errors(tmp_path, tiny_data):
     # fp16 autocast on the CPU (a GPU run's path, slowly): loss_weight 1e35 times the scaler's initial 65536
     # overflows float32, so the scaled gradients are infinite and the scaler skips steps, halving its scale.
