@@ -5,8 +5,9 @@ Two formats, told apart by the file name: PyTorch's (``.pth`` and any other name
 :func:`load_checkpoint` reads a PyTorch file weights-only, without running pickled code; a safetensors
 file holds ``model`` (the tensors) and the plain data beside them as JSON in its metadata, and reads
 back as the same dictionary. A SHA-256 file beside each (``<digest>  <file name>``: ``sha256sum -c``
-checks it from the checkpoint's folder) lets the loader tell a damaged file; a PyTorch file without one
-(copied alone) is checked against the CRC-32 its zip archive stores for every member. Files are written
+checks it from the checkpoint's folder) lets the loader tell a damaged file; a file copied without it is
+checked against the CRC-32 its zip archive (PyTorch's format) stores for every member, or against the
+SHA-256 of its tensors in its metadata (safetensors). Files are written
 to a .tmp, flushed and renamed, so a kill or a full disk never replaces a good file with a partial one.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ ZIP_MAGIC = b"PK\x03\x04"  # how the files of torch.save begin
 _REFUSED_GLOBAL = re.compile(r"unsupported global:? (?:GLOBAL )?([\w.]+)", re.IGNORECASE)
 TMP = ".tmp"
 SAFETENSORS = ".safetensors"
+TENSORS_SHA256 = "tensors_sha256"  # the metadata entry of a safetensors file that checks its tensors
 
 
 class CheckpointWriteError(UserError, OSError):
@@ -138,7 +140,18 @@ def _safetensors_bytes(obj: Mapping[str, Any], path: str) -> bytes:
     # copies: safetensors refuses tensors that share storage, as tied or cloned state-dict entries may
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in obj["model"].items()}
     metadata = {key: json.dumps(value) for key, value in obj.items() if key != "model"}
+    metadata[TENSORS_SHA256] = _tensors_sha256(tensors)
     return save(tensors, metadata=metadata)
+
+
+def _tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """The SHA-256 of the names and bytes of ``tensors``: a safetensors file copied without its SHA-256 file
+    still checks its own tensors with it."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(key.encode())
+        digest.update(tensors[key].contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _metadata_value(text: str) -> Any:
@@ -244,6 +257,11 @@ def _load_safetensors(path: str | os.PathLike, size: int) -> Dict[str, Any]:
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except SafetensorError as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({size} bytes): {e}") from None
+    stored_digest = metadata.pop(TENSORS_SHA256, None)
+    # Files of other writers hold no such entry; the SHA-256 file, when there is one, checks the whole file.
+    if not verify_checksum(path) and stored_digest and stored_digest != _tensors_sha256(tensors):
+        raise CheckpointError(f"{path} is damaged: its tensors do not match the SHA-256 stored in its metadata (it "
+                              f"has no SHA-256 file {checksum_path(path)})")
     return {"model": tensors, **{key: _metadata_value(value) for key, value in metadata.items()}}
 
 
@@ -259,9 +277,7 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the save that wrote it did not finish")
     if is_safetensors(path):
-        checkpoint = _load_safetensors(path, size)
-        verify_checksum(path)
-        return checkpoint
+        return _load_safetensors(path, size)
     with open(path, "rb") as f:
         is_zip = f.read(4) == ZIP_MAGIC
     try:

@@ -17,6 +17,7 @@ from helpers import (CPU, REPO_ROOT, free_port, run_command, small_training_stat
 from sifa.checkpoint_file import CheckpointWriteError, file_sha256, load_checkpoint, remove_leftover_tmp
 from sifa.config import load_config
 from sifa.engine import checkpoint as checkpoint_module
+from sifa.engine.checkpoint import save_weights
 from sifa.engine import trainer as trainer_module
 from sifa.engine.trainer import NonFiniteLossError, Trainer
 from sifa.errors import CheckpointError, CheckpointMismatchError, ConfigError
@@ -277,6 +278,19 @@ def test_a_checkpoint_without_its_checksum_file_is_checked_against_its_zip_crcs(
     flip_tensor_byte(path)
     with pytest.raises(CheckpointError, match=rf"^{path} is damaged: its member \w+/data/0 does not match the "
                                               rf"CRC-32 stored for it \(it has no SHA-256 file {path}\.sha256\)$"):
+        load_checkpoint(str(path))
+
+
+def test_a_safetensors_file_without_its_checksum_file_checks_its_tensors(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_weights(str(path), torch.nn.Linear(4, 2).state_dict(), epoch=1)
+    os.remove(str(path) + ".sha256")  # copied alone
+    assert load_checkpoint(str(path)).keys() == {"model", "epoch"}
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the data section ends the file
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"^{path} is damaged: its tensors do not match the SHA-256 stored in "
+                                              rf"its metadata \(it has no SHA-256 file {path}\.sha256\)$"):
         load_checkpoint(str(path))
 
 
