@@ -106,7 +106,7 @@ def remove_checkpoint(path: str) -> None:
 
 
 def non_finite_entries(state: Any, name: str = "") -> List[str]:
-    """The names (``model.bn1.running_var``, ``optimizer.state.3.momentum_buffer``) of the floating-point
+    """The names (``model.bn1.running_var``, ``optimizer.3.momentum_buffer``) of the floating-point
     tensors in ``state`` (nested dicts and lists) that hold a NaN or an infinity."""
     if isinstance(state, torch.Tensor):
         return [name] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
