@@ -1,19 +1,23 @@
 """Training and checkpoints under faults: divergence, bad checkpoints, kills and full disks."""
 import errno
 import os
+import re
 import subprocess
 import sys
+import struct
 import textwrap
 import time
+import zipfile
 
 import pytest
 import torch
 
 from helpers import (CPU, REPO_ROOT, free_port, run_command, small_training_state, subprocess_env, tiny_config,
-                     train)
+                     train, user_error)
 from sifa.checkpoint_file import CheckpointWriteError, file_sha256, load_checkpoint, remove_leftover_tmp
 from sifa.config import load_config
 from sifa.engine import checkpoint as checkpoint_module
+from sifa.engine.checkpoint import save_weights
 from sifa.engine import trainer as trainer_module
 from sifa.engine.trainer import NonFiniteLossError, Trainer
 from sifa.errors import CheckpointError, CheckpointMismatchError, ConfigError
@@ -41,6 +45,45 @@ def test_nan_loss_stops_training_naming_epoch_and_iteration_and_keeps_the_last_c
     saved = load_checkpoint(str(tmp_path / "out" / "current.pth"))
     assert saved["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def with_hook_on_the_last_iteration(monkeypatch, hook):
+    """Training's network calls ``hook(model)`` after the forward of the 6th (an epoch's last) iteration."""
+    real_build_model = trainer_module.build_model
+
+    def build_model(cfg, num_segments):
+        model = real_build_model(cfg, num_segments)
+        forwards = {"n": 0}
+
+        def count(module, inputs, outputs):
+            forwards["n"] += 1
+            if forwards["n"] == 6:
+                hook(model)
+
+        model.register_forward_hook(count)
+        return model
+
+    monkeypatch.setattr(trainer_module, "build_model", build_model)
+
+
+def test_an_infinite_gradient_norm_stops_training_before_the_step(tmp_path, tiny_data, monkeypatch):
+    # The loss stays finite; the classifier's gradient is infinite (as when a huge lr blew up the weights).
+    with_hook_on_the_last_iteration(monkeypatch, lambda model: model.fc.weight.register_hook(
+        lambda grad: torch.full_like(grad, float("inf"))))
+    with pytest.raises(NonFiniteLossError, match=r"^training diverged: the gradient norm is inf at epoch 1, iteration "
+                                                 r"6/6; stopped without saving this epoch, no epoch was saved"):
+        train(tiny_config(tmp_path, tiny_data), "epochs=1", "eva_inter=false")
+    assert not (tmp_path / "out" / "current.pth").exists()
+
+
+def test_an_epoch_with_infinite_batchnorm_statistics_is_not_saved(tmp_path, tiny_data, monkeypatch):
+    # Training normalises with each batch's statistics: the loss and gradients stay finite. (Through .data:
+    # the backward of the forward just run checks that its saved tensors have not changed.)
+    with_hook_on_the_last_iteration(monkeypatch, lambda model: model.bn1.running_var.data.fill_(float("inf")))
+    with pytest.raises(NonFiniteLossError, match=r"^training diverged: after epoch 1, model\.bn1\.running_var hold "
+                                                 r"NaN or infinite values; stopped without saving this epoch"):
+        train(tiny_config(tmp_path, tiny_data), "epochs=1", "eva_inter=false")
+    assert not (tmp_path / "out" / "current.pth").exists()
 
 
 def test_fp16_steps_the_gradient_scaler_skips_are_not_errors(tmp_path, tiny_data):
@@ -125,35 +168,62 @@ def test_a_kill_during_a_save_keeps_the_reported_checkpoint(tmp_path):
                                             "current.pth.sha256"]
 
 
-def test_a_kill_between_checkpoint_and_checksum_renames_is_completed_at_start(tmp_path):
+def test_a_kill_between_checkpoint_and_checksum_renames_leaves_an_intact_checkpoint(tmp_path):
     small_training_state(tmp_path, 1)
     current = tmp_path / "current.pth"
     # Epoch 2's file is in place, its checksum still pending: as a kill between the two renames leaves it.
     small_training_state(tmp_path / "..", 2)
     os.replace(tmp_path / ".." / "current.pth", current)
     (tmp_path / "current.pth.sha256.tmp").write_text(f"{file_sha256(current)}  current.pth\n")
-    with pytest.raises(CheckpointError, match="does not match the SHA-256"):
-        load_checkpoint(str(current))
+    assert load_checkpoint(str(current))["epoch"] == 2  # e.g. --eval_only on it before any run completes it
     assert remove_leftover_tmp(str(tmp_path)) == []
     assert load_checkpoint(str(current))["epoch"] == 2
+    # The pending checksum vouches for its own file only.
+    (tmp_path / "current.pth.sha256.tmp").write_text(f"{file_sha256(current)}  current.pth\n")
+    damage(current, "flipped byte")
+    with pytest.raises(CheckpointError, match="does not match the SHA-256"):
+        load_checkpoint(str(current))
 
 
-def test_a_full_disk_names_the_path_and_free_space_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    small_training_state(tmp_path, 1)
+def disk_full_as_oserror(obj, f):
+    f.write(b"PK\x03\x04" + bytes(1000))
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    def disk_full(obj, f):
-        f.write(b"PK\x03\x04" + bytes(1000))
+
+def disk_full_as_torch_reports_it(obj, f):
+    """torch.save's writer meets the OSError and raises its own RuntimeError while that one unwinds."""
+    f.write(b"PK\x03\x04" + bytes(1000))
+    try:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    finally:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+
+@pytest.mark.parametrize("failing_save", [disk_full_as_oserror, disk_full_as_torch_reports_it])
+def test_a_full_disk_names_the_folder_and_space_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
+                                                                                   failing_save):
+    small_training_state(tmp_path, 1)
+    monkeypatch.setattr(checkpoint_module.torch, "save", failing_save)
     with pytest.raises(CheckpointWriteError) as err:
         small_training_state(tmp_path, 2)
     message = str(err.value)
-    assert f"cannot write checkpoint {tmp_path / 'current.pth'}: No space left on device" in message
-    assert "MiB free on its file system" in message and "previous checkpoint there is kept" in message
+    assert message.startswith(f"cannot write checkpoint {tmp_path / 'current.pth'}: No space left on device "
+                              f"({tmp_path} has "), message
+    assert re.search(r"MiB free, the file needs about \d+\.\d MiB\); the partial file was removed and the "
+                     r"previous checkpoint there is kept$", message), message
     monkeypatch.undo()
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
     assert load_checkpoint(str(tmp_path / "current.pth"))["epoch"] == 1
+
+
+def test_other_errors_of_a_save_are_not_called_a_full_disk(tmp_path, monkeypatch):
+    def bug(obj, f):
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", bug)
+    with pytest.raises(RuntimeError, match="^a bug in the writer$"):
+        small_training_state(tmp_path, 1)
+    assert os.listdir(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------------- damaged checkpoints
@@ -187,6 +257,79 @@ def test_a_damaged_checkpoint_gets_one_message_naming_file_and_problem(tmp_path,
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(str(path))
     assert str(err.value).startswith(f"{path} {DAMAGE[kind]}") and "weights_only" not in str(err.value)
+
+
+def flip_tensor_byte(path):
+    """Flips a bit of the first tensor's data inside the zip archive of torch.save (not its padding)."""
+    with zipfile.ZipFile(path) as archive:
+        member = next(info for info in archive.infolist() if info.filename.endswith("/data/0"))
+    data = bytearray(path.read_bytes())
+    # local header: 30 bytes, then the name and the extra field whose lengths it states at bytes 26 and 28
+    name_length, extra_length = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+    data[member.header_offset + 30 + name_length + extra_length] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_without_its_checksum_file_is_checked_against_its_zip_crcs(tmp_path):
+    path = tmp_path / "current.pth"
+    small_training_state(tmp_path, 1)
+    os.remove(str(path) + ".sha256")  # copied alone
+    assert load_checkpoint(str(path))["epoch"] == 1
+    flip_tensor_byte(path)
+    with pytest.raises(CheckpointError, match=rf"^{path} is damaged: its member \w+/data/0 does not match the "
+                                              rf"CRC-32 stored for it \(it has no SHA-256 file {path}\.sha256\)$"):
+        load_checkpoint(str(path))
+
+
+def test_a_safetensors_file_without_its_checksum_file_checks_its_tensors(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_weights(str(path), torch.nn.Linear(4, 2).state_dict(), epoch=1)
+    os.remove(str(path) + ".sha256")  # copied alone
+    assert load_checkpoint(str(path)).keys() == {"model", "epoch"}
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the data section ends the file
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"^{path} is damaged: its tensors do not match the SHA-256 stored in "
+                                              rf"its metadata \(it has no SHA-256 file {path}\.sha256\)$"):
+        load_checkpoint(str(path))
+
+
+def test_a_pickle_that_would_run_code_is_refused_as_such(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "payload": RunsShellCommand(f"touch {marker}")}, path)
+    with pytest.raises(CheckpointError, match=rf"^{path} holds Python objects other than tensors and plain data "
+                                              rf"\(it names posix\.system, code that unpickling would run\): it "
+                                              rf"was not loaded$"):
+        load_checkpoint(str(path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, problem", [
+    ([1, 2], r"{path} holds a list, not a checkpoint"),
+    ({"model": {1: torch.zeros(1)}}, r"{path} holds no network weights: its entry 1 \(Tensor\) is not a tensor "
+                                     r"named by a string"),
+    ({"model": {"fc.weight": "text"}}, r"{path} holds no network weights: its entry 'fc\.weight' \(str\)")],
+    ids=["a list", "an int key", "a text weight"])
+def test_the_export_tools_report_a_foreign_checkpoint_in_one_line(tmp_path, capsys, content, problem):
+    from sifa.tools import export, export_weights
+
+    path = tmp_path / "current.pth"
+    torch.save(content, path)
+    problem = problem.format(path=re.escape(str(path)))
+    with user_error(capsys, problem):
+        export.main(["--config_file", str(REPO_ROOT / "sifa" / "base_config" / "default.yml"), "--checkpoint",
+                     str(path), "--format", "pt2"])
+    with user_error(capsys, problem):
+        export_weights.main(["--checkpoint", str(path)])
+
+
+class RunsShellCommand:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
 
 
 def test_damaged_checkpoints_for_resume_eval_only_and_pretrained(tmp_path, tiny_data):

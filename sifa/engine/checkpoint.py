@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 import random
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
 
-from ..checkpoint_file import (checksum_path, copy_checkpoint_file, load_checkpoint, remove_if_present,
+from ..checkpoint_file import (checksum_path, copy_checkpoint_file, file_sha256, load_checkpoint, remove_if_present,
                                save_checkpoint_file)
 from ..errors import CheckpointError
 
@@ -59,8 +59,7 @@ def remove_old_epoch_checkpoints(output_dir: str, keep_last: int) -> List[str]:
     removed = []
     for epoch in saved_epochs(output_dir)[:-keep_last] if keep_last > 0 else []:
         path = os.path.join(output_dir, epoch_checkpoint_name(epoch))
-        remove_if_present(checksum_path(path))
-        os.remove(path)
+        remove_checkpoint(path)
         removed.append(path)
     return removed
 
@@ -92,10 +91,41 @@ def newest_intact_epoch_checkpoint(output_dir: str) -> Optional[str]:
     return None
 
 
+def run_checkpoints(output_dir: str) -> List[str]:
+    """The checkpoints a training run left in ``output_dir``: current.pth, best.pth and ckpt_epoch_N.pth."""
+    if not os.path.isdir(output_dir):
+        return []
+    return [name for name in (CURRENT, BEST) if os.path.isfile(os.path.join(output_dir, name))] + \
+        [epoch_checkpoint_name(epoch) for epoch in saved_epochs(output_dir)]
+
+
+def remove_checkpoint(path: str) -> None:
+    """Remove a checkpoint and its SHA-256 file."""
+    remove_if_present(checksum_path(path))
+    os.remove(path)
+
+
+def non_finite_entries(state: Any, name: str = "") -> List[str]:
+    """The names (``model.bn1.running_var``, ``optimizer.3.momentum_buffer``) of the floating-point
+    tensors in ``state`` (nested dicts and lists) that hold a NaN or an infinity."""
+    if isinstance(state, torch.Tensor):
+        return [name] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, Mapping):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    return [found for key, value in items for found in non_finite_entries(value, f"{name}.{key}" if name else str(key))]
+
+
 def save_checkpoint(output_dir: str, epoch: int, save_freq: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Optional[torch.amp.GradScaler],
-                    rng_states: List[Dict[str, Any]], config: Dict[str, Any]) -> str:
-    """Write current.pth, and ckpt_epoch_{epoch}.pth when epoch is a multiple of save_freq."""
+                    rng_states: List[Dict[str, Any]], config: Dict[str, Any], validation_due: bool = False) -> str:
+    """Write current.pth, and ckpt_epoch_{epoch}.pth when epoch is a multiple of save_freq.
+
+    ``validation_due``: the epoch's validation comes after this save; a run resumed from it runs the
+    validation when the output folder has no result for the epoch (a kill or an error stopped it)."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -104,12 +134,24 @@ def save_checkpoint(output_dir: str, epoch: int, save_freq: int, model: torch.nn
         "epoch": epoch,
         "rng": rng_states,
         "config": config,
+        "validation_due": validation_due,
     }
     current = os.path.join(output_dir, CURRENT)
     digest = save_checkpoint_file(state, current)
     if epoch % save_freq == 0:
         copy_checkpoint_file(current, os.path.join(output_dir, epoch_checkpoint_name(epoch)), digest)
     return current
+
+
+def restore_epoch_checkpoint(output_dir: str, epoch: int, save_freq: int) -> Optional[str]:
+    """Copy current.pth (saved after ``epoch``) to ckpt_epoch_{epoch}.pth when save_freq asks for that file and
+    it is missing (a kill interrupted its copy); returns its path when it was made."""
+    path = os.path.join(output_dir, epoch_checkpoint_name(epoch))
+    if epoch % save_freq or os.path.isfile(path):
+        return None
+    current = os.path.join(output_dir, CURRENT)
+    copy_checkpoint_file(current, path, file_sha256(current))
+    return path
 
 
 def resume_path(resume: Any, output_dir: str) -> Optional[str]:

@@ -9,7 +9,7 @@ import os
 import time
 import warnings
 from types import SimpleNamespace
-from typing import Any, List, Optional
+from typing import Any, List, Mapping, Optional, Tuple
 
 import torch
 import yaml
@@ -25,8 +25,9 @@ from ..models.build import build_model, freeze_bn, load_network, load_pretrained
 from ..checkpoint_file import atomic_write_text, load_checkpoint, remove_leftover_tmp
 from ..errors import CheckpointError
 from ..models.weights import load_weights
-from .checkpoint import (BEST, CURRENT, capture_rng_state, newest_intact_epoch_checkpoint, remove_old_epoch_checkpoints,
-                         kept_checkpoints, restore_rng_state, resume_path, save_checkpoint, save_weights)
+from .checkpoint import (BEST, CURRENT, capture_rng_state, kept_checkpoints, newest_intact_epoch_checkpoint,
+                         non_finite_entries, remove_checkpoint, remove_old_epoch_checkpoints, restore_epoch_checkpoint,
+                         restore_rng_state, resume_path, run_checkpoints, save_checkpoint, save_weights)
 from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks, wrap_ddp
 from .evaluate import EvalResult, class_report, evaluate, plot_confusion
 from .optim import build_optimizer, build_scheduler, effective_batch_and_lr
@@ -42,10 +43,12 @@ EVAL_ONLY_CONFUSION_PNG = "eval_only_confusion.png"
 SKIPPED_JSON = "skipped_samples.json"  # per epoch, the samples skip_bad_samples replaced or left out
 SKIP_HINT = "; with skip_bad_samples: true such samples are replaced (training) or left out (evaluation)"
 EPOCH_UNKNOWN = -1  # the TensorBoard step of an --eval_only result whose checkpoint does not say its epoch
+SHOWN_ENTRIES = 4  # non-finite checkpoint entries named in a message before "(and N more)"
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss (it diverged); nothing of that epoch is saved."""
+    """Training diverged: a NaN or infinite loss, gradient norm, weight or statistic; nothing of that epoch
+    is saved."""
 
 
 def classification_loss(outputs: List[torch.Tensor], labels: torch.Tensor, criterion: torch.nn.Module) -> torch.Tensor:
@@ -64,6 +67,8 @@ class Trainer:
         os.makedirs(cfg.output_dir, exist_ok=True)
         barrier(ctx)
         self.logger = setup_logger(cfg.output_dir, ctx)
+        if not eval_only:
+            self._claim_output_dir()
         self.logger.info(f"configuration ({cfg.config_file} merged over its base and the defaults):\n"
                          + yaml.safe_dump(config_to_dict(cfg), sort_keys=True).rstrip())
         self.validation_seconds = 0.0  # of the last validation: the training ETA includes those to come
@@ -84,6 +89,27 @@ class Trainer:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+    def _claim_output_dir(self) -> None:
+        """A training run that does not resume replaces an earlier run's checkpoints in its output folder (and
+        its validation results, which would mix with its own) only when `overwrite` says so."""
+        cfg = self.cfg
+        if cfg.resume:
+            return
+        earlier = run_checkpoints(cfg.output_dir)
+        if earlier and not cfg.overwrite:
+            raise ConfigError(f"{cfg.output_dir} holds the checkpoints of an earlier run ({', '.join(earlier)}), "
+                              f"which resume: false would overwrite: set resume=true to continue that run, or "
+                              f"overwrite=true to train from scratch and replace them (or choose another output_dir)")
+        barrier(self.ctx)  # every rank has looked before rank 0 removes
+        if self.ctx.is_main and earlier:
+            for name in earlier:
+                remove_checkpoint(os.path.join(cfg.output_dir, name))
+            for name in (VAL_JSON, SKIPPED_JSON):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(cfg.output_dir, name))
+            self.logger.info(f"overwrite: true: removed the earlier run's {', '.join(earlier)} and validation "
+                             f"results from {cfg.output_dir}")
 
     # ----------------------------------------------------------------------------- evaluation only
     def evaluate_checkpoint(self, path: str) -> EvalResult:
@@ -170,14 +196,25 @@ class Trainer:
                 logger.info(f"removed {os.path.join(cfg.output_dir, name)}, left by an interrupted save")
         barrier(ctx)  # every rank reads the checkpoint after its pending checksum, if any, is completed
         checkpoint_path = resume_path(cfg.resume, cfg.output_dir)
+        current = os.path.join(cfg.output_dir, CURRENT)
         if cfg.resume is True and not os.path.isfile(checkpoint_path):
-            logger.info(f"resume: true, but there is no {checkpoint_path} yet: starting from scratch")
-            checkpoint_path = None
+            checkpoint_path = newest_intact_epoch_checkpoint(cfg.output_dir)
+            logger.info(f"resume: true, but there is no {current}: resuming from the newest intact epoch checkpoint "
+                        f"{checkpoint_path}" if checkpoint_path else
+                        f"resume: true, but there is no {current} yet: starting from scratch")
+        validation_due = False
         if checkpoint_path:
-            start_epoch = self._resume(checkpoint_path, model, optimizer, scheduler, scaler)
+            start_epoch, validation_due = self._resume(checkpoint_path, model, optimizer, scheduler, scaler, lr,
+                                                       iters_per_epoch)
+            if ctx.is_main and os.path.realpath(checkpoint_path) == os.path.realpath(current):
+                self._restore_epoch_checkpoint(start_epoch - 1)
         ddp = wrap_ddp(ctx, model) if ctx.distributed else None
 
         result = None
+        if validation_due and val_set is not None and not self._validated(start_epoch - 1):
+            logger.info(f"the validation of epoch {start_epoch - 1} did not finish before {checkpoint_path} was "
+                        f"resumed: it runs now")
+            result = self._validate(start_epoch - 1, model, val_set)
         for epoch in range(start_epoch, cfg.epochs + 1):
             sampler.set_epoch(epoch)
             # Data-loader workers draw their seeds from this generator: a function of the epoch only.
@@ -190,14 +227,16 @@ class Trainer:
                 self.writer.add_scalar("train/epoch_loss", loss, epoch)
             # Saved before validation, which then cannot lose the epoch; validation draws no random numbers.
             rng_states = all_gather_objects(ctx, capture_rng_state())
+            self._check_finite(epoch, model, optimizer)
+            validation_due = val_set is not None and (epoch % cfg.eva_inter_freq == 0 or epoch == cfg.epochs)
             if ctx.is_main:
                 path = save_checkpoint(cfg.output_dir, epoch, cfg.save_freq, model, optimizer, scheduler, scaler,
-                                       rng_states, config_to_dict(cfg))
+                                       rng_states, config_to_dict(cfg), validation_due)
                 logger.info(f"saved {path}")
                 for removed in remove_old_epoch_checkpoints(cfg.output_dir, cfg.keep_last):
                     logger.info(f"removed {removed} (keep_last: {cfg.keep_last})")
             barrier(ctx)
-            if val_set is not None and (epoch % cfg.eva_inter_freq == 0 or epoch == cfg.epochs):
+            if validation_due:
                 broadcast_buffers(ctx, model)
                 result = self._validate(epoch, model, val_set)
         return result
@@ -209,8 +248,42 @@ class Trainer:
         epochs, freq = self.cfg.epochs, self.cfg.eva_inter_freq
         return sum(1 for e in range(epoch, epochs + 1) if e % freq == 0 or e == epochs)
 
+    def _check_finite(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Stops training before an epoch whose weights, statistics or optimizer state hold a NaN or an infinity
+        is saved (a finite loss does not show diverged BatchNorm statistics); rank 0's state decides, as it is
+        the one saved."""
+        found = non_finite_entries({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]}) \
+            if self.ctx.is_main else None
+        found = all_gather_objects(self.ctx, found)[0]
+        if found:
+            more = f" (and {len(found) - SHOWN_ENTRIES} more)" if len(found) > SHOWN_ENTRIES else ""
+            raise NonFiniteLossError(f"training diverged: after epoch {epoch}, {', '.join(found[:SHOWN_ENTRIES])}"
+                                     f"{more} hold NaN or infinite values; stopped without saving this epoch, "
+                                     f"{self._last_checkpoint()}; lower base_learning_rate or set clip_gradient")
+
+    def _restore_epoch_checkpoint(self, epoch: int) -> None:
+        path = restore_epoch_checkpoint(self.cfg.output_dir, epoch, self.cfg.save_freq)
+        if path:
+            self.logger.info(f"recreated {path} from {CURRENT} (its copy did not finish: save_freq "
+                             f"{self.cfg.save_freq} keeps it)")
+            for removed in remove_old_epoch_checkpoints(self.cfg.output_dir, self.cfg.keep_last):
+                self.logger.info(f"removed {removed} (keep_last: {self.cfg.keep_last})")
+
+    def _validated(self, epoch: int) -> bool:
+        """Whether the output folder's VAL_JSON holds a result of ``epoch``; rank 0's file decides."""
+        path = os.path.join(self.cfg.output_dir, VAL_JSON)
+        found = None
+        if self.ctx.is_main:
+            found = False
+            if os.path.isfile(path):
+                with open(path, "r", encoding="utf-8") as f:
+                    found = any(entry["epoch"] == epoch for entry in json.load(f))
+        return all_gather_objects(self.ctx, found)[0]
+
     def _resume(self, path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                scaler: torch.amp.GradScaler) -> int:
+                scaler: torch.amp.GradScaler, lr: float, iters_per_epoch: int) -> Tuple[int, bool]:
+        """Load the checkpoint ``path``; returns the epoch to train next and whether the validation of the epoch
+        before it was due after the save."""
         cfg, ctx = self.cfg, self.ctx
         try:
             checkpoint = load_checkpoint(path)
@@ -229,10 +302,11 @@ class Trainer:
             raise CheckpointError(f"cannot resume from {path}: it was saved after epoch {checkpoint['epoch']}, "
                                   f"beyond epochs = {cfg.epochs}; raise epochs to train on")
         load_weights(model, checkpoint, strict=True, source=f"checkpoint {path}")
-        # `reverse`: checkpoints whose optimizer and scheduler entries were stored under each other's key.
-        optimizer_key, scheduler_key = ("scheduler", "optimizer") if cfg.reverse else ("optimizer", "scheduler")
-        optimizer.load_state_dict(checkpoint[optimizer_key])
-        scheduler.load_state_dict(checkpoint[scheduler_key])
+        optimizer_state, scheduler_state = self._optimizer_and_scheduler_states(path, checkpoint)
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        epoch = int(checkpoint["epoch"])
+        self._apply_configuration(path, optimizer, scheduler, lr, epoch, iters_per_epoch)
         if checkpoint.get("scaler") is not None and scaler.is_enabled():
             scaler.load_state_dict(checkpoint["scaler"])
         rng = checkpoint.get("rng") or []
@@ -241,10 +315,53 @@ class Trainer:
         else:
             self.logger.warning(f"{path} holds RNG states of {len(rng)} process(es), this run has {ctx.world_size}: "
                                 f"random draws will differ from an uninterrupted run")
-        self.logger.info(f"resumed from {path} (epoch {checkpoint['epoch']})")
-        if int(checkpoint["epoch"]) == cfg.epochs:
+        self.logger.info(f"resumed from {path} (epoch {epoch})")
+        if epoch == cfg.epochs:
             self.logger.info(f"the checkpoint is of the last epoch ({cfg.epochs}): nothing left to train")
-        return int(checkpoint["epoch"]) + 1
+        return epoch + 1, bool(checkpoint.get("validation_due"))
+
+    def _optimizer_and_scheduler_states(self, path: str, checkpoint: Mapping[str, Any]) -> Tuple[Any, Any]:
+        """The optimizer's and the scheduler's entries of a checkpoint; `reverse` reads checkpoints that stored
+        them under each other's key, and a `reverse` that does not fit the file is named."""
+        holds_optimizer = {key: isinstance(checkpoint[key], Mapping) and "param_groups" in checkpoint[key]
+                           for key in ("optimizer", "scheduler")}
+        if self.cfg.reverse and holds_optimizer["optimizer"]:
+            raise CheckpointError(f"cannot resume from {path}: reverse is true, but it holds its optimizer state "
+                                  f"under 'optimizer', as usual: set reverse=false")
+        if not self.cfg.reverse and holds_optimizer["scheduler"]:
+            raise CheckpointError(f"cannot resume from {path}: it holds its optimizer state under 'scheduler' and "
+                                  f"its scheduler's under 'optimizer' (as some of the original's checkpoints do): "
+                                  f"set reverse=true")
+        optimizer_key, scheduler_key = ("scheduler", "optimizer") if self.cfg.reverse else ("optimizer", "scheduler")
+        if not holds_optimizer[optimizer_key]:
+            raise CheckpointError(f"cannot resume from {path}: its '{optimizer_key}' entry holds no optimizer state "
+                                  f"(no param_groups)")
+        return checkpoint[optimizer_key], checkpoint[scheduler_key]
+
+    def _apply_configuration(self, path: str, optimizer: torch.optim.Optimizer, scheduler: Any, lr: float,
+                             epoch: int, iters_per_epoch: int) -> None:
+        """Training resumed from ``path`` (saved after ``epoch``) goes on with this configuration's learning rate,
+        weight decay and momentum, at the place of the schedule that ``epoch`` reaches with this run's iterations
+        per epoch (another batch size or process count changes them); each difference is logged."""
+        cfg = self.cfg
+        position = epoch * iters_per_epoch
+        saved = optimizer.param_groups[0]
+        for name, saved_value, value in (("learning rate (after warm-up)", scheduler.base_lrs[0], lr),
+                                         ("weight_decay", saved["weight_decay"], cfg.weight_decay),
+                                         ("momentum", saved["momentum"], cfg.momentum),
+                                         ("nesterov", saved["nesterov"], cfg.nesterov)):
+            if saved_value != value:
+                self.logger.info(f"resume: {name} {value} (this configuration), not {saved_value} ({path})")
+        if scheduler.last_epoch != position:
+            self.logger.info(f"resume: the schedule goes on from iteration {position} (epoch {epoch} x "
+                             f"{iters_per_epoch} iterations), not {scheduler.last_epoch} ({path}): the iterations "
+                             f"per epoch changed with the batch size or the process count")
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        scheduler.last_epoch = position
+        # What LambdaLR's step sets, from the configuration's values: unchanged ones give the same bits.
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group.update(initial_lr=lr, lr=lr * factor(position), weight_decay=cfg.weight_decay,
+                         momentum=cfg.momentum, nesterov=cfg.nesterov)
 
     def _train_epoch(self, epoch: int, loader: DataLoader, network: torch.nn.Module, model: torch.nn.Module,
                      frozen_norms: List[torch.nn.Module], optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -302,6 +419,12 @@ class Trainer:
                         [p.grad for p in trainable if p.grad is not None]).item()
                 if self.writer is not None:
                     self.writer.add_scalar("train/grad_norm", grad_norm, (epoch - 1) * iters + idx)
+                # A finite loss can have infinite gradients; under fp16 the GradScaler skips such a step.
+                if not math.isfinite(grad_norm) and not scaler.is_enabled():
+                    raise NonFiniteLossError(f"training diverged: the gradient norm is {grad_norm} at epoch {epoch}, "
+                                             f"iteration {idx + 1}/{iters}; stopped without saving this epoch, "
+                                             f"{self._last_checkpoint()}; lower base_learning_rate or set "
+                                             f"clip_gradient")
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)

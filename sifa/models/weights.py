@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from torch import Tensor, nn
 
-from ..errors import CheckpointMismatchError
+from ..errors import CheckpointError, CheckpointMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +19,18 @@ StateDict = Dict[str, Tensor]
 SHOWN_KEYS = 8  # keys named in a mismatch message before "(and N more)"
 
 
-def state_dict_of(checkpoint: Mapping[str, Any]) -> StateDict:
-    """The network weights of a checkpoint in any of the layouts above, without the ``module.`` prefix."""
+def state_dict_of(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> StateDict:
+    """The network weights of a checkpoint in any of the layouts above, without the ``module.`` prefix.
+
+    Weights that are not tensors named by strings (a damaged or foreign file) are a CheckpointError naming
+    ``source``."""
     for key in ("model", "state_dict"):
         if isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
+    for key, value in checkpoint.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise CheckpointError(f"{source} holds no network weights: its entry {key!r} "
+                                  f"({type(value).__name__}) is not a tensor named by a string")
     return {key.removeprefix("module."): value for key, value in checkpoint.items()}
 
 
@@ -62,7 +69,7 @@ def load_weights(model: nn.Module, checkpoint: Mapping[str, Any], strict: bool =
     CheckpointMismatchError naming the keys, with ``source`` (e.g. the file) in its message.
     """
     skip = tuple(skip)
-    state = {k: v for k, v in state_dict_of(checkpoint).items() if not k.endswith(skip)}
+    state = {k: v for k, v in state_dict_of(checkpoint, source).items() if not k.endswith(skip)}
     expected = {k: v for k, v in model.state_dict().items() if not k.endswith(skip)}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -32,7 +32,7 @@ def export_weights(checkpoint: str, out: str) -> str:
     info = {key: content[key] for key in KEPT_INFO if isinstance(content.get(key), (int, float, dict))}
     if "config" not in info:
         logger.warning("%s holds no config of this code: %s cannot rebuild its network alone", checkpoint, out)
-    return save_weights(out, state_dict_of(content), **info)
+    return save_weights(out, state_dict_of(content, checkpoint), **info)
 
 
 def main(argv: Optional[List[str]] = None) -> str:
