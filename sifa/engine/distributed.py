@@ -57,7 +57,10 @@ def init_distributed(local_rank: Optional[int] = None) -> DistContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         # init_method="env://" does this rendezvous itself, but would not hand on the store.
         store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world_size))
-        dist.init_process_group(backend=backend, store=dist.PrefixStore("default_pg", store), rank=rank,
+        # The launcher's store keeps the keys of a group torchrun restarted (--max-restarts): the
+        # group's own prefix keeps a restarted rank from reading the killed process's address there.
+        group_keys = dist.PrefixStore(f"default_pg/restart{elastic_restart_count()}", store)
+        dist.init_process_group(backend=backend, store=group_keys, rank=rank,
                                 world_size=world_size, device_id=device if device.type == "cuda" else None)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device, store=store)
 
