@@ -223,3 +223,64 @@ def test_loading_a_setting_imports_neither_the_networks_nor_the_operator():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def alias_bomb(levels):
+    """A YAML list whose level i repeats level i - 1 nine times through an alias: 9**levels values, a few lines."""
+    anchors = ["&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]"
+                                                    for i in range(1, levels)]
+    return "[" + ", ".join(anchors) + "]"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_and_a_message_shows_a_bounded_value(tmp_path):
+    small = tmp_path / "small.yml"
+    small.write_text(f"sampler:\n  clip_length: {alias_bomb(4)}\n")  # 8000 values: within the bound
+    with pytest.raises(ConfigError, match=r"small\.yml: key 'clip_length' must be of type int, got list") as err:
+        load_config(small)
+    assert len(str(err.value)) < 300
+    big = tmp_path / "big.yml"
+    big.write_text(f"sampler:\n  clip_length: {alias_bomb(7)}\n")  # 5.3 million values
+    with pytest.raises(ConfigError, match=r"big\.yml: invalid YAML: the document expands to more than 10000 values"):
+        load_config(big)
+    with pytest.raises(ConfigError, match=r"--opts: cannot read the value of 'sifa_kernel': the document expands"):
+        load_config(write(tmp_path / "exp.yml", {}), [f"sifa_kernel={alias_bomb(7)}"])
+
+
+def test_yaml_merge_key_merges_and_the_keys_written_beside_it_win(tmp_path):
+    exp = tmp_path / "exp.yml"
+    exp.write_text("sampler:\n  <<: {batch_size: 4, clip_length: 8}\n  batch_size: 3\n")
+    cfg = load_config(exp)
+    assert (cfg.batch_size, cfg.clip_length) == (3, 8)
+
+
+def test_an_empty_section_sets_nothing(tmp_path):
+    exp = tmp_path / "exp.yml"
+    exp.write_text("SIFA:\n  # sifa_kernel: [1, 3, 3, 3]\nsampler:\n  batch_size: 3\n")
+    assert load_config(exp).batch_size == 3
+    exp.write_text("SIFA: 3\n")
+    with pytest.raises(ConfigError, match=r"exp\.yml: section 'SIFA' must hold keys \(e\.g\. sifa_kernel: \.\.\.\), "
+                                          r"got 3"):
+        load_config(exp)
+
+
+def test_a_config_path_that_is_a_folder_or_not_utf8_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=rf"cannot read config file {tmp_path}: Is a directory"):
+        load_config(tmp_path)
+    exp = tmp_path / "exp.yml"
+    exp.write_bytes("sampler:\n  batch_size: 3\noutput_dir: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"exp\.yml, line 3: byte 0xe9 is not UTF-8 text; a config file must be "
+                                          r"UTF-8"):
+        load_config(exp)
+    base = tmp_path / "base.yml"
+    base.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match=r"base\.yml, line 1: byte 0xff"):
+        load_config(write(exp, {"base": str(base)}))
+
+
+def test_invalid_yaml_is_one_line_naming_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("dataset:\n  crop_size: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yml: invalid YAML: while parsing a flow sequence: .* "
+                                          r"\(line 3, column 1\)") as err:
+        load_config(bad)
+    assert "\n" not in str(err.value)

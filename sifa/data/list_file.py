@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from ..errors import UserError
+from ..user_files import read_text
 
 
 class ListFileError(UserError, ValueError):
@@ -29,21 +30,9 @@ class VideoRecord:
 
 
 def read_text_lines(path: str | os.PathLike, kind: str) -> List[str]:
-    """The lines of a UTF-8 text file (a leading byte-order mark is dropped); a missing file or bytes that
-    are not UTF-8 (Latin-1, binary) raise a ListFileError naming the file, the line and ``kind``."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ListFileError(f"{kind} not found: {path}") from None
-    try:
-        # utf-8-sig: editors on Windows start files with a BOM, which would become part of the first path.
-        return data.decode("utf-8-sig").splitlines()
-    except UnicodeDecodeError as err:
-        undecoded = err.object  # the bytes after a byte-order mark, which err.start counts in
-        line = undecoded[:err.start].count(b"\n") + 1
-        raise ListFileError(f"{path}, line {line}: byte 0x{undecoded[err.start]:02x} is not UTF-8 text; a {kind} "
-                            f"must be UTF-8 (re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8)") from None
+    """The lines of a UTF-8 text file; a missing file, a folder or bytes that are not UTF-8 raise a ListFileError
+    naming the file, the line and ``kind``."""
+    return read_text(path, kind, ListFileError).splitlines()
 
 
 def read_list_file(list_file: str | os.PathLike, num_classes: Optional[int] = None) -> List[VideoRecord]:
