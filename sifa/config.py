@@ -63,7 +63,9 @@ _POSITIVE = ("crop_size", "eva_crop_size", "num_classes", "epochs", "num_clips",
              "iter_size", "print_freq", "save_freq", "eva_inter_freq", "warmup_multiplier",
              "synthetic_frames", "synthetic_size")
 _NON_NEGATIVE = ("num_workers", "warmup_epoch", "ra_n", "weight_decay", "clip_gradient", "reference_batch",
-                 "keep_last", "synthetic_videos_per_class", "synthetic_val_videos_per_class")
+                 "keep_last", "synthetic_videos_per_class", "synthetic_val_videos_per_class", "synthetic_seed")
+SEEDS = 2**32  # NumPy's seeds are below this (each rank adds its rank, modulo this)
+MAX_SYNTHETIC_VIDEO_BYTES = 2**30  # a synthetic video is drawn in memory
 # Values of a document with every alias written out: a setting holds about a hundred; more is an alias bomb.
 MAX_DOCUMENT_VALUES = 10_000
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -293,15 +295,25 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
         fail("momentum", f"must lie in [0, 1), got {shown(cfg['momentum'])}")
     if not cfg["output_dir"].strip():
         fail("output_dir", "is empty: checkpoints and logs need a folder")
+    if not 0 <= cfg["seed"] < SEEDS:
+        fail("seed", f"must lie in [0, 2**32) (NumPy's seeds), got {shown(cfg['seed'])}")
+    video_bytes = cfg["synthetic_frames"] * cfg["synthetic_size"] ** 2 * 3
+    if video_bytes > MAX_SYNTHETIC_VIDEO_BYTES:
+        fail("synthetic_frames", f"({shown(cfg['synthetic_frames'])}) of {cfg['synthetic_size']}² RGB pixels make "
+                                 f"synthetic videos of {video_bytes / 2**30:.3g} GiB each, drawn in memory: at most "
+                                 f"{MAX_SYNTHETIC_VIDEO_BYTES // 2**30} GiB")
 
 
 def check_run_inputs(cfg: SimpleNamespace, eval_checkpoint: Optional[str] = None) -> None:
-    """What a run reads, checked before any process group or data loading: training (``eval_checkpoint``
-    None) needs list_file, and eva_list_file when eva_inter; evaluation needs eva_list_file and a
-    checkpoint (``eval_checkpoint``, or eva_model when that is empty)."""
+    """What a run reads and writes, checked before any process group or data loading: output_dir must take files
+    (it is made if absent); training (``eval_checkpoint`` None) needs list_file, and eva_list_file when eva_inter;
+    evaluation needs eva_list_file and a checkpoint (``eval_checkpoint``, or eva_model when that is empty)."""
     def fail(message: str) -> None:
         raise ConfigError(f"{cfg.config_file}: {message}")
 
+    problem = folder_write_problem(cfg.output_dir, create=True)
+    if problem:
+        fail(f"key 'output_dir' {shown(cfg.output_dir)}: cannot write in this folder: {problem}")
     if eval_checkpoint is None:
         if not cfg.list_file:
             fail("list_file is empty: training needs a list of videos")

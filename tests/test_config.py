@@ -1,7 +1,9 @@
 """Configuration: three-layer merge, flat namespace, overrides and their errors."""
+import errno
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import pytest
 import yaml
 
 from helpers import REPO_ROOT
-from sifa.config import DEFAULT_CONFIG, IGNORED_KEYS, load_config, parse_override, save_config_json
+from sifa.config import (DEFAULT_CONFIG, IGNORED_KEYS, check_run_inputs, load_config, parse_override,
+                         save_config_json)
 from sifa.errors import ConfigError
 from sifa.models import check_model_config
 
@@ -284,3 +287,35 @@ def test_invalid_yaml_is_one_line_naming_the_file_and_line(tmp_path):
                                           r"\(line 3, column 1\)") as err:
         load_config(bad)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("time_dim=C", "key 'time_dim' is 'C' (frames concatenated along channels), but c2d_sifa_resnet50, as every "
+                   "network here, takes C×T×H×W clips"),
+    ("seed=99999999999999999999", "key 'seed' must lie in [0, 2**32)"), ("seed=-1", "key 'seed' must lie in"),
+    ("synthetic_frames=100000000000", "key 'synthetic_frames' (100000000000) of 64² RGB pixels make synthetic videos "
+                                      "of 1.14e+06 GiB each"),
+    ("synthetic_seed=-1", "key 'synthetic_seed' must not be negative")])
+def test_values_the_network_seeding_or_data_cannot_take_are_config_errors(tmp_path, override, fragment):
+    exp = write(tmp_path / "exp.yml", {})
+    with pytest.raises(ConfigError) as err:
+        check_model_config(load_config(exp, [override]))
+    assert str(err.value).startswith("--opts: " if "seed" in override or "synthetic" in override else str(exp))
+    assert fragment in str(err.value), str(err.value)
+
+
+def test_an_output_dir_that_cannot_take_files_is_a_config_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    for output_dir, reason in [(tmp_path / "file", "File exists"), (tmp_path / "file" / "run", "Not a directory"),
+                               ("out\0put", "embedded null byte")]:
+        cfg = load_config(write(tmp_path / "exp.yml", {"output_dir": str(output_dir), "list_file": "train.txt"}))
+        with pytest.raises(ConfigError, match=rf"exp\.yml: key 'output_dir' .*: cannot write in this folder: {reason}"):
+            check_run_inputs(cfg)
+    # A read-only file system: the folder exists, creating a file in it fails (root writes in any folder).
+    def read_only(**kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    cfg = load_config(write(tmp_path / "exp.yml", {"output_dir": str(tmp_path / "out"), "list_file": "train.txt"}))
+    with pytest.raises(ConfigError, match="cannot write in this folder: Read-only file system"):
+        check_run_inputs(cfg)

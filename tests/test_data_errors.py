@@ -17,7 +17,7 @@ from sifa.data.storage import frame_file_name, storage_of, write_frame_folder
 from sifa.data.transforms import EvalClipTransform, TrainClipTransform
 from sifa.engine.distributed import DistContext
 from sifa.engine.evaluate import evaluate
-from sifa.errors import InputError
+from sifa.errors import ConfigError, InputError
 from sifa.tools import prepare
 
 
@@ -225,3 +225,18 @@ def test_prepare_warns_of_truncated_videos_and_empty_frame_folders(tmp_path, cap
     assert f"warning: {tmp_path / 'labels.csv'}, line 2: frame folder {tmp_path / 'frames' / '2'} holds no .jpg " \
            f"frame; left out of the list" in capsys.readouterr().err
     assert (tmp_path / "frames.txt").read_text() == "1 3 0\n"
+
+
+def test_a_list_path_that_is_a_folder_or_a_huge_frame_count_names_the_file_and_line(tmp_path):
+    with pytest.raises(ListFileError, match=rf"cannot read list file {tmp_path}: Is a directory"):
+        read_list_file(tmp_path)
+    (tmp_path / "list.txt").write_text("a 8 0\nb 99999999999999999999 1\n")
+    with pytest.raises(ListFileError, match=r"list\.txt, line 2: number of frames must lie in \[1, 2147483647\], got "
+                                            r"99999999999999999999"):
+        read_list_file(tmp_path / "list.txt")
+
+
+def test_a_batch_larger_than_the_training_set_names_batch_size(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match=r"tiny\.yml: key 'batch_size' \(13\) is larger than the 12 training videos "
+                                          r"each of 1 process\(es\) gets"):
+        train(tiny_config(tmp_path, tiny_data), "batch_size=13")

@@ -12,6 +12,10 @@ from ..errors import UserError
 from ..user_files import read_text
 
 
+# Frame ids are drawn as 64-bit ints; a count beyond this (2.7 years at 25 fps) is a typo.
+MAX_FRAMES = 2**31 - 1
+
+
 class ListFileError(UserError, ValueError):
     """A list or class-name file that cannot be read."""
 
@@ -49,8 +53,8 @@ def read_list_file(list_file: str | os.PathLike, num_classes: Optional[int] = No
         except ValueError:
             raise ListFileError(f"{list_file}, line {number}: expected '<relative path> <number of frames> "
                                 f"<label>', got {line!r}") from None
-        if num_frames < 1:
-            raise ListFileError(f"{list_file}, line {number}: number of frames must be positive, "
+        if not 1 <= num_frames <= MAX_FRAMES:
+            raise ListFileError(f"{list_file}, line {number}: number of frames must lie in [1, {MAX_FRAMES}], "
                                 f"got {num_frames}")
         if label < 0 or (num_classes is not None and label >= num_classes):
             raise ListFileError(f"{list_file}, line {number}: label {label} outside [0, {num_classes})")

@@ -119,14 +119,17 @@ def model_options(cfg: SimpleNamespace) -> Dict[str, Any]:
 
 def check_model_config(cfg: SimpleNamespace) -> None:
     """A ConfigError naming the key when ``cfg`` asks ``cfg.net_name`` for what it does not take: an unknown
-    network, an option it lacks or a value outside its choices, SIFA kernel sizes of another design, frames
-    of a size or clip length it cannot process."""
+    network, clips laid out otherwise than C×T×H×W (time_dim), an option it lacks or a value outside its choices,
+    SIFA kernel sizes of another design, frames of a size or clip length it cannot process."""
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{cfg.config_file}: key '{key}' {message}")
 
     if cfg.net_name not in _MODELS:
         fail("net_name", f"names an unknown network {shown(cfg.net_name)}; known: {', '.join(list_models())}")
     net, spec = cfg.net_name, _MODELS[cfg.net_name].spec
+    if cfg.time_dim != "T":
+        fail("time_dim", f"is {shown(cfg.time_dim)} (frames concatenated along channels), but {net}, as every network "
+                         f"here, takes C×T×H×W clips: set time_dim: T")
     for key, value in model_options(cfg).items():
         if key in spec.options:
             if value is not None and value not in spec.options[key]:
