@@ -54,10 +54,14 @@ def check_output_folder(folder: str, option: str) -> None:
 
 
 def check_output_file(path: str, option: str) -> None:
-    """An output file of a tool: its folder must exist and take files, and it must not be a folder itself."""
+    """An output file of a tool, checked before the work: its folder must exist and take files, and it must not
+    be a folder itself."""
     if os.path.isdir(path):
-        raise InputError(f"{option} {path} is a folder: name a file to write")
+        raise InputError(f"{option} {path}: is a folder, expected a file name")
     folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        state = "is a file" if os.path.exists(folder) else "does not exist"
+        raise InputError(f"{option} {path}: folder {folder} {state}")
     problem = folder_write_problem(folder, create=False)
     if problem:
         raise InputError(f"{option} {path}: cannot write in folder {folder}: {problem}")
