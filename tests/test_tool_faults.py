@@ -12,7 +12,7 @@ import yaml
 from helpers import small_training_state, user_error
 from sifa.data.storage import write_frame_folder
 from sifa.models import get_model_by_name
-from sifa.tools import export_weights, plot_log, predict, visualize
+from sifa.tools import export, export_weights, plot_log, predict, visualize
 
 NUM_CLASSES = 3
 CLIP_LENGTH = 8
@@ -71,7 +71,14 @@ def test_tool_outputs_that_cannot_be_written_are_refused_before_the_work(tool_in
         visualize.main(args + ["--out", str(under_a_file)])
     with user_error(capsys, rf"--out {under_a_file}\.png: folder .* is a file"):
         plot_log.main(["--output_dir", str(tool_inputs), "--out", f"{under_a_file}.png"])
+    export_args = ["--config_file", str(tool_inputs / "net.yml"), "--checkpoint", str(tool_inputs / "absent.pth"),
+                   "--format", "pt2", "--out"]
+    with user_error(capsys, rf"--out {tool_inputs}: is a folder, expected a file name"):
+        export.main(export_args + [str(tool_inputs)])
     monkeypatch.setattr(tempfile, "TemporaryFile", read_only_file_system)
+    with user_error(capsys, rf"--out {tool_inputs / 'x.pt2'}: cannot write in folder {tool_inputs}: Read-only file "
+                            rf"system"):
+        export.main(export_args + [str(tool_inputs / "x.pt2")])
     with user_error(capsys, rf"--out {tool_inputs / 'x.csv'}: cannot write in folder {tool_inputs}: Read-only file "
                             rf"system"):
         predict.main(args + ["--out", str(tool_inputs / "x.csv")])
