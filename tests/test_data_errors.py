@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -279,3 +280,14 @@ def test_damaged_lmdb_environments_name_the_list_line_and_are_skipped(damaged_lm
     assert videos.tolist() == [0] and sorted(index for index, _ in skipped) == [1, 2, 3, 4]
     with pytest.raises(InputError, match=r"cannot read input: video '.*cut': data\.mdb is cut short"):
         storage_of(str(damaged_lmdb / "lmdb" / "cut"))
+
+
+def test_a_video_listed_twice_with_different_labels_is_warned_of_naming_the_lines(tmp_path):
+    (tmp_path / "list.txt").write_text("a 8 0\nb 8 1\n./a 8 2\nb 8 1\nc 8 0\n")
+    with pytest.warns(UserWarning, match=r"list\.txt: 1 video\(s\) listed with different labels: 'a' on lines "
+                                         r"1 \(label 0\), 3 \(label 2\)$"):
+        assert len(read_list_file(tmp_path / "list.txt")) == 5
+    (tmp_path / "list.txt").write_text("a 8 0\nb 8 1\nb 8 1\n")  # the same label twice: no conflict
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_list_file(tmp_path / "list.txt")

@@ -5,8 +5,10 @@ The path may contain spaces: the last two whitespace-separated fields are the nu
 from __future__ import annotations
 
 import os
+import warnings
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from ..errors import UserError
 from ..user_files import read_text
@@ -14,6 +16,7 @@ from ..user_files import read_text
 
 # Frame ids are drawn as 64-bit ints; a count beyond this (2.7 years at 25 fps) is a typo.
 MAX_FRAMES = 2**31 - 1
+SHOWN_CONFLICTS = 5  # videos named in the warning about videos listed with different labels
 
 
 class ListFileError(UserError, ValueError):
@@ -61,7 +64,24 @@ def read_list_file(list_file: str | os.PathLike, num_classes: Optional[int] = No
         records.append(VideoRecord(path, num_frames, label, number, str(list_file)))
     if not records:
         raise ListFileError(f"list file is empty: {list_file}")
+    warn_of_label_conflicts(records)
     return records
+
+
+def warn_of_label_conflicts(records: List[VideoRecord]) -> None:
+    """Warn, naming the lines, of a video listed more than once with different labels: each line is a sample, so
+    the same clips are taught as two classes (a merge of two lists, a mislabelled copy)."""
+    lines: Dict[str, List[VideoRecord]] = defaultdict(list)
+    for record in records:
+        lines[os.path.normpath(record.path)].append(record)
+    conflicts = [same for same in lines.values() if len({record.label for record in same}) > 1]
+    if not conflicts:
+        return
+    shown = "; ".join(f"'{same[0].path}' on lines " + ", ".join(f"{r.line} (label {r.label})" for r in same)
+                      for same in conflicts[:SHOWN_CONFLICTS])
+    more = f"; and {len(conflicts) - SHOWN_CONFLICTS} more" if len(conflicts) > SHOWN_CONFLICTS else ""
+    warnings.warn(f"{records[0].list_file}: {len(conflicts)} video(s) listed with different labels: {shown}{more}",
+                  stacklevel=3)
 
 
 def read_class_names(path: str | os.PathLike, num_classes: int) -> List[str]:
