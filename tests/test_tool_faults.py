@@ -12,7 +12,8 @@ import yaml
 from helpers import small_training_state, user_error
 from sifa.data.storage import write_frame_folder
 from sifa.models import get_model_by_name
-from sifa.tools import export, export_weights, plot_log, predict, visualize
+from sifa.data import synthetic
+from sifa.tools import ablation, export, export_weights, plot_log, predict, visualize
 
 NUM_CLASSES = 3
 CLIP_LENGTH = 8
@@ -101,3 +102,13 @@ def test_export_weights_does_not_write_over_its_checkpoint_through_a_symlinked_f
     (tmp_path / "a_file").write_text("")
     with user_error(capsys, r"--out .*a_file/w\.safetensors: folder .*a_file is a file"):
         export_weights.main(["--checkpoint", checkpoint, "--out", str(tmp_path / "a_file" / "w.safetensors")])
+
+
+def test_ablation_and_the_synthetic_data_set_refuse_an_output_folder_under_a_file(tmp_path, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "study"
+    with user_error(capsys, rf"--out {out}: cannot write in this folder: Not a directory"):
+        ablation.main(["--out", str(out), "--recipe", str(tmp_path / "a_file"), "--quick"])
+    monkeypatch.setattr("sys.argv", ["synthetic", "--out", str(out)])
+    with user_error(capsys, rf"--out {out}: cannot write in this folder: Not a directory"):
+        synthetic.main()
