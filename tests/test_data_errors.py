@@ -12,8 +12,10 @@ from torch.utils.data import DataLoader
 
 from helpers import run_command, tiny_config, train
 from sifa.checkpoint_file import load_checkpoint
+from sifa.config import load_config
 from sifa.data import (BadSampleError, ListFileError, VideoDataset, collate_samples, read_class_names,
                        read_list_file, synthetic)
+from sifa.data.build import prepare_synthetic_data
 from sifa.data.storage import frame_file_name, storage_of, write_frame_folder, write_lmdb
 from sifa.data.transforms import EvalClipTransform, TrainClipTransform
 from sifa.engine.distributed import DistContext
@@ -291,3 +293,13 @@ def test_a_video_listed_twice_with_different_labels_is_warned_of_naming_the_line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_list_file(tmp_path / "list.txt")
+
+
+def test_a_synthetic_dir_that_cannot_take_files_names_the_key(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    config = tmp_path / "exp.yml"
+    config.write_text(f"synthetic_dir: {tmp_path / 'a_file' / 'data'}\nlist_file: {tmp_path / 'train.txt'}\n"
+                      f"num_classes: 3\n")
+    with pytest.raises(ConfigError, match=r"exp\.yml: key 'synthetic_dir' .*: cannot write the synthetic data set in "
+                                          r"this folder: Not a directory"):
+        prepare_synthetic_data(load_config(config))
