@@ -77,10 +77,10 @@ def warn_of_label_conflicts(records: List[VideoRecord]) -> None:
     conflicts = [same for same in lines.values() if len({record.label for record in same}) > 1]
     if not conflicts:
         return
-    shown = "; ".join(f"'{same[0].path}' on lines " + ", ".join(f"{r.line} (label {r.label})" for r in same)
+    named = "; ".join(f"'{same[0].path}' on lines " + ", ".join(f"{r.line} (label {r.label})" for r in same)
                       for same in conflicts[:SHOWN_CONFLICTS])
     more = f"; and {len(conflicts) - SHOWN_CONFLICTS} more" if len(conflicts) > SHOWN_CONFLICTS else ""
-    warnings.warn(f"{records[0].list_file}: {len(conflicts)} video(s) listed with different labels: {shown}{more}",
+    warnings.warn(f"{records[0].list_file}: {len(conflicts)} video(s) listed with different labels: {named}{more}",
                   stacklevel=3)
 
 
