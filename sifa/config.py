@@ -25,7 +25,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
+from .user_files import folder_write_problem, read_text
 
 # The folder holding `base_config/` (package data): `base: base_config/x.yml` resolves there from any directory.
 CONFIG_ROOT = Path(__file__).resolve().parent
@@ -62,15 +63,41 @@ _POSITIVE = ("crop_size", "eva_crop_size", "num_classes", "epochs", "num_clips",
              "iter_size", "print_freq", "save_freq", "eva_inter_freq", "warmup_multiplier",
              "synthetic_frames", "synthetic_size")
 _NON_NEGATIVE = ("num_workers", "warmup_epoch", "ra_n", "weight_decay", "clip_gradient", "reference_batch",
-                 "keep_last", "synthetic_videos_per_class", "synthetic_val_videos_per_class")
+                 "keep_last", "synthetic_videos_per_class", "synthetic_val_videos_per_class", "synthetic_seed")
+SEEDS = 2**32  # NumPy's seeds are below this (each rank adds its rank, modulo this)
+MAX_SYNTHETIC_VIDEO_BYTES = 2**30  # a synthetic video is drawn in memory
+# Values of a document with every alias written out: a setting holds about a hundred; more is an alias bomb.
+MAX_DOCUMENT_VALUES = 10_000
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _expanded_values(node: yaml.Node, counted: Dict[int, float]) -> float:
+    """The nodes under ``node`` (itself included) with every alias written out; an alias reuses its anchor's node
+    object, so each node is counted once, and one inside its own anchor expands without end."""
+    if id(node) not in counted:
+        counted[id(node)] = math.inf  # until counted: reached again only through itself
+        children = [child for item in node.value for child in (item if isinstance(item, tuple) else (item,))] \
+            if isinstance(node, yaml.CollectionNode) else []
+        counted[id(node)] = 1 + sum(_expanded_values(child, counted) for child in children)
+    return counted[id(node)]
 
 
 class ConfigLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key repeated inside one mapping is an error (PyYAML keeps the last)."""
+    """YAML's safe loader, except that a key repeated inside one mapping is an error (PyYAML keeps the last), and a
+    document that expands to more than MAX_DOCUMENT_VALUES values through aliases is refused before it is built."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if _expanded_values(node, {}) > MAX_DOCUMENT_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the document expands to more than {MAX_DOCUMENT_VALUES} values (YAML aliases repeating "
+                            f"nodes?); a setting holds about a hundred", node.start_mark)
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
         seen: Dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue  # `<<: *anchor`: the keys written beside it override the merged ones (YAML's merge key)
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -93,14 +120,30 @@ ConfigLoader.yaml_implicit_resolvers = {
 ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
 
 
-def _read_yaml(path: Path) -> Dict[str, Any]:
+def _one_line(error: yaml.YAMLError) -> str:
+    """The problem and its line: YAML's own message spans lines and quotes the text around the mark."""
+    if not isinstance(error, yaml.MarkedYAMLError) or not error.problem:
+        return " ".join(str(error).split())
+    context = f"{error.context}: " if error.context else ""
+    mark = error.problem_mark
+    return f"{context}{error.problem}" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
+
+
+def _load_yaml(text: str, name: str) -> Any:
+    loader = ConfigLoader(text)
+    loader.name = name  # what its error marks name, e.g. the file; "<unicode string>" otherwise
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = yaml.load(f, Loader=ConfigLoader)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    text = read_text(path, "config file", ConfigError)
+    try:
+        data = _load_yaml(text, str(path))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: invalid YAML: {_one_line(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -108,8 +151,10 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return data
 
 
-def _flatten(data: Dict[str, Any], source: str, allow_base: bool) -> Dict[str, Any]:
-    """Leaves of a (possibly sectioned) mapping; a leaf set twice in one file is an error."""
+def _flatten(data: Dict[str, Any], source: str, allow_base: bool,
+             sections: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """Leaves of a (possibly sectioned) mapping; a leaf set twice in one file is an error. ``sections`` are the
+    default file's: one written without keys (all commented out) sets nothing."""
     flat: Dict[str, Any] = {}
 
     def visit(mapping: Dict[str, Any], top: bool) -> None:
@@ -118,8 +163,12 @@ def _flatten(data: Dict[str, Any], source: str, allow_base: bool) -> Dict[str, A
                 continue
             if isinstance(value, dict):
                 visit(value, False)
+            elif key in sections:
+                if value is not None:
+                    raise ConfigError(f"{source}: section '{key}' must hold keys (e.g. {next(iter(sections[key]))}: "
+                                      f"...), got {shown(value)}")
             elif key in flat:
-                raise ConfigError(f"{source}: key '{key}' is set more than once")
+                raise ConfigError(f"{source}: key {shown(key)} is set more than once")
             else:
                 flat[key] = value
 
@@ -139,13 +188,13 @@ def _check_type(key: str, value: Any, default: Any, source: str) -> Any:
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         names = " or ".join(t.__name__ for t in allowed)
         raise ConfigError(f"{source}: key '{key}' must be of type {names}, got {type(value).__name__} "
-                          f"({value!r})")
+                          f"({shown(value)})")
     if isinstance(default, list) and isinstance(value, list) and default:
         item_type = type(default[0])
         for item in value:
             if not isinstance(item, item_type) or isinstance(item, bool):
                 raise ConfigError(f"{source}: key '{key}' must be a list of {item_type.__name__}, "
-                                  f"got {value!r}")
+                                  f"got {shown(value)}")
     return value
 
 
@@ -164,9 +213,9 @@ def parse_override(text: str) -> Tuple[str, Any]:
         raise ConfigError(f"--opts: expected key=value, got '{text}'")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.load(raw, Loader=ConfigLoader) if raw != "" else ""
+        value = _load_yaml(raw, "--opts") if raw != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"--opts: cannot read the value of '{key}': {e}") from None
+        raise ConfigError(f"--opts: cannot read the value of {shown(key)}: {_one_line(e)}") from None
     return key.strip(), value
 
 
@@ -175,20 +224,23 @@ def load_config(config_file: str | os.PathLike, overrides: Iterable[str] = (),
     """Merge default <- base <- experiment <- `key=value` overrides into a flat namespace."""
     default_path = Path(default_file)
     experiment_path = Path(config_file)
-    defaults = _flatten(_read_yaml(default_path), str(default_path), allow_base=False)
+    default_data = _read_yaml(default_path)
+    sections = {key: value for key, value in default_data.items() if isinstance(value, dict)}
+    defaults = _flatten(default_data, str(default_path), allow_base=False, sections={})
     experiment = _read_yaml(experiment_path)
 
     layers: List[Tuple[str, Dict[str, Any]]] = []
     base = experiment.get("base")
     if base is not None:
         if not isinstance(base, str):
-            raise ConfigError(f"{experiment_path}: 'base' must be a file path, got {base!r}")
+            raise ConfigError(f"{experiment_path}: 'base' must be a file path, got {shown(base)}")
         base_path = _resolve_base(base, experiment_path)
         base_data = _read_yaml(base_path)
         if "base" in base_data:
             raise ConfigError(f"{base_path}: a base file cannot itself name a 'base'")
-        layers.append((str(base_path), _flatten(base_data, str(base_path), allow_base=False)))
-    layers.append((str(experiment_path), _flatten(experiment, str(experiment_path), allow_base=True)))
+        layers.append((str(base_path), _flatten(base_data, str(base_path), allow_base=False, sections=sections)))
+    layers.append((str(experiment_path), _flatten(experiment, str(experiment_path), allow_base=True,
+                                                  sections=sections)))
     layers.append(("--opts", dict(parse_override(o) for o in overrides)))
 
     merged = dict(defaults)
@@ -199,7 +251,7 @@ def load_config(config_file: str | os.PathLike, overrides: Iterable[str] = (),
                 warnings.warn(f"{source}: key '{key}' is ignored: {IGNORED_KEYS[key]}", stacklevel=2)
                 continue
             if key not in defaults:
-                raise ConfigError(f"{source}: unknown key '{key}'{_closest(key, defaults)}")
+                raise ConfigError(f"{source}: unknown key {shown(key)}{_closest(str(key), defaults)}")
             merged[key] = _check_type(key, value, defaults[key], source)
             sources[key] = source
     _validate(merged, sources)
@@ -214,16 +266,16 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
     for key, value in cfg.items():
         numbers = value if isinstance(value, list) else [value]
         if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
-            fail(key, f"must be a finite number, got {value!r}")
+            fail(key, f"must be a finite number, got {shown(value)}")
     for key, choices in _CHOICES.items():
         if cfg[key] not in choices:
-            fail(key, f"must be one of {list(choices)}, got {cfg[key]!r}")
+            fail(key, f"must be one of {list(choices)}, got {shown(cfg[key])}")
     for key in _POSITIVE:
         if cfg[key] <= 0:
-            fail(key, f"must be positive, got {cfg[key]!r}")
+            fail(key, f"must be positive, got {shown(cfg[key])}")
     for key in _NON_NEGATIVE:
         if cfg[key] < 0:
-            fail(key, f"must not be negative, got {cfg[key]!r}")
+            fail(key, f"must not be negative, got {shown(cfg[key])}")
     if cfg["use_flow"]:
         fail("use_flow", "is not supported: this implementation reads RGB frames only")
     if not 0 <= cfg["ra_m"] <= 30:
@@ -232,26 +284,36 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
         fail("dropout_ratio", f"must lie in [0, 1), got {cfg['dropout_ratio']}")
     kernel = cfg["sifa_kernel"]
     if kernel is not None and (not kernel or not all(isinstance(k, int) and k > 0 for k in kernel)):
-        fail("sifa_kernel", f"must be null or a list of positive ints, got {kernel!r}")
+        fail("sifa_kernel", f"must be null or a list of positive ints, got {shown(kernel)}")
     for key in ("base_learning_rate", "lr_decay_rate", "loss_weight"):
         if cfg[key] <= 0:
-            fail(key, f"must be positive, got {cfg[key]!r}")
+            fail(key, f"must be positive, got {shown(cfg[key])}")
     if cfg["auto_scale_lr"] and cfg["reference_batch"] <= 0:
         fail("reference_batch", "must be positive when auto_scale_lr is true (the effective batch that "
                                 "base_learning_rate is set for)")
     if not 0.0 <= cfg["momentum"] < 1.0:
-        fail("momentum", f"must lie in [0, 1), got {cfg['momentum']!r}")
+        fail("momentum", f"must lie in [0, 1), got {shown(cfg['momentum'])}")
     if not cfg["output_dir"].strip():
         fail("output_dir", "is empty: checkpoints and logs need a folder")
+    if not 0 <= cfg["seed"] < SEEDS:
+        fail("seed", f"must lie in [0, 2**32) (NumPy's seeds), got {shown(cfg['seed'])}")
+    video_bytes = cfg["synthetic_frames"] * cfg["synthetic_size"] ** 2 * 3
+    if video_bytes > MAX_SYNTHETIC_VIDEO_BYTES:
+        fail("synthetic_frames", f"({shown(cfg['synthetic_frames'])}) of {cfg['synthetic_size']}² RGB pixels make "
+                                 f"synthetic videos of {video_bytes / 2**30:.3g} GiB each, drawn in memory: at most "
+                                 f"{MAX_SYNTHETIC_VIDEO_BYTES // 2**30} GiB")
 
 
 def check_run_inputs(cfg: SimpleNamespace, eval_checkpoint: Optional[str] = None) -> None:
-    """What a run reads, checked before any process group or data loading: training (``eval_checkpoint``
-    None) needs list_file, and eva_list_file when eva_inter; evaluation needs eva_list_file and a
-    checkpoint (``eval_checkpoint``, or eva_model when that is empty)."""
+    """What a run reads and writes, checked before any process group or data loading: output_dir must take files
+    (it is made if absent); training (``eval_checkpoint`` None) needs list_file, and eva_list_file when eva_inter;
+    evaluation needs eva_list_file and a checkpoint (``eval_checkpoint``, or eva_model when that is empty)."""
     def fail(message: str) -> None:
         raise ConfigError(f"{cfg.config_file}: {message}")
 
+    problem = folder_write_problem(cfg.output_dir, create=True)
+    if problem:
+        fail(f"key 'output_dir' {shown(cfg.output_dir)}: cannot write in this folder: {problem}")
     if eval_checkpoint is None:
         if not cfg.list_file:
             fail("list_file is empty: training needs a list of videos")

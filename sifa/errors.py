@@ -10,11 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import reprlib
 import sys
 from typing import Iterator
 
 USAGE_ERROR_STATUS = 2  # the exit status of argparse's usage errors, for the same kind of mistake
 INTERRUPTED_STATUS = 130  # the shells' status of a process ended by Ctrl-C (128 + SIGINT)
+SHOWN_CHARACTERS = 100  # of a value in a message: a YAML value can be a whole document (aliases repeat nodes)
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel = 2
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 6
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = SHOWN_CHARACTERS
+
+
+def shown(value: object) -> str:
+    """The repr of a value for a one-line message, at most SHOWN_CHARACTERS long; the repr of the whole value is
+    never made (that of a YAML alias bomb takes minutes)."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS - 3] + "..."
 
 
 class UserError(Exception):

@@ -1,7 +1,9 @@
 """Configuration: three-layer merge, flat namespace, overrides and their errors."""
+import errno
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import pytest
 import yaml
 
 from helpers import REPO_ROOT
-from sifa.config import DEFAULT_CONFIG, IGNORED_KEYS, load_config, parse_override, save_config_json
+from sifa.config import (DEFAULT_CONFIG, IGNORED_KEYS, check_run_inputs, load_config, parse_override,
+                         save_config_json)
 from sifa.errors import ConfigError
 from sifa.models import check_model_config
 
@@ -223,3 +226,96 @@ def test_loading_a_setting_imports_neither_the_networks_nor_the_operator():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def alias_bomb(levels):
+    """A YAML list whose level i repeats level i - 1 nine times through an alias: 9**levels values, a few lines."""
+    anchors = ["&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]"
+                                                    for i in range(1, levels)]
+    return "[" + ", ".join(anchors) + "]"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_and_a_message_shows_a_bounded_value(tmp_path):
+    small = tmp_path / "small.yml"
+    small.write_text(f"sampler:\n  clip_length: {alias_bomb(4)}\n")  # 8000 values: within the bound
+    with pytest.raises(ConfigError, match=r"small\.yml: key 'clip_length' must be of type int, got list") as err:
+        load_config(small)
+    assert len(str(err.value)) < 300
+    big = tmp_path / "big.yml"
+    big.write_text(f"sampler:\n  clip_length: {alias_bomb(7)}\n")  # 5.3 million values
+    with pytest.raises(ConfigError, match=r"big\.yml: invalid YAML: the document expands to more than 10000 values"):
+        load_config(big)
+    with pytest.raises(ConfigError, match=r"--opts: cannot read the value of 'sifa_kernel': the document expands"):
+        load_config(write(tmp_path / "exp.yml", {}), [f"sifa_kernel={alias_bomb(7)}"])
+
+
+def test_yaml_merge_key_merges_and_the_keys_written_beside_it_win(tmp_path):
+    exp = tmp_path / "exp.yml"
+    exp.write_text("sampler:\n  <<: {batch_size: 4, clip_length: 8}\n  batch_size: 3\n")
+    cfg = load_config(exp)
+    assert (cfg.batch_size, cfg.clip_length) == (3, 8)
+
+
+def test_an_empty_section_sets_nothing(tmp_path):
+    exp = tmp_path / "exp.yml"
+    exp.write_text("SIFA:\n  # sifa_kernel: [1, 3, 3, 3]\nsampler:\n  batch_size: 3\n")
+    assert load_config(exp).batch_size == 3
+    exp.write_text("SIFA: 3\n")
+    with pytest.raises(ConfigError, match=r"exp\.yml: section 'SIFA' must hold keys \(e\.g\. sifa_kernel: \.\.\.\), "
+                                          r"got 3"):
+        load_config(exp)
+
+
+def test_a_config_path_that_is_a_folder_or_not_utf8_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=rf"cannot read config file {tmp_path}: Is a directory"):
+        load_config(tmp_path)
+    exp = tmp_path / "exp.yml"
+    exp.write_bytes("sampler:\n  batch_size: 3\noutput_dir: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"exp\.yml, line 3: byte 0xe9 is not UTF-8 text; a config file must be "
+                                          r"UTF-8"):
+        load_config(exp)
+    base = tmp_path / "base.yml"
+    base.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match=r"base\.yml, line 1: byte 0xff"):
+        load_config(write(exp, {"base": str(base)}))
+
+
+def test_invalid_yaml_is_one_line_naming_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("dataset:\n  crop_size: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yml: invalid YAML: while parsing a flow sequence: .* "
+                                          r"\(line 3, column 1\)") as err:
+        load_config(bad)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("time_dim=C", "key 'time_dim' is 'C' (frames concatenated along channels), but c2d_sifa_resnet50, as every "
+                   "network here, takes C×T×H×W clips"),
+    ("seed=99999999999999999999", "key 'seed' must lie in [0, 2**32)"), ("seed=-1", "key 'seed' must lie in"),
+    ("synthetic_frames=100000000000", "key 'synthetic_frames' (100000000000) of 64² RGB pixels make synthetic videos "
+                                      "of 1.14e+06 GiB each"),
+    ("synthetic_seed=-1", "key 'synthetic_seed' must not be negative")])
+def test_values_the_network_seeding_or_data_cannot_take_are_config_errors(tmp_path, override, fragment):
+    exp = write(tmp_path / "exp.yml", {})
+    with pytest.raises(ConfigError) as err:
+        check_model_config(load_config(exp, [override]))
+    assert str(err.value).startswith("--opts: " if "seed" in override or "synthetic" in override else str(exp))
+    assert fragment in str(err.value), str(err.value)
+
+
+def test_an_output_dir_that_cannot_take_files_is_a_config_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    for output_dir, reason in [(tmp_path / "file", "File exists"), (tmp_path / "file" / "run", "Not a directory"),
+                               ("out\0put", "embedded null byte")]:
+        cfg = load_config(write(tmp_path / "exp.yml", {"output_dir": str(output_dir), "list_file": "train.txt"}))
+        with pytest.raises(ConfigError, match=rf"exp\.yml: key 'output_dir' .*: cannot write in this folder: {reason}"):
+            check_run_inputs(cfg)
+    # A read-only file system: the folder exists, creating a file in it fails (root writes in any folder).
+    def read_only(**kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    cfg = load_config(write(tmp_path / "exp.yml", {"output_dir": str(tmp_path / "out"), "list_file": "train.txt"}))
+    with pytest.raises(ConfigError, match="cannot write in this folder: Read-only file system"):
+        check_run_inputs(cfg)

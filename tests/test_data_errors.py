@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -11,13 +12,15 @@ from torch.utils.data import DataLoader
 
 from helpers import run_command, tiny_config, train
 from sifa.checkpoint_file import load_checkpoint
+from sifa.config import load_config
 from sifa.data import (BadSampleError, ListFileError, VideoDataset, collate_samples, read_class_names,
                        read_list_file, synthetic)
-from sifa.data.storage import frame_file_name, storage_of, write_frame_folder
+from sifa.data.build import prepare_synthetic_data
+from sifa.data.storage import frame_file_name, storage_of, write_frame_folder, write_lmdb
 from sifa.data.transforms import EvalClipTransform, TrainClipTransform
 from sifa.engine.distributed import DistContext
 from sifa.engine.evaluate import evaluate
-from sifa.errors import InputError
+from sifa.errors import ConfigError, InputError
 from sifa.tools import prepare
 
 
@@ -225,3 +228,78 @@ def test_prepare_warns_of_truncated_videos_and_empty_frame_folders(tmp_path, cap
     assert f"warning: {tmp_path / 'labels.csv'}, line 2: frame folder {tmp_path / 'frames' / '2'} holds no .jpg " \
            f"frame; left out of the list" in capsys.readouterr().err
     assert (tmp_path / "frames.txt").read_text() == "1 3 0\n"
+
+
+def test_a_list_path_that_is_a_folder_or_a_huge_frame_count_names_the_file_and_line(tmp_path):
+    with pytest.raises(ListFileError, match=rf"cannot read list file {tmp_path}: Is a directory"):
+        read_list_file(tmp_path)
+    (tmp_path / "list.txt").write_text("a 8 0\nb 99999999999999999999 1\n")
+    with pytest.raises(ListFileError, match=r"list\.txt, line 2: number of frames must lie in \[1, 2147483647\], got "
+                                            r"99999999999999999999"):
+        read_list_file(tmp_path / "list.txt")
+
+
+def test_a_batch_larger_than_the_training_set_names_batch_size(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match=r"tiny\.yml: key 'batch_size' \(13\) is larger than the 12 training videos "
+                                          r"each of 1 process\(es\) gets"):
+        train(tiny_config(tmp_path, tiny_data), "batch_size=13")
+
+
+@pytest.fixture
+def damaged_lmdb(tmp_path):
+    """Five LMDB videos of 8 frames in list.txt: intact, empty data.mdb, not LMDB, cut short, a damaged page."""
+    root = tmp_path / "lmdb"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("intact", "empty", "foreign", "cut", "page"):
+        write_lmdb(str(root / name), [rng.integers(0, 255, (24, 32, 3), dtype=np.uint8) for _ in range(8)])
+    data = {name: root / name / "data.mdb" for name in ("empty", "foreign", "cut", "page")}
+    size = data["cut"].stat().st_size
+    data["empty"].write_bytes(b"")
+    data["foreign"].write_bytes(bytes(size))
+    with open(data["cut"], "r+b") as f:
+        f.truncate(size // 3)
+    with open(data["page"], "r+b") as f:
+        f.seek(2 * 4096)  # past the two header pages
+        f.write(np.random.default_rng(1).bytes(8 * 4096))
+    (tmp_path / "list.txt").write_text("intact 8 0\nempty 8 1\nforeign 8 2\ncut 8 0\npage 8 1\n")
+    return tmp_path
+
+
+def test_damaged_lmdb_environments_name_the_list_line_and_are_skipped(damaged_lmdb):
+    # A data.mdb cut short used to kill the process with SIGBUS on the first read past its end.
+    dataset = VideoDataset(str(damaged_lmdb / "list.txt"), str(damaged_lmdb / "lmdb"), "LMDB", 8, 1, 1,
+                           EvalClipTransform(16), train=False)
+    assert dataset[0][0].shape == (3, 8, 16, 16)
+    for index, reason in [(1, "not a readable LMDB environment"), (2, "not a readable LMDB environment"),
+                          (3, r"data\.mdb is cut short: \d+ bytes, its header counts \d+"),
+                          (4, r"LMDB key '000001\.jpg' cannot be read \(.*MDB_")]:
+        with pytest.raises(BadSampleError, match=rf"list\.txt, line {index + 1}: video '.*lmdb/.*': {reason}"):
+            dataset[index]
+    skipping = VideoDataset(str(damaged_lmdb / "list.txt"), str(damaged_lmdb / "lmdb"), "LMDB", 8, 1, 1,
+                            EvalClipTransform(16), train=False, skip_bad_samples=True)
+    _, _, videos, skipped = collate_samples([skipping[i] for i in range(5)])
+    assert videos.tolist() == [0] and sorted(index for index, _ in skipped) == [1, 2, 3, 4]
+    with pytest.raises(InputError, match=r"cannot read input: video '.*cut': data\.mdb is cut short"):
+        storage_of(str(damaged_lmdb / "lmdb" / "cut"))
+
+
+def test_a_video_listed_twice_with_different_labels_is_warned_of_naming_the_lines(tmp_path):
+    (tmp_path / "list.txt").write_text("a 8 0\nb 8 1\n./a 8 2\nb 8 1\nc 8 0\n")
+    with pytest.warns(UserWarning, match=r"list\.txt: 1 video\(s\) listed with different labels: 'a' on lines "
+                                         r"1 \(label 0\), 3 \(label 2\)$"):
+        assert len(read_list_file(tmp_path / "list.txt")) == 5
+    (tmp_path / "list.txt").write_text("a 8 0\nb 8 1\nb 8 1\n")  # the same label twice: no conflict
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_list_file(tmp_path / "list.txt")
+
+
+def test_a_synthetic_dir_that_cannot_take_files_names_the_key(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    config = tmp_path / "exp.yml"
+    config.write_text(f"synthetic_dir: {tmp_path / 'a_file' / 'data'}\nlist_file: {tmp_path / 'train.txt'}\n"
+                      f"num_classes: 3\n")
+    with pytest.raises(ConfigError, match=r"exp\.yml: key 'synthetic_dir' .*: cannot write the synthetic data set in "
+                                          r"this folder: Not a directory"):
+        prepare_synthetic_data(load_config(config))

@@ -105,12 +105,18 @@ def test_fp16_steps_the_gradient_scaler_skips_are_not_errors(tmp_path, tiny_data
 def test_evaluation_refuses_non_finite_scores(tmp_path, tiny_data):
     config = tiny_config(tmp_path, tiny_data)
     cfg = load_config(config)
-    weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-               for k, v in build_model(cfg, cfg.eva_num_segments).state_dict().items()}
+    weights = build_model(cfg, cfg.eva_num_segments).state_dict()
+    weights["fc.weight"].fill_(3e38)  # finite weights whose logits overflow
+    torch.save({"model": weights}, tmp_path / "overflow.pth")
+    weights["fc.weight"].fill_(float("nan"))
     torch.save({"model": weights}, tmp_path / "nan.pth")
     trainer = Trainer(cfg, CPU, eval_only=True)
     try:
-        with pytest.raises(FloatingPointError, match=r"nan\.pth: the network's scores are NaN or infinite for 6 of 6"):
+        with pytest.raises(FloatingPointError, match=r"overflow\.pth: the network's scores are NaN or infinite for "
+                                                     r"6 of 6"):
+            trainer.evaluate_checkpoint(str(tmp_path / "overflow.pth"))
+        with pytest.raises(CheckpointError, match=r"nan\.pth: 1 of the network's tensors hold NaN or infinite "
+                                                  r"values \(the first: fc\.weight\)"):
             trainer.evaluate_checkpoint(str(tmp_path / "nan.pth"))
     finally:
         trainer.close()

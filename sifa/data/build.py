@@ -5,6 +5,8 @@ import os
 from types import SimpleNamespace
 from typing import Optional, Sequence
 
+from ..errors import ConfigError, shown
+from ..user_files import folder_write_problem
 from .list_file import VideoRecord
 from .synthetic import generate
 from .transforms import EvalClipTransform, TrainClipTransform
@@ -41,6 +43,10 @@ def prepare_synthetic_data(cfg: SimpleNamespace) -> bool:
     needed = [cfg.list_file, cfg.eva_list_file] + ([cfg.class_name_file] if cfg.class_name_file else [])
     if not cfg.synthetic_dir or all(os.path.isfile(p) for p in needed):
         return False
+    problem = folder_write_problem(cfg.synthetic_dir, create=True)
+    if problem:
+        raise ConfigError(f"{cfg.config_file}: key 'synthetic_dir' {shown(cfg.synthetic_dir)}: cannot write the "
+                          f"synthetic data set in this folder: {problem}")
     generate(cfg.synthetic_dir, cfg.num_classes, cfg.synthetic_videos_per_class, cfg.synthetic_val_videos_per_class,
              cfg.synthetic_frames, cfg.synthetic_size, cfg.synthetic_seed)
     return True

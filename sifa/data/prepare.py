@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..user_files import check_output_file
 from .storage import count_video_frames, write_frame_folder, write_lmdb
 from .video_io import FrameReadError, VideoWriter, decode_all, read_time_range
 
@@ -40,15 +41,6 @@ def resized(image: np.ndarray, short_side: Optional[int], even: bool = False) ->
     if size == [width, height]:
         return image
     return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
-
-
-def check_output_file(path: str, option: str) -> None:
-    """A file the command will write: its folder must exist (checked before any decoding)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise PrepareError(f"{option} {path}: folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise PrepareError(f"{option} {path}: is a folder, expected a file name")
 
 
 def check_input(path: str, option: str, folder: bool) -> None:

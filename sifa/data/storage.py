@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InputError
 from .video_io import FrameReadError, check_backend, open_video, read_video_frames
+
+if TYPE_CHECKING:
+    import lmdb
 
 
 def frame_file_name(frame_id: int) -> str:
@@ -49,19 +52,41 @@ def read_frame_folder(video: str, frame_ids: Sequence[int]) -> List[np.ndarray]:
     return frames
 
 
+def open_lmdb(video: str) -> lmdb.Environment:
+    """The LMDB environment of a video, read-only. A FrameReadError names the video when it cannot be used: lmdb's
+    own errors (an empty or foreign data.mdb), or a data.mdb shorter than the pages its header counts (cut short),
+    which lmdb would map all the same: the first read past its end would kill the process with SIGBUS."""
+    import lmdb
+
+    try:
+        env = lmdb.open(video, readonly=True, lock=False, readahead=False, meminit=False)
+    except lmdb.Error as err:
+        raise FrameReadError(f"video '{video}': not a readable LMDB environment ({err})") from None
+    # The header pages are read, not mapped; the rest is only mapped.
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = os.path.getsize(os.path.join(video, "data.mdb"))
+    if size < needed:
+        env.close()
+        raise FrameReadError(f"video '{video}': data.mdb is cut short: {size} bytes, its header counts {needed}")
+    return env
+
+
 def read_lmdb(video: str, frame_ids: Sequence[int]) -> List[np.ndarray]:
     if not os.path.isdir(video):
         raise FrameReadError(f"video '{video}': LMDB environment not found")
     import lmdb
 
     # One environment per video, opened per read: worker processes must not share handles.
-    env = lmdb.open(video, readonly=True, lock=False, readahead=False, meminit=False)
+    env = open_lmdb(video)
     try:
         frames = []
         with env.begin(write=False) as txn:
             for frame_id in frame_ids:
                 key = lmdb_key(frame_id)
-                data = txn.get(key.encode())
+                try:
+                    data = txn.get(key.encode())
+                except lmdb.Error as err:  # damaged pages
+                    raise FrameReadError(f"video '{video}': LMDB key '{key}' cannot be read ({err})") from None
                 if data is None:
                     raise FrameReadError(f"video '{video}': LMDB key '{key}' not found")
                 frames.append(_decode(data, video, key))
@@ -158,12 +183,10 @@ def storage_of(path: str, video_backend: str = "opencv") -> Tuple[str, int]:
                              f"from it")
         return "VIDEO", count
     if os.path.isfile(os.path.join(path, "data.mdb")):
-        import lmdb
-
         try:
-            env = lmdb.open(path, readonly=True, lock=False)
-        except lmdb.Error as err:
-            raise InputError(f"cannot read input LMDB environment {path}: {err}") from None
+            env = open_lmdb(path)
+        except FrameReadError as err:
+            raise InputError(f"cannot read input: {err}") from None
         try:
             count = env.stat()["entries"]
         finally:

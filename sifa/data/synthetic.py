@@ -28,6 +28,7 @@ import numpy as np
 
 from ..checkpoint_file import atomic_write_text
 from ..errors import InputError, exit_on_user_error
+from ..user_files import check_output_folder
 from .storage import write_frame_folder
 
 CLASS_NAMES = ["moving_right", "moving_left", "moving_down", "moving_up",
@@ -165,6 +166,7 @@ def main() -> None:
     parser.add_argument("--shuffle_frames", action="store_true", help="permute every video's frames at random")
     args = parser.parse_args()
     with exit_on_user_error():
+        check_output_folder(args.out, "--out")
         paths = generate(args.out, args.num_classes, args.videos_per_class, args.val_videos_per_class, args.frames,
                          args.size, args.seed, args.regime, args.shuffle_frames)
     print("\n".join(f"{key}: {value}" for key, value in paths.items()))

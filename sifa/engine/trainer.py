@@ -163,8 +163,9 @@ class Trainer:
                             collate_fn=collate_samples)
         iters_per_epoch = len(loader)
         if iters_per_epoch == 0:
-            raise ValueError(f"{train_set.num_videos} training videos over {ctx.world_size} process(es) do not fill "
-                             f"one batch of {cfg.batch_size}")
+            raise ConfigError(f"{cfg.config_file}: key 'batch_size' ({cfg.batch_size}) is larger than the "
+                              f"{len(sampler)} training videos each of {ctx.world_size} process(es) gets (list_file "
+                              f"has {train_set.num_videos}): not one batch is filled; lower batch_size")
         if cfg.iter_size > iters_per_epoch:
             # Gradients of a trailing incomplete accumulation are dropped: the optimizer would never step.
             raise ConfigError(f"{cfg.config_file}: key 'iter_size' ({cfg.iter_size}) exceeds the {iters_per_epoch} "

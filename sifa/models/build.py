@@ -91,10 +91,23 @@ def load_pretrained(model: nn.Module, cfg: SimpleNamespace) -> None:
     load_weights(model, state, strict=False, skip=_skipped(cfg), source=f"pretrained model {cfg.pretrained_model}")
 
 
+def check_finite_weights(model: nn.Module, checkpoint: str) -> None:
+    """A CheckpointError when the weights loaded from ``checkpoint`` hold NaN or infinite values (a diverged run's):
+    every score of the network would be NaN, which evaluation, predict, visualize and export must not pass on."""
+    non_finite = [name for name, tensor in model.state_dict().items()
+                  if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if non_finite:
+        raise CheckpointError(f"checkpoint {checkpoint}: {len(non_finite)} of the network's tensors hold NaN or "
+                              f"infinite values (the first: {non_finite[0]}), as a run that diverged leaves them; "
+                              f"use an earlier checkpoint")
+
+
 def load_network(cfg: SimpleNamespace, checkpoint: str, device: torch.device) -> nn.Module:
-    """The configured network (at eva_num_segments) with every weight from ``checkpoint``, in eval mode."""
+    """The configured network (at eva_num_segments) with every weight from ``checkpoint``, in eval mode; a
+    CheckpointError when a weight is not finite."""
     model = build_model(cfg, cfg.eva_num_segments)
     load_weights(model, load_checkpoint(checkpoint), strict=True, skip=_skipped(cfg), source=f"checkpoint {checkpoint}")
+    check_finite_weights(model, checkpoint)
     return model.to(device).eval()
 
 
@@ -127,4 +140,5 @@ def network_from_checkpoint(checkpoint: str, device: torch.device | str = "cpu")
     vars(cfg).update({key: value for key, value in saved.items() if key in vars(cfg)})
     model = build_model(cfg, cfg.eva_num_segments)
     load_weights(model, content, strict=True, skip=_skipped(cfg), source=f"checkpoint {checkpoint}")
+    check_finite_weights(model, checkpoint)
     return model.to(device).eval(), cfg

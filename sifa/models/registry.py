@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, shown
 from .weights import StateDict
 
 # (2-D ImageNet state dict, early stride) -> state dict of the video network
@@ -119,27 +119,31 @@ def model_options(cfg: SimpleNamespace) -> Dict[str, Any]:
 
 def check_model_config(cfg: SimpleNamespace) -> None:
     """A ConfigError naming the key when ``cfg`` asks ``cfg.net_name`` for what it does not take: an unknown
-    network, an option it lacks or a value outside its choices, SIFA kernel sizes of another design, frames
-    of a size or clip length it cannot process."""
+    network, clips laid out otherwise than C×T×H×W (time_dim), an option it lacks or a value outside its choices,
+    SIFA kernel sizes of another design, frames of a size or clip length it cannot process."""
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{cfg.config_file}: key '{key}' {message}")
 
     if cfg.net_name not in _MODELS:
-        fail("net_name", f"names an unknown network {cfg.net_name!r}; known: {', '.join(list_models())}")
+        fail("net_name", f"names an unknown network {shown(cfg.net_name)}; known: {', '.join(list_models())}")
     net, spec = cfg.net_name, _MODELS[cfg.net_name].spec
+    if cfg.time_dim != "T":
+        fail("time_dim", f"is {shown(cfg.time_dim)} (frames concatenated along channels), but {net}, as every network "
+                         f"here, takes C×T×H×W clips: set time_dim: T")
     for key, value in model_options(cfg).items():
         if key in spec.options:
             if value is not None and value not in spec.options[key]:
-                fail(key, f"must be one of {list(spec.options[key])}, got {value!r}")
+                fail(key, f"must be one of {list(spec.options[key])}, got {shown(value)}")
             continue
         holders = {name: entry.spec for name, entry in _MODELS.items() if key in entry.spec.options}
         if value is not None and all(value != holder.options[key][0] for holder in holders.values()):
             titles = " and ".join(sorted({holder.title for holder in holders.values()}))
-            fail(key, f"is {value!r}, but only {titles} ({', '.join(sorted(holders))}) take it; net_name is {net!r}")
+            fail(key, f"is {shown(value)}, but only {titles} ({', '.join(sorted(holders))}) take it; "
+                      f"net_name is {net!r}")
     kernel = cfg.sifa_kernel
     if spec.sifa_kernel is not None and kernel is not None and len(kernel) != len(spec.sifa_kernel):
         fail("sifa_kernel", f"must list {len(spec.sifa_kernel)} kernel size(s) for {net} ({spec.title}; default "
-                            f"{list(spec.sifa_kernel)}), got {kernel!r}")
+                            f"{list(spec.sifa_kernel)}), got {shown(kernel)}")
     for key in ("crop_size", "eva_crop_size"):
         size = getattr(cfg, key)
         if spec.window_grid_size is not None and size != spec.window_grid_size:

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..checkpoint_file import atomic_write_text
 from ..data.synthetic import REGIMES, generate
 from ..errors import InputError, exit_on_user_error
+from ..user_files import check_output_folder
 
 RECIPE = os.path.join("settings", "ablation.yml")  # the default --recipe, relative to the working directory
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -265,6 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with exit_on_user_error():
         if not os.path.isfile(args.recipe):
             raise InputError(f"--recipe {args.recipe} not found (run from the repository root, or pass --recipe)")
+        check_output_folder(args.out, "--out")
         results = study(args.out, variants, regimes, seeds, budget, args.recipe)
     print(markdown_table(results), end="")
 

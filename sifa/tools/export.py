@@ -33,6 +33,7 @@ from ..errors import InputError, exit_on_user_error
 from ..models.build import load_network
 from ..ops import backend as ops_backend
 from ..ops.onnx import OPSET, onnx_translation_table
+from ..user_files import check_output_file
 
 FORMATS = ("onnx", "pt2")
 
@@ -109,10 +110,8 @@ def main(argv: Optional[List[str]] = None) -> float:
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     args = parser.parse_args(argv)
     out = args.out or os.path.splitext(args.checkpoint)[0] + "." + args.format
-    out_dir = os.path.dirname(os.path.abspath(out))
     with exit_on_user_error():
-        if not os.path.isdir(out_dir):
-            raise InputError(f"--out {out}: folder {out_dir} does not exist")
+        check_output_file(out, "--out")
         cfg = load_config(args.config_file, args.opts)
         network = load_network(cfg, args.checkpoint, torch.device("cpu"))
         example = example_input(cfg, args.batch_size)

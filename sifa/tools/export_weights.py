@@ -20,6 +20,7 @@ from ..checkpoint_file import SAFETENSORS, load_checkpoint
 from ..engine.checkpoint import save_weights
 from ..errors import InputError, exit_on_user_error
 from ..models.weights import state_dict_of
+from ..user_files import check_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,11 @@ def main(argv: Optional[List[str]] = None) -> str:
     args = parser.parse_args(argv)
     out = args.out or os.path.splitext(args.checkpoint)[0] + SAFETENSORS
     with exit_on_user_error():
-        if os.path.abspath(out) == os.path.abspath(args.checkpoint):
-            raise InputError("--out must differ from --checkpoint")
+        # The same file under another name (a symlinked folder, a hard link) would be replaced too.
+        if os.path.exists(out) and os.path.exists(args.checkpoint) and os.path.samefile(out, args.checkpoint):
+            raise InputError(f"--out {out} is the file --checkpoint {args.checkpoint} names: writing it would replace "
+                             f"the checkpoint")
+        check_output_file(out, "--out")
         path = export_weights(args.checkpoint, out)
     print(f"{path}: {os.path.getsize(path) / 2**20:.1f} MiB "
           f"(from {args.checkpoint}: {os.path.getsize(args.checkpoint) / 2**20:.1f} MiB)")

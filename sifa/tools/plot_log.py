@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from ..errors import InputError, exit_on_user_error  # noqa: E402
+from ..user_files import check_output_file  # noqa: E402
 
 # Panel title, x-axis label and the test that puts a scalar tag on the panel.
 # Per-iteration and per-epoch losses get panels of their own: their x axes differ.
@@ -98,6 +99,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     args = parser.parse_args(argv)
     path = args.out or os.path.join(args.output_dir, "curves.png")
     with exit_on_user_error():
+        check_output_file(path, "--out")
         plotted = plot_curves(read_scalars(args.output_dir), path, title=args.output_dir)
     print(f"{path}: {', '.join(plotted)}")
     return path

@@ -35,6 +35,7 @@ from ..checkpoint_file import atomic_write_text
 from ..data.storage import frame_file_name
 from ..data.video_io import VideoWriter, decode_all
 from ..errors import InputError, UserError, exit_on_user_error
+from ..user_files import check_output_file
 
 TOP_K = 5
 Result = Dict[str, object]
@@ -183,6 +184,9 @@ def main(argv: Optional[List[str]] = None) -> List[Result]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with exit_on_user_error():
         paths = inputs_of(args.input, args.list_file, args.root)
+        for option, path in (("--out", args.out), ("--annotate", args.annotate)):
+            if path:
+                check_output_file(path, option)
         if args.annotate and len(paths) != 1:
             raise InputError(f"--annotate takes one input video, got {len(paths)}")
         model = init_recognizer(args.config_file, args.checkpoint, device, args.opts, args.class_names)

@@ -46,6 +46,7 @@ from ..errors import ConfigError, InputError, exit_on_user_error  # noqa: E402
 from ..models.build import load_network  # noqa: E402
 from ..models.sifa_resnet import SIFABottleneck  # noqa: E402
 from ..apis import input_views  # noqa: E402
+from ..user_files import check_output_folder  # noqa: E402
 
 DEFAULT_POINTS = 4
 GIF_MIN_SIDE = 256
@@ -255,6 +256,7 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with exit_on_user_error():
+        check_output_folder(args.out, "--out")
         cfg = load_config(args.config_file, args.opts)
         if cfg.time_dim != "T":
             raise ConfigError(f"{args.config_file}: visualising needs time_dim T, got {cfg.time_dim!r}")
