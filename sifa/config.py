@@ -42,6 +42,7 @@ IGNORED_KEYS: Dict[str, str] = {
 _EXTRA_TYPES: Dict[str, Tuple[type, ...]] = {
     "resume": (bool, str),
     "sifa_kernel": (list, type(None)),
+    "sifa_stages": (list, type(None)),
     "offset_mode": (str, type(None)),
     "offset_guide": (str, type(None)),
     "offset_init": (str, type(None)),
@@ -233,6 +234,9 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
     kernel = cfg["sifa_kernel"]
     if kernel is not None and (not kernel or not all(isinstance(k, int) and k > 0 for k in kernel)):
         fail("sifa_kernel", f"must be null or a list of positive ints, got {kernel!r}")
+    stages = cfg["sifa_stages"]
+    if stages is not None and not all(isinstance(s, (int, str)) and not isinstance(s, bool) for s in stages):
+        fail("sifa_stages", f"must be null or a list of stage indices or names, got {stages!r}")
     for key in ("base_learning_rate", "lr_decay_rate", "loss_weight"):
         if cfg[key] <= 0:
             fail(key, f"must be positive, got {cfg[key]!r}")
