@@ -225,12 +225,19 @@ class C2DSwin(GradCheckpointing, nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# model_args of each size: embedding dim, heads per stage, drop-path rate (the same depths)
+# model_args of each size: embedding dim, depths, heads per stage, drop-path rate (timm's swin_{tiny,small,base,large})
 _SIZES = {
+    "t": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
     "s": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3),
     "b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
     "l": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), drop_path_rate=0.5),
 }
+
+
+@register_model(SIFA_SWIN)
+def c2d_sifa_swin_vit_t_p4_w7(**kwargs: Any) -> C2DSwin:
+    """C2D-SIFA-Swin-T (D 96, depths 2-2-6-2, drop path 0.2): the size to fine-tune on one GPU."""
+    return C2DSwin(**dict(_SIZES["t"], **kwargs))
 
 
 @register_model(SIFA_SWIN)
@@ -249,6 +256,12 @@ def c2d_sifa_swin_vit_b_p4_w7(**kwargs: Any) -> C2DSwin:
 def c2d_sifa_swin_vit_l_p4_w7(**kwargs: Any) -> C2DSwin:
     """C2D-SIFA-Swin-L (D 192, drop path 0.5)."""
     return C2DSwin(**dict(_SIZES["l"], **kwargs))
+
+
+@register_model(C2D_SWIN)
+def c2d_swin_vit_t_p4_w7(**kwargs: Any) -> C2DSwin:
+    """Plain C2D Swin-T."""
+    return C2DSwin(**dict(_SIZES["t"], **kwargs))
 
 
 @register_model(C2D_SWIN)
