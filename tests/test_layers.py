@@ -95,3 +95,32 @@ def test_compiles_without_graph_breaks():
     torch.testing.assert_close(got, layer(x))
     got.sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_visualize_shows_the_fixed_window_of_sifa_swin(tmp_path):
+    import json
+
+    from sifa.models.sifa_swin import C2DSwin
+    from sifa.tools import visualize
+
+    torch.manual_seed(0)
+    model = C2DSwin(32, (2, 2), (1, 2), 0.0, num_classes=4, clip_length=8, sifa_kernel=3, name="small_sifa_swin")
+    block = model.layers[1].blocks[0]
+    captured = {}
+    block.sifa.register_forward_pre_hook(lambda module, args: captured.setdefault("f", args[0]))
+    clip = torch.randn(3, 8, 224, 224)
+    written = visualize.visualize(model.eval(), clip, str(tmp_path), num_points=2)
+    # the non-shifted blocks (the shifted ones take their temporal convolution): 2 feature frames, 1 pair each
+    assert written == [str(tmp_path / f"layers.{i}.blocks.0_t0.png") for i in (0, 1)]
+    assert all((tmp_path / name).stat().st_size > 1000 for name in ("layers.0.blocks.0_t0.png", "clip.gif"))
+    record = json.loads((tmp_path / "layers.1.blocks.0_t0.json").read_text())
+    assert (record["stride"], record["feature_size"], record["query_image_frame"], record["key_image_frame"]) == \
+        (8, [28, 28], 2, 6)
+    f = captured["f"]
+    zero = f.new_zeros(1, 18, *f.shape[2:])
+    scores = reference.defcor(f, zero, block.def_cor.weight, (1, 1), (1, 1), (1, 1), 1)
+    for point in record["points"]:
+        h, w = point["query"]["feature"]
+        for tap in point["taps"]:  # zero offsets: the 3×3 window around the query pixel, on frame 1
+            assert tap["feature"] == [h - 1 + tap["row"], w - 1 + tap["col"]]
+            assert tap["score"] == pytest.approx(float(scores[0, tap["tap"], 1, h, w]), rel=1e-4, abs=1e-6)
