@@ -214,5 +214,6 @@ def test_imagenet_weights_of_the_2d_network_load_from_a_local_file(tmp_path):
                           remove_defcor_weight=False, net_name="timm/resnet18")
     load_pretrained(net, cfg)
     state = net.state_dict()
-    assert all(torch.equal(state["backbone." + key], value) for key, value in weights.items() if not key.startswith("fc."))
+    assert all(torch.equal(state["backbone." + key], value) for key, value in weights.items()
+               if not key.startswith("fc."))
     assert state["backbone.fc.weight"].shape == (3, 512)  # the new classifier, not ImageNet's

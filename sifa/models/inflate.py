@@ -189,7 +189,8 @@ def check_timm_config(net_name: str, cfg: SimpleNamespace) -> Optional[Tuple[str
 
     model_name = net_name[len(TIMM_PREFIX):]
     if not timm.is_model(model_name):
-        return "net_name", f"names {model_name!r}, which timm {timm.__version__} lacks (timm.list_models() lists its names)"
+        return "net_name", (f"names {model_name!r}, which timm {timm.__version__} lacks (timm.list_models() lists "
+                            f"its names)")
     with torch.device("meta"):
         backbone = timm.create_model(model_name, pretrained=False)
     names = stage_names(backbone)

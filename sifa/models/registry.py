@@ -109,7 +109,8 @@ def _lookup(net_name: str) -> Optional[ModelEntry]:
         return _MODELS[net_name]
     for prefix, (spec, fn) in _PREFIXES.items():
         if net_name.startswith(prefix) and len(net_name) > len(prefix):
-            return ModelEntry(net_name, _constructor(functools.partial(fn, net_name[len(prefix):]), net_name, spec), spec)
+            constructor = _constructor(functools.partial(fn, net_name[len(prefix):]), net_name, spec)
+            return ModelEntry(net_name, constructor, spec)
     return None
 
 
