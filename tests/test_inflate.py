@@ -217,3 +217,19 @@ def test_imagenet_weights_of_the_2d_network_load_from_a_local_file(tmp_path):
     assert all(torch.equal(state["backbone." + key], value) for key, value in weights.items()
                if not key.startswith("fc."))
     assert state["backbone.fc.weight"].shape == (3, 512)  # the new classifier, not ImageNet's
+
+
+@pytest.mark.slow  # 2 processes launched
+def test_two_process_training_with_accumulation(tmp_path, tiny_data):
+    """DDP without find_unused_parameters: every parameter of the inflated network takes a gradient at every
+    step (conv_offset's is zero at the first, behind the zero branch norm, but not missing)."""
+    from helpers import launch, tiny_config
+
+    from sifa.checkpoint_file import load_checkpoint
+
+    config = tiny_config(tmp_path, tiny_data, network={"net_name": "timm/resnet18", "dropout_ratio": 0.0},
+                         SIFA={"sifa_stages": [2, 3]})
+    launch(2, config, "--opts", "epochs=1", "eva_inter=false", "batch_size=1", "iter_size=2")
+    checkpoint = load_checkpoint(str(tmp_path / "out" / "current.pth"))
+    assert checkpoint["epoch"] == 1
+    assert checkpoint["model"]["backbone.layer3.2.sifa.norm.weight"].abs().sum() > 0  # the branch trained
