@@ -99,6 +99,17 @@ def test_registry_builds_timm_networks_by_name():
         get_model_by_name("resnet18")
 
 
+def test_complexity_takes_the_sifa_stages(capsys):
+    from sifa.tools import complexity
+
+    complexity.main(["--net_name", "timm/resnet18", "--sifa_stages", "2", "layer3", "--clip_length", "4",
+                     "--crop_size", "32", "--num_classes", "3"])
+    model = get_model_by_name("timm/resnet18", num_classes=3, clip_length=4, sifa_stages=[2, 3])
+    out = capsys.readouterr().out
+    assert f"({sum(p.numel() for p in model.parameters())};" in out
+    assert f"GFLOPs per view: {complexity.count_flops(model.eval(), torch.randn(1, 3, 4, 32, 32)) / 1e9:.2f}" in out
+
+
 def test_activation_checkpointing_gives_the_plain_gradients():
     torch.manual_seed(0)
     net = get_model_by_name("timm/resnet18", num_classes=NUM_CLASSES, clip_length=FRAMES, sifa_stages=[2])

@@ -124,3 +124,11 @@ def test_visualize_shows_the_fixed_window_of_sifa_swin(tmp_path):
         for tap in point["taps"]:  # zero offsets: the 3×3 window around the query pixel, on frame 1
             assert tap["feature"] == [h - 1 + tap["row"], w - 1 + tap["col"]]
             assert tap["score"] == pytest.approx(float(scores[0, tap["tap"], 1, h, w]), rel=1e-4, abs=1e-6)
+
+
+def test_the_key_view_widens_to_far_taps_unless_clipped_to_the_image():
+    from sifa.tools.visualize import key_view
+
+    points = [{"taps": [{"image": [-20.0, 10.0]}, {"image": [5.0, 90.0]}]}]  # one tap above, one right of 64×64
+    assert key_view(points, 64, 64, clip_to_image=False) == ((-0.5, 91.0), (63.5, -21.0))
+    assert key_view(points, 64, 64, clip_to_image=True) == ((-0.5, 63.5), (63.5, -0.5))

@@ -145,6 +145,19 @@ def display_frames(clip: Tensor) -> np.ndarray:
     return (clip.cpu() * std + mean).clamp(0, 1).permute(1, 2, 3, 0).numpy()
 
 
+def key_view(points: List[Dict[str, object]], height: int, width: int,
+             clip_to_image: bool) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """(x limits, y limits, top row last) of the key frame's view. Taps may leave the image (out-of-range samples
+    read zeros): the view widens to show them, unless clipped to the image (far taps of deep layers would shrink
+    it to a thumbnail)."""
+    if clip_to_image:
+        return (-0.5, width - 0.5), (height - 0.5, -0.5)
+    all_y = [tap["image"][0] for p in points for tap in p["taps"]]
+    all_x = [tap["image"][1] for p in points for tap in p["taps"]]
+    return ((min(-0.5, min(all_x) - 1), max(width - 0.5, max(all_x) + 1)),
+            (max(height - 0.5, max(all_y) + 1), min(-0.5, min(all_y) - 1)))
+
+
 def plot_taps(query_image: np.ndarray, key_image: np.ndarray, points: List[Dict[str, object]], title: str,
               path: str, clip_to_image: bool = False) -> None:
     fig, (ax_query, ax_key) = plt.subplots(1, 2, figsize=(10, 5.4))
@@ -164,20 +177,12 @@ def plot_taps(query_image: np.ndarray, key_image: np.ndarray, points: List[Dict[
         sizes = [20 + 220 * abs(s) / max_score for s in scores]
         scatter = ax_key.scatter(xs, ys, s=sizes, c=scores, cmap="viridis", vmin=colour_range[0],
                                  vmax=colour_range[1], edgecolors=[colour], linewidths=1.5)
-    height, width = key_image.shape[:2]
-    all_y = [tap["image"][0] for p in points for tap in p["taps"]]
-    all_x = [tap["image"][1] for p in points for tap in p["taps"]]
     for ax, image, label in ((ax_query, query_image, "query frame t"), (ax_key, key_image, "key frame t+1")):
         ax.imshow(image, interpolation="nearest")
         ax.set_title(label)
-    # Taps may leave the image (out-of-range samples read zeros): widen the key view to show them, unless
-    # clipped to the image (far taps of deep layers would shrink it to a thumbnail).
-    if clip_to_image:
-        ax_key.set_xlim(-0.5, width - 0.5)
-        ax_key.set_ylim(height - 0.5, -0.5)
-    else:
-        ax_key.set_xlim(min(-0.5, min(all_x) - 1), max(width - 0.5, max(all_x) + 1))
-        ax_key.set_ylim(max(height - 0.5, max(all_y) + 1), min(-0.5, min(all_y) - 1))
+    x_limits, y_limits = key_view(points, *key_image.shape[:2], clip_to_image)
+    ax_key.set_xlim(*x_limits)
+    ax_key.set_ylim(*y_limits)
     fig.colorbar(scatter, ax=ax_key, fraction=0.046, pad=0.04, label="aggregation weight (score)")
     fig.suptitle(title)
     fig.tight_layout()
