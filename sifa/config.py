@@ -43,6 +43,7 @@ IGNORED_KEYS: Dict[str, str] = {
 _EXTRA_TYPES: Dict[str, Tuple[type, ...]] = {
     "resume": (bool, str),
     "sifa_kernel": (list, type(None)),
+    "sifa_stages": (list, type(None)),
     "offset_mode": (str, type(None)),
     "offset_guide": (str, type(None)),
     "offset_init": (str, type(None)),
@@ -285,6 +286,9 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
     kernel = cfg["sifa_kernel"]
     if kernel is not None and (not kernel or not all(isinstance(k, int) and k > 0 for k in kernel)):
         fail("sifa_kernel", f"must be null or a list of positive ints, got {shown(kernel)}")
+    stages = cfg["sifa_stages"]
+    if stages is not None and not all(isinstance(s, (int, str)) and not isinstance(s, bool) for s in stages):
+        fail("sifa_stages", f"must be null or a list of stage indices or names, got {shown(stages)}")
     for key in ("base_learning_rate", "lr_decay_rate", "loss_weight"):
         if cfg[key] <= 0:
             fail(key, f"must be positive, got {shown(cfg[key])}")

@@ -64,7 +64,7 @@ def test_state_dict_matches_original(listing: Path) -> None:
 
 def test_all_networks_registered_with_their_family() -> None:
     resnets = {"c2d_sifa_resnet50", "c2d_sifa_resnet101", "c2d_resnet50", "c2d_tsm_resnet50"}
-    swins = {f"c2d_{s}swin_vit_{v}_p4_w7" for s in ("", "sifa_") for v in "sbl"}
+    swins = {f"c2d_{s}swin_vit_{v}_p4_w7" for s in ("", "sifa_") for v in "tsbl"}
     assert set(list_models()) == resnets | swins
     assert set(list_models("resnet")) == resnets and set(list_models("swin")) == swins
     assert all(model_entry(name).family == "swin" for name in swins)

@@ -80,3 +80,9 @@ def test_defagg_takes_float32_scores_of_half_features_as_the_kernels_do(dtype):
     x64, off64 = x.double(), off.double()
     with pytest.raises(TypeError, match="defagg: weight has dtype torch.float32 but must be torch.float64"):
         ops.defagg(x64, off64, scores)
+
+
+def test_def_cor_geometry_by_keyword_defaults_to_same_size_sampling():
+    assert (ops.DefCorFixW(C, T, 3).stride, ops.DefCorFixW(C, T, 3).padding) == ((1, 1), (1, 1))
+    assert ops.DefCorFixW(C, T, 3, dilation=2).padding == (2, 2)
+    assert ops.DefCorFixW(C, T, (1, 5), padding=(0, 1)).padding == (0, 1)

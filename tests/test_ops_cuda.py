@@ -176,7 +176,7 @@ def test_cuda_non_default_stream():
 
 @needs_cuda
 def test_cuda_torch_compile():
-    from sifa.models.temporal import shift_back  # here: sifa.models needs timm, the other tests do not
+    from sifa.layers import shift_back
 
     class SwinInterFrame(torch.nn.Module):
         """The SIFA step of a non-shifted SIFA-Swin block on B×H×W×C tokens (sifa_swin.py), learned offsets."""

@@ -154,6 +154,26 @@ def test_plain_c2d_swin_on_a_static_clip_equals_the_2d_swin(swin_base_2d: torch.
         torch.testing.assert_close(video_logits, swin_2d(frame), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # a Swin-T at 224 px, 2-D and as a C2D network
+def test_swin_t_is_timms_swin_tiny_on_a_static_clip() -> None:
+    torch.manual_seed(0)
+    swin_2d = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
+    swin_2d.patch_embed.norm = torch.nn.Identity()  # the C2D Swin has no patch norm
+    model = get_model_by_name("c2d_swin_vit_t_p4_w7", num_classes=1000, clip_length=4).eval()
+    missing, unexpected = load_weights(model, transfer_weights("c2d_swin_vit_t_p4_w7", swin_2d.state_dict()),
+                                       strict=False)
+    assert set(missing) == keys_matching(model, r"(relative_position_index|attn_mask)") and unexpected == []
+    frame = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        (video_logits,) = model(frame.unsqueeze(2).expand(-1, -1, 4, -1, -1))
+        torch.testing.assert_close(video_logits, swin_2d(frame), rtol=1e-4, atol=1e-4)
+    sifa = get_model_by_name("c2d_sifa_swin_vit_t_p4_w7", num_classes=1000, clip_length=8)
+    missing, unexpected = load_weights(sifa, transfer_weights("c2d_sifa_swin_vit_t_p4_w7", swin_2d.state_dict()),
+                                       strict=False)
+    assert set(missing) == keys_matching(sifa, r"(def_cor\.weight|tda_norm\.|relative_position_index|attn_mask)")
+    assert unexpected == [] and len(keys_matching(sifa, r"blocks\.\d+\.conv\.weight$")) == 12
+
+
 def test_unknown_network_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown network"):
         transfer_weights("resnet50", {})

@@ -11,7 +11,7 @@ from torch import nn
 from ..checkpoint_file import load_checkpoint
 from ..config import DEFAULT_CONFIG, load_config
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
-from .registry import check_model_config, get_model_by_name, model_entry, model_options
+from .registry import check_model_config, get_model_by_name, model_arguments, model_entry
 from .transfer import DEFCOR_WEIGHT, remove_fc, transfer_weights
 from .weights import load_weights
 
@@ -29,6 +29,8 @@ IMAGENET_WEIGHTS = {
             "the ImageNet-22k ..._22k.pth files there transfer too; timm names them "
             "swin_base_patch4_window7_224.ms_in1k / .ms_in22k); the transfer reads the official layout (under "
             "'model', patch merging at the end of each stage) and timm's (patch merging at the start of the next)",
+    "timm": "the 2-D network's own ImageNet weights: timm:<name> (timm's pretrained mechanism, e.g. "
+            "timm:resnet18.a1_in1k) or a local file of its timm state dict with transfer_weights: true",
 }
 TIMM_PREFIX = "timm:"  # pretrained_model: timm:<name>, ImageNet weights by timm's name
 
@@ -38,12 +40,9 @@ def build_model(cfg: SimpleNamespace, num_segments: int) -> nn.Module:
     activation checkpointing per stage if ``cfg.use_checkpoint``; a ConfigError if the network does not take
     what ``cfg`` asks of it (:func:`check_model_config`)."""
     check_model_config(cfg)
-    # the options the network has (the check above rejects the others unless left at None or their default)
-    options = {key: value for key, value in model_options(cfg).items()
-               if key in model_entry(cfg.net_name).spec.options}
     model = get_model_by_name(cfg.net_name, pooling_arch=None, num_classes=cfg.num_classes,
                               dropout_ratio=cfg.dropout_ratio, clip_length=num_segments * cfg.clip_length,
-                              sifa_kernel=cfg.sifa_kernel, **options)
+                              sifa_kernel=cfg.sifa_kernel, **model_arguments(cfg))
     model.set_grad_checkpointing(cfg.use_checkpoint)
     return model
 

@@ -6,25 +6,17 @@ from __future__ import annotations
 
 from typing import Any, Iterator, List, Optional, Sequence, Type
 
-import torch
 from torch import Tensor, nn
 
-from ..ops import DefCorFixW, previous_frame
+from ..layers import OFFSET_OPTIONS, SIFA, host_sifa
+from ..layers.sifa import option
 from .checkpointing import GradCheckpointing, run_stage
 from .registry import ModelSpec, register_model
-from .temporal import check_clip_length, check_video, shift_back
+from .temporal import check_clip_length, check_video
 from .transfer import transfer_resnet, transfer_sifa_resnet
 
 EARLY_STRIDE = 4  # frames folded by the stem's temporal kernel/stride
 OUTPUT_STRIDE = 32  # pixels per position of the last stage: stem 2, max-pool 2, three strided stages
-# SIFA ablations (docs/reproduction.md); the first of each is the paper's design.
-OFFSET_OPTIONS = {
-    "offset_mode": ("learned", "zero"),  # zero: attend over the fixed K×K window, conv_offset unused
-    "offset_guide": ("difference", "plain"),  # what conv_offset reads: the difference-rescaled guide, or f itself
-    # conv_offset's initial weights: Kaiming like every conv (the original's, offsets start random), or zero
-    # (offsets start at the fixed K×K window, the deformable-convolution convention)
-    "offset_init": ("kaiming", "zero"),
-}
 SIFA_RESNET = ModelSpec("the SIFA ResNets", "resnet", transfer_sifa_resnet, sifa_kernel=(1, 3, 3, 3),
                         options=OFFSET_OPTIONS, clip_divisor=2 * EARLY_STRIDE,  # the dual branch halves time again
                         output_stride=OUTPUT_STRIDE)
@@ -87,7 +79,8 @@ class GBottleneck(Bottleneck):
 
 
 class SIFABottleneck(Bottleneck):
-    """Bottleneck with the SIFA step after conv2 (docs/design.md §4.1): frame t attends to frame t+1.
+    """Bottleneck with the SIFA step after conv2 (docs/design.md §4.1): a :class:`~sifa.layers.SIFA` layer,
+    ``self.sifa``, whose ``conv_offset`` and ``def_cor`` are the block's own attributes, as in the original.
 
     The original also holds a ``def_agg`` module; it has no parameters or buffers, so the state dict
     lacks it, and the fused op computes the aggregation: the block has none.
@@ -97,47 +90,25 @@ class SIFABottleneck(Bottleneck):
                  dilation: int = 1, groups: int = 1, offset_mode: Optional[str] = None,
                  offset_guide: Optional[str] = None):
         super().__init__(inplanes, planes, stride)
-        self.offset_mode = _choice("offset_mode", offset_mode)
-        self.offset_guide = _choice("offset_guide", offset_guide)
-        pad = (dilation * (kernel_size - 1) + 1) // 2
-        # kept with offset_mode "zero" too: the state dict stays the original's
-        self.conv_offset = nn.Conv3d(planes, 2 * kernel_size * kernel_size, (1, 3, 3), padding=(0, 1, 1),
-                                     bias=False)
-        self.def_cor = DefCorFixW(planes, times, kernel_size, 1, pad, dilation, groups)
+        self.offset_mode = option("offset_mode", offset_mode)
+        if self.offset_mode == "zero":  # the layer needs none; kept so that the state dict stays the original's
+            self.conv_offset = nn.Conv3d(planes, 2 * kernel_size * kernel_size, (1, 3, 3), padding=(0, 1, 1),
+                                         bias=False)
+        host_sifa(self, SIFA(planes, times, kernel_size, dilation, offset_guide=offset_guide,
+                             offset_mode=self.offset_mode, groups=groups))
 
     def unused_parameters(self) -> Iterator[nn.Parameter]:
         """conv_offset's weight when the offsets are fixed at zero (DDP must not wait for its gradient)."""
         return self.conv_offset.parameters() if self.offset_mode == "zero" else iter(())
 
-    def offsets(self, f: Tensor) -> Tensor:
-        """N×2K²×T×h×w sampling offsets of frame t+1 for each position of frame t."""
-        if self.offset_mode == "zero":
-            return f.new_zeros((f.shape[0], self.conv_offset.out_channels, *f.shape[2:]))
-        guide = f if self.offset_guide == "plain" else torch.sigmoid(f - previous_frame(f)) * f + f
-        # under autocast the conv and the scores may come out in another precision than f;
-        # the SIFA ops need matching dtypes
-        return self.conv_offset(guide).to(f.dtype)
-
     def inter_frame(self, f: Tensor) -> Tensor:
-        offset = self.offsets(f)
-        # = def_agg(f, offset, def_cor(f, offset)), fused into one op
-        return f + shift_back(self.def_cor.attend(f, offset))
-
-
-def _choice(key: str, value: Optional[str]) -> str:
-    """``value`` of the option ``key`` of OFFSET_OPTIONS, checked; None: the default (the paper's design)."""
-    choices = OFFSET_OPTIONS[key]
-    if value is None:
-        return choices[0]
-    if value not in choices:
-        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
-    return value
+        return self.sifa(f)
 
 
 def _init_weights(net: nn.Module, offset_init: Optional[str] = None) -> None:
     """Kaiming conv init (conv_offset included, as in the original, unless ``offset_init`` is "zero"),
     unit BN, zero last BN of each block."""
-    offset_init = _choice("offset_init", offset_init)
+    offset_init = option("offset_init", offset_init)
     for m in net.modules():
         if isinstance(m, nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -16,10 +16,10 @@ from timm.layers import trunc_normal_
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
 from torch import Tensor, nn
 
-from ..ops import DefCorFixW
+from ..layers import SIFA, host_sifa
 from .checkpointing import GradCheckpointing, run_stage
 from .registry import ModelSpec, register_model
-from .temporal import check_clip_length, check_video, shift_back
+from .temporal import check_clip_length, check_video
 from .transfer import transfer_sifa_swin, transfer_swin
 
 EARLY_STRIDE = 4  # frames folded into one token by the patch embedding
@@ -83,22 +83,24 @@ class SwinBlock(SwinTransformerBlock):
 
 class SIFASwinBlock(SwinBlock):
     """Swin block with the inter-frame step: SIFA with zero offsets on non-shifted blocks, a
-    temporal 1×3 convolution on shifted ones (docs/design.md §4.3). Both paths' modules exist
-    in every block, as in the original's state dict; its parameter-free ``def_agg`` does not (the
-    fused op aggregates). The path a block does not take is listed by ``unused_parameters``:
-    training tells DDP to ignore it (no ``find_unused_parameters`` on every step), and it gets no
-    gradient, so the optimizer leaves it as loaded, as the original's does; it stays trainable in
-    the state dict's terms, as in the original's listing."""
+    temporal 1×3 convolution on shifted ones (docs/design.md §4.3). The SIFA path is a
+    :class:`~sifa.layers.SIFA` layer, ``self.sifa`` (fixed window, its branch norm ``tda_norm``, zero at
+    init), whose ``def_cor`` and ``tda_norm`` are the block's own attributes, as in the original.
+    Both paths' modules exist in every block, as in the original's state dict; its parameter-free
+    ``def_agg`` does not (the fused op aggregates). The path a block does not take is listed by
+    ``unused_parameters``: training tells DDP to ignore it (no ``find_unused_parameters`` on every step),
+    and it gets no gradient, so the optimizer leaves it as loaded, as the original's does; it stays
+    trainable in the state dict's terms, as in the original's listing."""
 
     def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int, shift_size: int,
                  drop_path: float, times: int, kernel_size: int = 3):
         super().__init__(dim, input_resolution, num_heads, shift_size, drop_path)
         self.times = times
         self.kernel_size = kernel_size
-        pad = kernel_size // 2  # (dil·(K−1)+1)//2 at dilation 1
-        self.def_cor = DefCorFixW(dim, times, kernel_size, 1, pad)
+        layer = SIFA(dim, times, kernel_size, offset_mode="zero", zero_init_residual=True)
+        self.def_cor = layer.def_cor  # registered in the original's order: def_cor, conv, tda_norm
         self.conv = nn.Conv2d(dim, dim, (1, 3), padding=(0, 1), bias=False)
-        self.tda_norm = nn.LayerNorm(dim)
+        host_sifa(self, layer, {"norm": "tda_norm"})
 
     def unused_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters of the temporal path this block does not take."""
@@ -111,11 +113,7 @@ class SIFASwinBlock(SwinBlock):
             v = x.reshape(N, T, H * W, C).permute(0, 3, 2, 1)  # N×C×(h·w)×T: convolve along time
             return x + self.conv(v).permute(0, 3, 2, 1).reshape(B, H, W, C)
         v = x.reshape(N, T, H, W, C).permute(0, 4, 1, 2, 3)  # N×C×T×h×w in channels_last_3d: no copy
-        offset = v.new_zeros((N, 2 * self.kernel_size ** 2, T, H, W))
-        # = def_agg(v, offset, def_cor(v, offset)), fused into one op
-        agg = self.def_cor.attend(v, offset)
-        agg = shift_back(agg).permute(0, 2, 3, 4, 1).reshape(B, H, W, C)
-        return x + self.tda_norm(agg)
+        return self.sifa(v).permute(0, 2, 3, 4, 1).reshape(B, H, W, C)
 
 
 class SwinStage(nn.Module):
@@ -227,12 +225,19 @@ class C2DSwin(GradCheckpointing, nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# model_args of each size: embedding dim, heads per stage, drop-path rate (the same depths)
+# model_args of each size: embedding dim, depths, heads per stage, drop-path rate (timm's swin_{tiny,small,base,large})
 _SIZES = {
+    "t": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
     "s": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3),
     "b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
     "l": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), drop_path_rate=0.5),
 }
+
+
+@register_model(SIFA_SWIN)
+def c2d_sifa_swin_vit_t_p4_w7(**kwargs: Any) -> C2DSwin:
+    """C2D-SIFA-Swin-T (D 96, depths 2-2-6-2, drop path 0.2): the size to fine-tune on one GPU."""
+    return C2DSwin(**dict(_SIZES["t"], **kwargs))
 
 
 @register_model(SIFA_SWIN)
@@ -251,6 +256,12 @@ def c2d_sifa_swin_vit_b_p4_w7(**kwargs: Any) -> C2DSwin:
 def c2d_sifa_swin_vit_l_p4_w7(**kwargs: Any) -> C2DSwin:
     """C2D-SIFA-Swin-L (D 192, drop path 0.5)."""
     return C2DSwin(**dict(_SIZES["l"], **kwargs))
+
+
+@register_model(C2D_SWIN)
+def c2d_swin_vit_t_p4_w7(**kwargs: Any) -> C2DSwin:
+    """Plain C2D Swin-T."""
+    return C2DSwin(**dict(_SIZES["t"], **kwargs))
 
 
 @register_model(C2D_SWIN)

@@ -1,15 +1,9 @@
-"""Frame shifts and input checks shared by the SIFA networks (tensors N×C×T×H×W, time on dim 2)."""
+"""Input checks shared by the video networks (tensors N×C×T×H×W, time on dim 2)."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-__all__ = ["shift_back", "check_clip_length", "check_video"]
-
-
-def shift_back(x: Tensor) -> Tensor:
-    """x[:, :, t+1] at frame t, zeros at the last frame (frame t receives what frame t+1 attended)."""
-    return torch.cat([x[:, :, 1:], torch.zeros_like(x[:, :, :1])], dim=2)
+__all__ = ["check_clip_length", "check_video"]
 
 
 def check_clip_length(net: str, clip_length: int, divisor: int) -> None:

@@ -83,9 +83,11 @@ def transfer_weights(net_name: str, state_dict: Mapping, early_stride: int = 4) 
 
 
 def remove_fc(net_name: str, state_dict: Mapping) -> StateDict:
-    """Drop the classifier(s) (``fc``, ``fc_dual``, ``head``), e.g. to fine-tune on other classes."""
-    model_entry(net_name)  # the original's signature: reject unknown names alike
-    return {k: v for k, v in state_dict_of(state_dict).items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    """Drop the classifier(s) (``fc``, ``fc_dual``, ``head``; an inflated timm network's own, e.g.
+    ``backbone.head.fc``), e.g. to fine-tune on other classes."""
+    spec = model_entry(net_name).spec
+    prefixes = CLASSIFIER_PREFIXES if spec.classifiers is None else spec.classifiers(net_name)
+    return {k: v for k, v in state_dict_of(state_dict).items() if not k.startswith(prefixes)}
 
 
 def remove_defcor_weight(net_name: str, state_dict: Mapping) -> StateDict:

@@ -1,6 +1,8 @@
 """Module wrappers of the SIFA operator, named and shaped as in the original (docs/design.md §2)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -16,15 +18,22 @@ def _check_sizes(module: str, in_channels: int, times: int) -> None:
 
 
 class DefCorFixW(nn.Module):
-    """Deformable correlation with a frozen C×T×kh×kw weight filled with 1/C."""
+    """Deformable correlation with a frozen C×T×kh×kw weight filled with 1/C.
 
-    def __init__(self, in_channels: int, times: int, kernel_size: IntPair, stride: IntPair, padding: IntPair,
-                 dilation: IntPair = 1, defcor_groups: int = 1):
+    The geometry after ``kernel_size`` may be given by keyword: ``stride`` defaults to 1 (the only
+    one the ops take) and ``padding`` to the one keeping the centre tap on its pixel, (dilation·(k−1)+1)//2;
+    the original's positional order (``stride, padding, dilation, defcor_groups``) still works.
+    """
+
+    def __init__(self, in_channels: int, times: int, kernel_size: IntPair, stride: IntPair = 1,
+                 padding: Optional[IntPair] = None, dilation: IntPair = 1, defcor_groups: int = 1):
         super().__init__()
         _check_sizes("DefCorFixW", in_channels, times)  # the weight is filled with 1/in_channels
         kh, kw = int_pair(kernel_size, "kernel_size", "DefCorFixW")
-        self.stride, self.padding, self.dilation = (int_pair(v, name, "DefCorFixW") for v, name in
-                                                    ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+        self.stride, self.dilation = (int_pair(v, name, "DefCorFixW") for v, name in
+                                      ((stride, "stride"), (dilation, "dilation")))
+        self.padding = ((self.dilation[0] * (kh - 1) + 1) // 2, (self.dilation[1] * (kw - 1) + 1) // 2) \
+            if padding is None else int_pair(padding, "padding", "DefCorFixW")
         self.groups = defcor_groups
         self.weight = nn.Parameter(torch.full((in_channels, times, kh, kw), 1.0 / in_channels),
                                    requires_grad=False)

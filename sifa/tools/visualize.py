@@ -1,26 +1,31 @@
-"""Where SIFA looks: the deformed K×K sampling positions of SIFA bottlenecks, drawn on the frames.
+"""Where SIFA looks: the deformed K×K sampling positions of SIFA layers, drawn on the frames.
 
     python -m sifa.tools.visualize --config_file settings/X.yml --checkpoint ckpt.pth --input PATH \
-        --out DIR [--block layer2.1 ...] [--points N] [--view V]
+        --out DIR [--block layer2.1 ...] [--points N] [--view V] [--clip_to_image]
 
-One test view of the video (view V of the evaluation's clips x crops, default the first) goes
-through the network with forward hooks on the chosen SIFA bottlenecks (default: all of them),
-capturing the block's input, its offsets (``conv_offset`` output) and correlation scores. The
-block computes its scores inside the fused ``sifa_attention`` op, so they are recomputed from the
-captured features f = relu(bn2(...)) with the block's own ``def_cor`` (docs/design.md §4.1). In a
-SIFA bottleneck frame t aggregates the K×K deformed neighbourhood of frame t+1, sampled with the
-offsets and weighted by the scores of frame t+1. For N query pixels of feature frame t,
+Any network with SIFA layers (``sifa.layers.SIFA``): SIFA-Net's bottlenecks, SIFA-Swin's
+non-shifted blocks (a fixed window: zero offsets), the layers of an inflated 2-D network. One test
+view of the video (view V of the evaluation's clips x crops, default the first) goes through the
+network with a forward hook on each chosen layer (default: all of them; a layer is named by its
+module, or by the block that holds it, e.g. ``layer2.1``), capturing its input features f
+(N×C×T×h×w). The layer computes its scores inside the fused ``sifa_attention`` op, so offsets
+and scores are recomputed from f with the layer's own ``offsets`` and ``def_cor`` (docs/design.md
+§4.1). Frame t aggregates the K×K deformed neighbourhood of frame t+1, sampled with the offsets
+and weighted by the scores of frame t+1. For N query pixels of feature frame t,
 DIR/<block>_t<t>.png shows the query pixels on frame t and their taps on frame t+1, coloured and
-sized by score; DIR/<block>_t<t>.json holds the plotted coordinates
-([y, x], feature-map and image pixels); DIR/clip.gif animates the view.
+sized by score (the key view widens to show taps outside the image, unless --clip_to_image);
+DIR/<block>_t<t>.json holds the plotted coordinates ([y, x], feature-map and image pixels);
+DIR/clip.gif animates the view. Layers the forward does not run (the shifted SIFA-Swin blocks
+take their temporal convolution) are skipped.
 
 Tap k = i·kw + j of feature pixel (h, w) lies at (docs/design.md §2.1)
 
     y = h − pad + i·dil + offset[2k],  x = w − pad + j·dil + offset[2k+1]     (feature map)
     image = (feature + 0.5)·stride − 0.5                                       (pixel centres)
 
-A feature frame stands for `s` = L / T input frames (the stem folds 4); the image shown for it is
-the middle one of its window, input frame t·s + s // 2.
+A feature frame stands for `s` = L / T input frames (SIFA-Net's stem and SIFA-Swin's patches fold 4,
+an inflated 2-D network none); the image shown for it is the middle one of its window, input frame
+t·s + s // 2.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ from ..config import load_config  # noqa: E402
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from ..errors import ConfigError, InputError, exit_on_user_error  # noqa: E402
 from ..models.build import load_network  # noqa: E402
-from ..models.sifa_resnet import SIFABottleneck  # noqa: E402
+from ..layers import SIFA, sifa_layers  # noqa: E402
 from ..apis import input_views  # noqa: E402
 from ..user_files import check_output_folder  # noqa: E402
 
@@ -56,39 +61,28 @@ QUERY_COLOURS = plt.get_cmap("tab10").colors
 
 @dataclass
 class BlockCapture:
-    input: Tensor   # the block's input, N×C_in×T×H×W
-    offset: Tensor  # conv_offset output, N×2K²×T×h×w
+    features: Tensor  # the layer's input f, N×C×T×h×w
+    offset: Tensor  # the layer's offsets of f, N×2K²×T×h×w
     scores: Tensor  # def_cor(f, offset), N×(G·K²)×T×h×w
 
 
-def sifa_blocks(model: nn.Module) -> Dict[str, SIFABottleneck]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, SIFABottleneck)}
-
-
-def capture_blocks(model: nn.Module, clip: Tensor, blocks: Dict[str, SIFABottleneck]) -> Dict[str, BlockCapture]:
-    """Run `clip` (N×3×L×H×W) through `model` and return each block's input, offsets and scores."""
-    found: Dict[str, Dict[str, Tensor]] = {name: {} for name in blocks}
-    handles = []
-    for name, block in blocks.items():
-        store = found[name]
-        handles.append(block.register_forward_pre_hook(
-            lambda module, args, store=store: store.__setitem__("input", args[0].detach())))
-        handles.append(block.bn2.register_forward_hook(
-            lambda module, args, out, store=store: store.__setitem__("features", torch.relu(out).detach())))
-        handles.append(block.conv_offset.register_forward_hook(
-            lambda module, args, out, store=store: store.__setitem__("offset", out.detach())))
+def capture_blocks(model: nn.Module, clip: Tensor, layers: Dict[str, SIFA]) -> Dict[str, BlockCapture]:
+    """Run `clip` (N×3×L×H×W) through `model`; each layer that ran: its input, offsets and scores."""
+    inputs: Dict[str, Tensor] = {}
+    handles = [layer.register_forward_pre_hook(lambda module, args, name=name: inputs.__setitem__(name, args[0]))
+               for name, layer in layers.items()]
     try:
         with torch.no_grad():
             model(clip)
-            for name, block in blocks.items():
-                store = found[name]
-                features = store.pop("features")
-                store["scores"] = block.def_cor(features, store["offset"].to(features.dtype))
+            found = {}
+            for name, features in inputs.items():
+                offset = layers[name].offsets(features)
+                found[name] = BlockCapture(features, offset, layers[name].def_cor(features, offset))
     finally:
         for handle in handles:
             handle.remove()
-    found = {name: {key: t.float().cpu() for key, t in tensors.items()} for name, tensors in found.items()}
-    return {name: BlockCapture(**tensors) for name, tensors in found.items()}
+    return {name: BlockCapture(*(t.float().cpu() for t in (c.features, c.offset, c.scores)))
+            for name, c in found.items()}
 
 
 def feature_to_image(coordinate: float, stride: int) -> float:
@@ -114,13 +108,13 @@ def query_pixels(height: int, width: int, count: int) -> List[Tuple[int, int]]:
     return pixels[:count]
 
 
-def tap_layout(block: SIFABottleneck) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int], int]:
-    """(kernel (kh, kw), padding, dilation, groups) of the block's deformable sampling."""
+def tap_layout(block: SIFA) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int], int]:
+    """(kernel (kh, kw), padding, dilation, groups) of the layer's deformable sampling."""
     kh, kw = block.def_cor.weight.shape[2:]
     return (int(kh), int(kw)), block.def_cor.padding, block.def_cor.dilation, block.def_cor.groups
 
 
-def frame_taps(capture: BlockCapture, block: SIFABottleneck, t: int, points: Sequence[Tuple[int, int]],
+def frame_taps(capture: BlockCapture, block: SIFA, t: int, points: Sequence[Tuple[int, int]],
                stride: int) -> List[Dict[str, object]]:
     """For query pixels of feature frame t: the taps on frame t+1 (offsets and scores of frame t+1)."""
     (kh, kw), (pad_h, pad_w), (dil_h, dil_w), groups = tap_layout(block)
@@ -152,8 +146,21 @@ def display_frames(clip: Tensor) -> np.ndarray:
     return (clip.cpu() * std + mean).clamp(0, 1).permute(1, 2, 3, 0).numpy()
 
 
+def key_view(points: List[Dict[str, object]], height: int, width: int,
+             clip_to_image: bool) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """(x limits, y limits, top row last) of the key frame's view. Taps may leave the image (out-of-range samples
+    read zeros): the view widens to show them, unless clipped to the image (far taps of deep layers would shrink
+    it to a thumbnail)."""
+    if clip_to_image:
+        return (-0.5, width - 0.5), (height - 0.5, -0.5)
+    all_y = [tap["image"][0] for p in points for tap in p["taps"]]
+    all_x = [tap["image"][1] for p in points for tap in p["taps"]]
+    return ((min(-0.5, min(all_x) - 1), max(width - 0.5, max(all_x) + 1)),
+            (max(height - 0.5, max(all_y) + 1), min(-0.5, min(all_y) - 1)))
+
+
 def plot_taps(query_image: np.ndarray, key_image: np.ndarray, points: List[Dict[str, object]], title: str,
-              path: str) -> None:
+              path: str, clip_to_image: bool = False) -> None:
     fig, (ax_query, ax_key) = plt.subplots(1, 2, figsize=(10, 5.4))
     all_scores = [tap["score"] for p in points for tap in p["taps"]]
     max_score = max(abs(s) for s in all_scores) or 1.0
@@ -171,15 +178,12 @@ def plot_taps(query_image: np.ndarray, key_image: np.ndarray, points: List[Dict[
         sizes = [20 + 220 * abs(s) / max_score for s in scores]
         scatter = ax_key.scatter(xs, ys, s=sizes, c=scores, cmap="viridis", vmin=colour_range[0],
                                  vmax=colour_range[1], edgecolors=[colour], linewidths=1.5)
-    height, width = key_image.shape[:2]
-    all_y = [tap["image"][0] for p in points for tap in p["taps"]]
-    all_x = [tap["image"][1] for p in points for tap in p["taps"]]
     for ax, image, label in ((ax_query, query_image, "query frame t"), (ax_key, key_image, "key frame t+1")):
         ax.imshow(image, interpolation="nearest")
         ax.set_title(label)
-    # Taps may leave the image (out-of-range samples read zeros): widen the key view to show them.
-    ax_key.set_xlim(min(-0.5, min(all_x) - 1), max(width - 0.5, max(all_x) + 1))
-    ax_key.set_ylim(max(height - 0.5, max(all_y) + 1), min(-0.5, min(all_y) - 1))
+    x_limits, y_limits = key_view(points, *key_image.shape[:2], clip_to_image)
+    ax_key.set_xlim(*x_limits)
+    ax_key.set_ylim(*y_limits)
     fig.colorbar(scatter, ax=ax_key, fraction=0.046, pad=0.04, label="aggregation weight (score)")
     fig.suptitle(title)
     fig.tight_layout()
@@ -195,15 +199,16 @@ def write_gif(frames: np.ndarray, path: str) -> None:
 
 
 def visualize(model: nn.Module, clip: Tensor, out_dir: str, block_names: Optional[Sequence[str]] = None,
-              num_points: int = DEFAULT_POINTS, description: Optional[Dict[str, object]] = None) -> List[str]:
-    """Write the PNG/JSON pairs of the chosen blocks and clip.gif for one 3×L×H×W view; returns the PNGs."""
-    available = sifa_blocks(model)
+              num_points: int = DEFAULT_POINTS, description: Optional[Dict[str, object]] = None,
+              clip_to_image: bool = False) -> List[str]:
+    """Write the PNG/JSON pairs of the chosen SIFA layers and clip.gif for one 3×L×H×W view; returns the PNGs."""
+    available = sifa_layers(model)
     if not available:
-        raise InputError(f"{type(model).__name__} has no SIFA bottleneck (conv_offset, def_cor) to show")
+        raise InputError(f"{getattr(model, 'name', type(model).__name__)} has no SIFA layer to show")
     names = list(block_names) if block_names else list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise InputError(f"not SIFA bottlenecks: {unknown}; choose from {list(available)}")
+        raise InputError(f"not SIFA layers: {unknown}; choose from {list(available)}")
     if num_points < 1:
         raise InputError(f"--points must be positive, got {num_points}")
     os.makedirs(out_dir, exist_ok=True)
@@ -213,6 +218,10 @@ def visualize(model: nn.Module, clip: Tensor, out_dir: str, block_names: Optiona
     num_frames, image_h, image_w = frames.shape[:3]
     written = []
     for name in names:
+        if name not in captures:
+            print(f"{name}: skipped, the network did not run it (a shifted SIFA-Swin block takes its temporal "
+                  f"convolution)")
+            continue
         capture, block = captures[name], available[name]
         times, feat_h, feat_w = capture.offset.shape[2:]
         if times < 2:
@@ -236,7 +245,7 @@ def visualize(model: nn.Module, clip: Tensor, out_dir: str, block_names: Optiona
                 json.dump(record, f, indent=1)
             plot_taps(frames[query_frame], frames[key_frame], plotted,
                       f"{name} (stride {stride}, {kh}×{kw} taps): feature frame {t} -> {t + 1} "
-                      f"(input frames {query_frame} -> {key_frame})", stem + ".png")
+                      f"(input frames {query_frame} -> {key_frame})", stem + ".png", clip_to_image)
             written.append(stem + ".png")
     write_gif(frames, os.path.join(out_dir, "clip.gif"))
     return written
@@ -249,9 +258,12 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     parser.add_argument("--input", required=True, help="video file, FRAME folder or LMDB environment")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--block", action="append", default=None,
-                        help="SIFA bottleneck to show, e.g. layer2.1 (repeatable; default: all)")
+                        help="SIFA layer to show, by the name of its module or block, e.g. layer2.1 (repeatable; "
+                             "default: all)")
     parser.add_argument("--points", type=int, default=DEFAULT_POINTS, help="query pixels per frame")
     parser.add_argument("--view", type=int, default=0, help="test view: clip index x eva_num_crop + crop index")
+    parser.add_argument("--clip_to_image", action="store_true",
+                        help="keep the key frame's view to the image (taps outside it are not shown)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -266,7 +278,8 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
         clip = views[args.view][0]
         model = load_network(cfg, args.checkpoint, device)
         written = visualize(model, clip, args.out, args.block, args.points,
-                            {"input": args.input, "checkpoint": args.checkpoint, "view": args.view})
+                            {"input": args.input, "checkpoint": args.checkpoint, "view": args.view},
+                            args.clip_to_image)
     for path in written:
         print(path)
     print(os.path.join(args.out, "clip.gif"))
