@@ -140,33 +140,29 @@ def test_swin_transfer_sifa(swin_base_2d: torch.nn.Module, layout: str) -> None:
     assert len(conv_keys) == 24 and all(torch.count_nonzero(state[k]) == 0 for k in conv_keys)
 
 
-@pytest.mark.slow  # two full Swin-Bs at 224 px
-def test_plain_c2d_swin_on_a_static_clip_equals_the_2d_swin(swin_base_2d: torch.nn.Module) -> None:
-    swin_2d = copy.deepcopy(swin_base_2d)
-    swin_2d.patch_embed.norm = torch.nn.Identity()  # the C2D Swin has no patch norm
-    model = get_model_by_name("c2d_swin_vit_b_p4_w7", num_classes=1000, clip_length=4).eval()
-    missing, unexpected = load_weights(model, transfer_weights("c2d_swin_vit_b_p4_w7", swin_2d.state_dict()),
-                                       strict=False)
+def assert_c2d_swin_on_a_static_clip_equals(swin_2d: torch.nn.Module, net_name: str) -> None:
+    """The C2D Swin `net_name` with `swin_2d`'s transferred weights gives its logits on a clip of one frame
+    repeated (`swin_2d` loses its patch norm, which the C2D Swin lacks)."""
+    swin_2d.patch_embed.norm = torch.nn.Identity()
+    model = get_model_by_name(net_name, num_classes=1000, clip_length=4).eval()
+    missing, unexpected = load_weights(model, transfer_weights(net_name, swin_2d.state_dict()), strict=False)
     assert set(missing) == keys_matching(model, r"(relative_position_index|attn_mask)") and unexpected == []
     frame = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         (video_logits,) = model(frame.unsqueeze(2).expand(-1, -1, 4, -1, -1))
         torch.testing.assert_close(video_logits, swin_2d(frame), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # two full Swin-Bs at 224 px
+def test_plain_c2d_swin_on_a_static_clip_equals_the_2d_swin(swin_base_2d: torch.nn.Module) -> None:
+    assert_c2d_swin_on_a_static_clip_equals(copy.deepcopy(swin_base_2d), "c2d_swin_vit_b_p4_w7")
 
 
 @pytest.mark.slow  # a Swin-T at 224 px, 2-D and as a C2D network
 def test_swin_t_is_timms_swin_tiny_on_a_static_clip() -> None:
     torch.manual_seed(0)
     swin_2d = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
-    swin_2d.patch_embed.norm = torch.nn.Identity()  # the C2D Swin has no patch norm
-    model = get_model_by_name("c2d_swin_vit_t_p4_w7", num_classes=1000, clip_length=4).eval()
-    missing, unexpected = load_weights(model, transfer_weights("c2d_swin_vit_t_p4_w7", swin_2d.state_dict()),
-                                       strict=False)
-    assert set(missing) == keys_matching(model, r"(relative_position_index|attn_mask)") and unexpected == []
-    frame = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        (video_logits,) = model(frame.unsqueeze(2).expand(-1, -1, 4, -1, -1))
-        torch.testing.assert_close(video_logits, swin_2d(frame), rtol=1e-4, atol=1e-4)
+    assert_c2d_swin_on_a_static_clip_equals(swin_2d, "c2d_swin_vit_t_p4_w7")
     sifa = get_model_by_name("c2d_sifa_swin_vit_t_p4_w7", num_classes=1000, clip_length=8)
     missing, unexpected = load_weights(sifa, transfer_weights("c2d_sifa_swin_vit_t_p4_w7", swin_2d.state_dict()),
                                        strict=False)
