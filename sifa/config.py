@@ -309,25 +309,26 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
 
 
 def check_run_inputs(cfg: SimpleNamespace, eval_checkpoint: Optional[str] = None) -> None:
-    """What a run reads and writes, checked before any process group or data loading: output_dir must take files
-    (it is made if absent); training (``eval_checkpoint`` None) needs list_file, and eva_list_file when eva_inter;
-    evaluation needs eva_list_file and a checkpoint (``eval_checkpoint``, or eva_model when that is empty)."""
+    """What a run reads and writes, checked before any process group or data loading: training
+    (``eval_checkpoint`` None) needs list_file, and eva_list_file when eva_inter; evaluation needs eva_list_file
+    and a checkpoint (``eval_checkpoint``, or eva_model when that is empty); then output_dir must take files (it
+    is made if absent: last, so that a run refused for its inputs leaves nothing behind)."""
     def fail(message: str) -> None:
         raise ConfigError(f"{cfg.config_file}: {message}")
 
-    problem = folder_write_problem(cfg.output_dir, create=True)
-    if problem:
-        fail(f"key 'output_dir' {shown(cfg.output_dir)}: cannot write in this folder: {problem}")
     if eval_checkpoint is None:
         if not cfg.list_file:
             fail("list_file is empty: training needs a list of videos")
         if cfg.eva_inter and not cfg.eva_list_file:
             fail("eva_inter is true but eva_list_file is empty")
-        return
-    if not cfg.eva_list_file:
-        fail("eva_list_file is empty: evaluation needs a list of videos")
-    if not (eval_checkpoint or cfg.eva_model):
-        fail("--eval_only needs a checkpoint: pass a path or set eva_model")
+    else:
+        if not cfg.eva_list_file:
+            fail("eva_list_file is empty: evaluation needs a list of videos")
+        if not (eval_checkpoint or cfg.eva_model):
+            fail("--eval_only needs a checkpoint: pass a path or set eva_model")
+    problem = folder_write_problem(cfg.output_dir, create=True)
+    if problem:
+        fail(f"key 'output_dir' {shown(cfg.output_dir)}: cannot write in this folder: {problem}")
 
 
 def config_to_dict(cfg: SimpleNamespace) -> Dict[str, Any]:
