@@ -308,7 +308,8 @@ def test_an_output_dir_that_cannot_take_files_is_a_config_error(tmp_path, monkey
     (tmp_path / "file").write_text("")
     for output_dir, reason in [(tmp_path / "file", "File exists"), (tmp_path / "file" / "run", "Not a directory"),
                                ("out\0put", "embedded null byte")]:
-        cfg = load_config(write(tmp_path / "exp.yml", {"output_dir": str(output_dir), "list_file": "train.txt"}))
+        cfg = load_config(write(tmp_path / "exp.yml", {"output_dir": str(output_dir), "list_file": "train.txt",
+                                                       "eva_inter": False}))
         with pytest.raises(ConfigError, match=rf"exp\.yml: key 'output_dir' .*: cannot write in this folder: {reason}"):
             check_run_inputs(cfg)
     # A read-only file system: the folder exists, creating a file in it fails (root writes in any folder).
@@ -316,6 +317,7 @@ def test_an_output_dir_that_cannot_take_files_is_a_config_error(tmp_path, monkey
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
-    cfg = load_config(write(tmp_path / "exp.yml", {"output_dir": str(tmp_path / "out"), "list_file": "train.txt"}))
+    cfg = load_config(write(tmp_path / "exp.yml", {"output_dir": str(tmp_path / "out"), "list_file": "train.txt",
+                                                   "eva_inter": False}))
     with pytest.raises(ConfigError, match="cannot write in this folder: Read-only file system"):
         check_run_inputs(cfg)
