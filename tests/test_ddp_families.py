@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow  # every network family trained on 2 processes
 FAMILIES = {
     "c2d_sifa_resnet50": (8, 32),
     "c2d_resnet50": (8, 32),
-    "c2d_sifa_swin_vit_s_p4_w7": (8, 224),  # the smallest Swin the registry offers
-    "c2d_swin_vit_s_p4_w7": (4, 224),
+    "c2d_sifa_swin_vit_t_p4_w7": (8, 224),  # the smallest Swin the registry offers
+    "c2d_swin_vit_t_p4_w7": (4, 224),
 }
 
 
