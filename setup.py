@@ -69,12 +69,12 @@ def _extension():
     use_cuda = _want_cuda(cuda_home)
     if use_cuda:
         os.environ["CUDA_HOME"] = cuda_home  # before cpp_extension reads it
+    import torch
     from torch.utils import cpp_extension
 
     if use_cuda:
         cpp_extension.CUDA_HOME = cuda_home
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            import torch
             if torch.cuda.is_available():  # the visible GPUs' architectures (torch's default adds PTX: a second compile)
                 capabilities = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
                 os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{major}.{minor}" for major, minor in sorted(capabilities))
@@ -82,14 +82,19 @@ def _extension():
                 os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;8.6;8.9;9.0+PTX"
     sources = [str(CSRC / "ops" / "sifa.cpp"), str(CSRC / "ops" / "autocast" / "sifa_kernel.cpp"),
                str(CSRC / "ops" / "cpu" / "sifa_kernel.cpp")]
-    cxx = ["-O3", "-fopenmp-simd"]
+    cxx, link = ["-O3", "-fopenmp-simd"], []
+    if torch.backends.openmp.is_available():
+        # torch's at::parallel_for is then OpenMP's, inlined into the kernels: compiled without -fopenmp its
+        # pragma is ignored and the CPU kernels run on one thread (linked, libgomp is the one torch loaded)
+        cxx, link = cxx + ["-fopenmp"], ["-fopenmp"]
     if use_cuda:
         sources.append(str(CSRC / "ops" / "cuda" / "sifa_kernel.cu"))
         nvcc = ["-O3", "--expt-relaxed-constexpr"]
         nvcc += [f"-I{d}" for d in _pip_nvidia_includes()]
         cxx += [f"-I{d}" for d in _pip_nvidia_includes()]
-        return cpp_extension.CUDAExtension("sifa._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc})
-    return cpp_extension.CppExtension("sifa._C", sources, extra_compile_args={"cxx": cxx})
+        return cpp_extension.CUDAExtension("sifa._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                                           extra_link_args=link)
+    return cpp_extension.CppExtension("sifa._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
 
 
 def _build_ext_class():

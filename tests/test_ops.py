@@ -412,6 +412,17 @@ def test_avx_instructions_only_in_the_avx2_kernels():
 
 
 @needs_ext
+def test_cpu_kernels_run_their_rows_on_torchs_openmp_threads():
+    # at::parallel_for is inlined into the kernels; where torch's is OpenMP's, a build without
+    # -fopenmp silently drops its pragma and every frame runs on one thread
+    if not torch.backends.openmp.is_available():
+        pytest.skip("this torch parallelises with its own thread pool, not OpenMP")
+    symbols = subprocess.run(["objdump", "-T", str(_extension._library_path())], capture_output=True, text=True,
+                             check=True).stdout
+    assert re.search(r"\bGOMP_parallel\b", symbols), "the CPU kernels were built without -fopenmp"
+
+
+@needs_ext
 def test_autocast_cpu_runs_in_float32():
     x, off, w, scores = make_case(1, 4, 2, 4, 4, 3, 1, 1, 1.0, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
