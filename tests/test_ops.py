@@ -423,6 +423,24 @@ def test_cpu_kernels_run_their_rows_on_torchs_openmp_threads():
 
 
 @needs_ext
+def test_cpu_kernels_give_the_same_bits_on_any_number_of_threads():
+    # every output element is one thread's, summed in a fixed order: a resumed run on another
+    # machine, or under OMP_NUM_THREADS, computes what the uninterrupted one did
+    x, off, w, _ = make_case(2, 64, 4, 9, 11, 3, 1, 2, 1.0, dtype=torch.float32)
+    results, threads = [], torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            inputs = [t.clone().requires_grad_() for t in (x, off, w)]
+            out = ops.sifa_attention(*inputs, 1, 1, 1, 2)
+            results.append([out.detach(), *torch.autograd.grad((out * out).sum(), inputs)])
+    finally:
+        torch.set_num_threads(threads)
+    for one, three in zip(*results):
+        assert torch.equal(one, three)
+
+
+@needs_ext
 def test_autocast_cpu_runs_in_float32():
     x, off, w, scores = make_case(1, 4, 2, 4, 4, 3, 1, 1, 1.0, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
