@@ -302,3 +302,17 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
         raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint (a dictionary of "
                               f"named entries)")
     return checkpoint
+
+
+def non_finite_entries(state: Any, name: str = "") -> List[str]:
+    """The names (``model.bn1.running_var``, ``optimizer.3.momentum_buffer``) of the floating-point
+    tensors in ``state`` (nested dicts and lists) that hold a NaN or an infinity."""
+    if isinstance(state, torch.Tensor):
+        return [name] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, Mapping):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    return [found for key, value in items for found in non_finite_entries(value, f"{name}.{key}" if name else str(key))]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -103,20 +103,6 @@ def remove_checkpoint(path: str) -> None:
     """Remove a checkpoint and its SHA-256 file."""
     remove_if_present(checksum_path(path))
     os.remove(path)
-
-
-def non_finite_entries(state: Any, name: str = "") -> List[str]:
-    """The names (``model.bn1.running_var``, ``optimizer.3.momentum_buffer``) of the floating-point
-    tensors in ``state`` (nested dicts and lists) that hold a NaN or an infinity."""
-    if isinstance(state, torch.Tensor):
-        return [name] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
-    if isinstance(state, Mapping):
-        items = state.items()
-    elif isinstance(state, (list, tuple)):
-        items = enumerate(state)
-    else:
-        return []
-    return [found for key, value in items for found in non_finite_entries(value, f"{name}.{key}" if name else str(key))]
 
 
 def save_checkpoint(output_dir: str, epoch: int, save_freq: int, model: torch.nn.Module,

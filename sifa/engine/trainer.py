@@ -22,11 +22,11 @@ from ..data import BadSampleError, VideoDataset, collate_samples, read_class_nam
 from ..data.build import build_eval_dataset, build_train_dataset, prepare_synthetic_data
 from ..data.transforms import DeviceColourAugment, normalize_clips
 from ..models.build import build_model, freeze_bn, load_network, load_pretrained
-from ..checkpoint_file import atomic_write_text, load_checkpoint, remove_leftover_tmp
+from ..checkpoint_file import atomic_write_text, load_checkpoint, non_finite_entries, remove_leftover_tmp
 from ..errors import CheckpointError
 from ..models.weights import load_weights
 from .checkpoint import (BEST, CURRENT, capture_rng_state, kept_checkpoints, newest_intact_epoch_checkpoint,
-                         non_finite_entries, remove_checkpoint, remove_old_epoch_checkpoints, restore_epoch_checkpoint,
+                         remove_checkpoint, remove_old_epoch_checkpoints, restore_epoch_checkpoint,
                          restore_rng_state, resume_path, run_checkpoints, save_checkpoint, save_weights)
 from .distributed import DistContext, all_gather_objects, barrier, broadcast_buffers, mean_over_ranks, wrap_ddp
 from .evaluate import EvalResult, class_report, evaluate, plot_confusion

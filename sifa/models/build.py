@@ -8,7 +8,7 @@ from typing import List, Mapping, Tuple
 import torch
 from torch import nn
 
-from ..checkpoint_file import load_checkpoint
+from ..checkpoint_file import load_checkpoint, non_finite_entries
 from ..config import DEFAULT_CONFIG, load_config
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from .registry import check_model_config, get_model_by_name, model_arguments, model_entry
@@ -93,8 +93,7 @@ def load_pretrained(model: nn.Module, cfg: SimpleNamespace) -> None:
 def check_finite_weights(model: nn.Module, checkpoint: str) -> None:
     """A CheckpointError when the weights loaded from ``checkpoint`` hold NaN or infinite values (a diverged run's):
     every score of the network would be NaN, which evaluation, predict, visualize and export must not pass on."""
-    non_finite = [name for name, tensor in model.state_dict().items()
-                  if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    non_finite = non_finite_entries(model.state_dict())
     if non_finite:
         raise CheckpointError(f"checkpoint {checkpoint}: {len(non_finite)} of the network's tensors hold NaN or "
                               f"infinite values (the first: {non_finite[0]}), as a run that diverged leaves them; "
