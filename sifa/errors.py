@@ -58,6 +58,11 @@ class OpInputError(UserError, ValueError):
     """Tensors or arguments of a SIFA op with the wrong shape, value or device."""
 
 
+class NonFiniteLossError(UserError, FloatingPointError):
+    """Training diverged: a NaN or infinite loss, gradient norm, weight or statistic; nothing of that epoch
+    is saved. A user error: the message names where it happened and the settings that cure it."""
+
+
 class OpInputTypeError(UserError, TypeError):
     """Tensors or arguments of a SIFA op of the wrong type or dtype."""
 

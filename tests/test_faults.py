@@ -47,6 +47,17 @@ def test_nan_loss_stops_training_naming_epoch_and_iteration_and_keeps_the_last_c
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
+def test_a_diverging_command_line_run_ends_with_one_error_line_not_a_traceback(tmp_path, tiny_data):
+    # loss_weight 1e39 sends the gradients to NaN within two steps, as a far too large learning rate would.
+    result = run_command(tiny_config(tmp_path, tiny_data), "loss_weight=1e39", "epochs=1", "eva_inter=false")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: training diverged: the (loss|gradient norm) is (nan|inf) at epoch 1, iteration "
+                        r"[12]/6.*; stopped without saving this epoch, no epoch was saved; lower "
+                        r"base_learning_rate or set clip_gradient", last), last
+
+
 def with_hook_on_the_last_iteration(monkeypatch, hook):
     """Training's network calls ``hook(model)`` after the forward of the 6th (an epoch's last) iteration."""
     real_build_model = trainer_module.build_model

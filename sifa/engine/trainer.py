@@ -23,7 +23,7 @@ from ..data.build import build_eval_dataset, build_train_dataset, prepare_synthe
 from ..data.transforms import DeviceColourAugment, normalize_clips
 from ..models.build import build_model, freeze_bn, load_network, load_pretrained
 from ..checkpoint_file import atomic_write_text, load_checkpoint, non_finite_entries, remove_leftover_tmp
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NonFiniteLossError
 from ..models.weights import load_weights
 from .checkpoint import (BEST, CURRENT, capture_rng_state, kept_checkpoints, newest_intact_epoch_checkpoint,
                          remove_checkpoint, remove_old_epoch_checkpoints, restore_epoch_checkpoint,
@@ -44,11 +44,6 @@ SKIPPED_JSON = "skipped_samples.json"  # per epoch, the samples skip_bad_samples
 SKIP_HINT = "; with skip_bad_samples: true such samples are replaced (training) or left out (evaluation)"
 EPOCH_UNKNOWN = -1  # the TensorBoard step of an --eval_only result whose checkpoint does not say its epoch
 SHOWN_ENTRIES = 4  # non-finite checkpoint entries named in a message before "(and N more)"
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training diverged: a NaN or infinite loss, gradient norm, weight or statistic; nothing of that epoch
-    is saved."""
 
 
 def classification_loss(outputs: List[torch.Tensor], labels: torch.Tensor, criterion: torch.nn.Module) -> torch.Tensor:
