@@ -67,10 +67,15 @@ def test_a_run_without_resume_refuses_an_earlier_runs_folder_unless_told_to_over
                                           rf"to continue that run, or overwrite=true to train from scratch"):
         train(config)
     assert file_sha256(out / "current.pth") == saved
+    earlier_events = {path.name for path in out.glob("events.out.tfevents.*")}
+    assert earlier_events
     train(config, "overwrite=true", "epochs=1", "eva_inter=false", "save_freq=2")
     assert sorted(path.name for path in out.glob("*.pth")) == ["current.pth"]
     assert not (out / "val_accuracy.json").exists() and file_sha256(out / "current.pth") != saved
-    assert "overwrite: true: removed the earlier run's current.pth, best.pth, ckpt_epoch_1.pth" in log_of(out)
+    events = {path.name for path in out.glob("events.out.tfevents.*")}
+    assert len(events) == 1 and not events & earlier_events
+    assert (f"overwrite: true: removed the earlier run's current.pth, best.pth, ckpt_epoch_1.pth, validation results "
+            f"and {len(earlier_events)} TensorBoard event file(s)") in log_of(out)
 
 
 def test_resume_true_without_current_resumes_from_the_newest_intact_epoch_checkpoint(run):

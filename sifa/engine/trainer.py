@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import glob
 import json
 import math
 import os
@@ -100,11 +101,13 @@ class Trainer:
         if self.ctx.is_main and earlier:
             for name in earlier:
                 remove_checkpoint(os.path.join(cfg.output_dir, name))
-            for name in (VAL_JSON, SKIPPED_JSON):
+            # TensorBoard would draw the earlier run's curves over the new ones, step for step.
+            events = glob.glob(os.path.join(glob.escape(cfg.output_dir), "events.out.tfevents.*"))
+            for path in [os.path.join(cfg.output_dir, name) for name in (VAL_JSON, SKIPPED_JSON)] + events:
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(cfg.output_dir, name))
-            self.logger.info(f"overwrite: true: removed the earlier run's {', '.join(earlier)} and validation "
-                             f"results from {cfg.output_dir}")
+                    os.remove(path)
+            self.logger.info(f"overwrite: true: removed the earlier run's {', '.join(earlier)}, validation "
+                             f"results and {len(events)} TensorBoard event file(s) from {cfg.output_dir}")
 
     # ----------------------------------------------------------------------------- evaluation only
     def evaluate_checkpoint(self, path: str) -> EvalResult:
