@@ -10,7 +10,7 @@ output written once) and the issue floor (warp-instructions / issue rate), the w
 per pixel read from the SASS loops of the 3×3 kernels (the pixel loop's body, plus the tap loop's
 body for each further tap where it is not unrolled) times the warps' pixels (forward and first
 backward pass: one per pixel and each of the pixel's W warps, C = 32·S·W as the kernel file's
-SliceShapes map it; the backward's scatter: one per pixel and channel slice) — an
+ForwardShapes and BackwardShapes map it; the backward's scatter: one per pixel and channel slice) — an
 estimate that leaves out stalls, the per-block prologues and the scatter's final sum.
 
     python benchmarks/kernel_cost.py [--arch 80 90] [--rev GIT_REV] [--dtype float Half] [--filter fused]
@@ -195,14 +195,17 @@ def _kernel(counts: dict[str, int], *names: str) -> int | None:
     return next((counts[n] for n in names if n in counts), None)
 
 
-def _slice_shapes(ops_dir: Path) -> dict[int, tuple[int, int]]:
-    """C -> (S channels per lane, W warps per pixel) of the kernel file's slice kernels; empty for a
-    kernel file from before SliceShapes (one warp per pixel, S = C / 32)."""
+def _slice_shapes(ops_dir: Path) -> dict[str, dict[int, tuple[int, int]]]:
+    """Per pass ("Forward", "Backward"), C -> (S channels per lane, W warps per pixel) of the kernel
+    file's slice kernels; empty for a kernel file from before them (one warp per pixel, S = C / 32)."""
     text = (ops_dir / "cuda" / "sifa_kernel.cu").read_text()
-    return {32 * int(S) * int(W): (int(S), int(W)) for S, W in re.findall(r"SliceShape<(\d+), (\d+)>", text)}
+    out = {}
+    for name, body in re.findall(r"using (Forward|Backward)Shapes = std::tuple<(.*?)>;", text, re.S):
+        out[name] = {32 * int(S) * int(W): (int(S), int(W)) for S, W in re.findall(r"SliceShape<(\d+), (\d+)>", body)}
+    return out
 
 
-def _floors(counts: dict[str, int], arch: int, dtypes: list[str], shapes: dict[int, tuple[int, int]]) -> None:
+def _floors(counts: dict[str, int], arch: int, dtypes: list[str], shapes: dict[str, dict[int, tuple[int, int]]]) -> None:
     """Memory and issue floors of the fused op's forward and backward (input and offset gradients)."""
     print(f"floors on an H100 SXM from the sm_{arch} SASS (3×3 taps, one group):")
     print("| pass | dtype | N×C×T×H×W | memory floor MB | memory floor µs | warp-instr. per pixel | issue floor µs | "
@@ -212,19 +215,21 @@ def _floors(counts: dict[str, int], arch: int, dtypes: list[str], shapes: dict[i
         e = ELEMENT_BYTES[dtype]
         for N, C, T, H, W in SIFA_NET_SHAPES + SWIN_WIDE_SHAPES:
             pixels = N * T * H * W
-            S, warps = shapes.get(C, (C // 32, 1)) if shapes else (C // 32, 1)
-            new = f"{S}, {warps}, " if shapes else None  # kernel<dtype, S, W, taps>
+            S = C // 32  # the names of a kernel file from before W
+            fwd_new, bwd_new = (f"{s}, {w}, " for s, w in (shapes.get(p, {}).get(C, (0, 0)) for p in ("Forward", "Backward")))
+            fwd_warps, bwd_warps = (shapes.get(p, {}).get(C, (0, 1))[1] for p in ("Forward", "Backward"))
             feature, offsets, scores = pixels * C, pixels * 2 * TAPS, pixels * TAPS
             # forward: x read, out written, offsets read, scores written (float)
             fwd_bytes = 2 * feature * e + offsets * e + scores * 4
             # the kernels compiled for 3×3 taps, else (an older kernel file) those for any K
-            fwd = _kernel(counts, f"forward_slice_kernel<{dtype}, {new}{TAPS}>" if new else "",
+            fwd = _kernel(counts, f"forward_slice_kernel<{dtype}, {fwd_new}{TAPS}>",
                           f"forward_slice_kernel<{dtype}, {S}, {TAPS}>", f"forward_slice_kernel<{dtype}, {S}>")
             # backward: x, grad_out, offsets, scores read; float input gradient and offset gradient written
             bwd_bytes = 2 * feature * e + feature * 4 + 2 * offsets * e + scores * 4
-            first = _kernel(counts, f"backward_slice_kernel<{dtype}, {new}{TAPS}>" if new else "",
+            first = _kernel(counts, f"backward_slice_kernel<{dtype}, {bwd_new}{TAPS}>",
                             f"backward_slice_kernel<{dtype}, {S}, {TAPS}>", f"backward_slice_kernel<{dtype}, {S}>")
-            fwd, first = (None if v is None else v * warps for v in (fwd, first))
+            fwd = None if fwd is None else fwd * fwd_warps
+            first = None if first is None else first * bwd_warps
             s = 2 if C % 64 == 0 else 1
             scatter = _kernel(counts, f"scatter_slice_kernel<{dtype}, {s}, {TAPS}>")  # none before the two passes
             bwd = None if first is None else first + (scatter or 0) * C // (32 * s)

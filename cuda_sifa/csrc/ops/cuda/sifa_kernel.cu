@@ -7,18 +7,18 @@
 // double) for every storage dtype; scores in that type too.
 //
 // Two kernel families:
-// - the slice kernels, for the fused op with one group and C = 32·S·W: W warps per pixel, S
-//   channels per lane, S·W = 2, 3, 4, 6, 8 (W = 1), 12 (6·2), 16 (8·2), 24 (8·3), 32 (8·4) or 48
-//   (8·6): C = 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536 — every SIFA width of SIFA-Net
-//   (128–512) and SIFA-Swin-S/B/L (96–1536). Each lane keeps its S ≤ 8 contiguous channels in
-//   registers, reads them with vector loads, and sweeps the taps once (unrolled for 3×3 taps while
-//   the registers allow) reading every corner without a branch — forward: sample, score,
-//   accumulate; backward, in two passes with no global float atomics in the input and offset
-//   gradients: per pixel, the score, offset and query gradients; then per (frame, channel slice),
-//   the bilinear scatter summed in shared memory in a fixed order (a deterministic backward). A
-//   pixel's W warps are one block, their per-tap channel sums added in warp order after a block
-//   barrier (deterministic too). Only the frozen weight's gradient, when asked for, adds with
-//   atomics;
+// - the slice kernels, for the fused op with one group and C = 32·S·W = 64, 96, 128, 192, 256,
+//   384, 512, 768, 1024 or 1536 — every SIFA width of SIFA-Net (128–512) and SIFA-Swin-S/B/L
+//   (96–1536): W warps per pixel, S channels per lane (ForwardShapes, BackwardShapes: the forward
+//   one warp up to C = 512, then 12·2, 16·2, 16·3; the backward one warp up to C = 256, then 6·2,
+//   8·2, 8·3, 8·4, 8·6). Each lane keeps its S contiguous channels in registers, reads them with
+//   vector loads, and sweeps the taps once (unrolled for 3×3 taps while the registers allow)
+//   reading every corner without a branch — forward: sample, score, accumulate; backward, in two
+//   passes with no global float atomics in the input and offset gradients: per pixel, the score,
+//   offset and query gradients; then per (frame, channel slice), the bilinear scatter summed in
+//   shared memory in a fixed order (a deterministic backward). A pixel's W warps are one block,
+//   their per-tap channel sums added in warp order after a block barrier (deterministic too). Only
+//   the frozen weight's gradient, when asked for, adds with atomics;
 // - the general kernels, for every other op and shape: lanes stride over each group's channels, and
 //   the backward scatters with atomics.
 #include <ATen/ATen.h>
@@ -45,11 +45,11 @@ constexpr int kWarp = 32;
 constexpr int kMaxWarpsPerBlock = 8;
 constexpr int kMaxThreads = kWarp * kMaxWarpsPerBlock;
 // Register budget: every kernel is declared for blocks of up to kMaxThreads threads; the slice
-// kernels for two resident blocks per SM (16 warps), which caps them at 128 registers a thread —
-// the backward's first pass keeps six S-channel arrays live, which fits for S ≤ kMaxSlice channels
-// per lane (wider layers take more warps per pixel rather than more channels per lane). The double
-// kernels (two registers a value) get one block per SM (up to 255 registers), as do the general
-// kernels.
+// kernels for two resident blocks per SM (16 warps), which caps them at 128 registers a thread:
+// the forward keeps five S-channel arrays live, which fits up to S = 16 channels per lane, the
+// backward's first pass six, which fits up to S = 8 (wider layers take more warps per pixel rather
+// than more channels per lane). The double kernels (two registers a value) get one block per SM
+// (up to 255 registers), as do the general kernels.
 constexpr int kRegistersPerSM = 65536;
 constexpr int register_cap(int blocks_per_sm) {
   return kRegistersPerSM / (kMaxThreads * blocks_per_sm) < 255 ? kRegistersPerSM / (kMaxThreads * blocks_per_sm) : 255;
@@ -58,7 +58,7 @@ constexpr int kSliceBlocksPerSM = 2;
 template <typename scalar_t>
 constexpr int kSliceBlocks = std::is_same_v<scalar_t, double> ? 1 : kSliceBlocksPerSM;
 static_assert(register_cap(kSliceBlocks<float>) == 128, "the slice kernels' register budget");
-constexpr int kMaxSlice = 8;  // channels per lane of the slice kernels
+constexpr int kMaxForwardSlice = 16, kMaxBackwardSlice = 8;  // channels per lane of the slice kernels
 // Taps unrolled (3×3) where the unrolled loop stays within the budget without spilling.
 template <int kTaps, int S, int kMaxS>
 constexpr int kUnrolledTaps = kTaps && S <= kMaxS ? kTaps : 1;
@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) forward_s
                                      const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                      scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
-  static_assert(S <= kMaxSlice, "the slice kernels' register budget");
+  static_assert(S <= kMaxForwardSlice, "the slice kernels' register budget");
   constexpr int kUnroll = kUnrolledTaps<kTaps, S, 8>;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto shared = warp_shared<acc_t>(smem, g);
@@ -296,7 +296,7 @@ __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) backward_
                                       at::acc_type<scalar_t, true>* __restrict__ grad_query, scalar_t* __restrict__ goff,
                                       at::acc_type<scalar_t, true>* gw, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
-  static_assert(S <= kMaxSlice, "the slice kernels' register budget");
+  static_assert(S <= kMaxBackwardSlice, "the slice kernels' register budget");
   constexpr int kUnroll = kUnrolledTaps<kTaps, S, 4>;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto shared = warp_shared<acc_t>(smem, g);
@@ -640,22 +640,26 @@ bool aligned(const at::Tensor& t, int64_t bytes) {
   return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes == 0;
 }
 
-// The widths the slice kernels serve, C = 32·S·W: S channels per lane, W warps per pixel. One warp
-// up to 8 channels per lane (C ≤ 256), then 8 (or 6) channels per lane over more warps.
+// The widths the slice kernels serve, C = 32·S·W: S channels per lane, W warps per pixel — one warp
+// while a lane's channels fit the pass's register budget (the forward up to 16 channels, C ≤ 512;
+// the backward up to 8, C ≤ 256), then the fewest warps that keep them within it. The same widths
+// in both passes: C = 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536.
 template <int S_, int W_>
 struct SliceShape {
   static constexpr int S = S_, W = W_;
 };
-using SliceShapes = std::tuple<SliceShape<2, 1>, SliceShape<3, 1>, SliceShape<4, 1>, SliceShape<6, 1>, SliceShape<8, 1>,
-                               SliceShape<6, 2>, SliceShape<8, 2>, SliceShape<8, 3>, SliceShape<8, 4>, SliceShape<8, 6>>;
+using ForwardShapes = std::tuple<SliceShape<2, 1>, SliceShape<3, 1>, SliceShape<4, 1>, SliceShape<6, 1>, SliceShape<8, 1>,
+                                 SliceShape<12, 1>, SliceShape<16, 1>, SliceShape<12, 2>, SliceShape<16, 2>, SliceShape<16, 3>>;
+using BackwardShapes = std::tuple<SliceShape<2, 1>, SliceShape<3, 1>, SliceShape<4, 1>, SliceShape<6, 1>, SliceShape<8, 1>,
+                                  SliceShape<6, 2>, SliceShape<8, 2>, SliceShape<8, 3>, SliceShape<8, 4>, SliceShape<8, 6>>;
 
 template <typename F, typename... Shapes>
 bool with_slice_shape(int64_t C, F&& f, std::tuple<Shapes...>*) {
   return ((C == kWarp * Shapes::S * Shapes::W && f(Shapes{})) || ...);
 }
 
-// Calls f(SliceShape<S, W>) when the slice kernels serve the call, else returns false.
-template <typename scalar_t, typename F>
+// Calls f(SliceShape<S, W>), one of Shapes, when the slice kernels serve the call, else returns false.
+template <typename Shapes, typename scalar_t, typename F>
 bool with_slice(const Geometry& g, Parts parts, std::initializer_list<const at::Tensor*> features, F&& f) {
   if (!(parts.correlate && parts.aggregate) || g.groups != 1) return false;
   return with_slice_shape(g.C, [&](auto shape) {
@@ -664,7 +668,7 @@ bool with_slice(const Geometry& g, Parts parts, std::initializer_list<const at::
       if (!aligned(*t, vector_bytes)) return false;  // e.g. a channels-last view at an odd storage offset
     f(shape);
     return true;
-  }, static_cast<SliceShapes*>(nullptr));
+  }, static_cast<Shapes*>(nullptr));
 }
 
 // Calls f(std::integral_constant<int, kTaps>): 9 for 3×3 taps (the networks' kernels, unrolled),
@@ -687,7 +691,7 @@ struct CudaKernels {
     const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_forward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
-      const bool sliced = with_slice<scalar_t>(g, parts, {&ts.x, &ts.weight, &ts.out}, [&](auto shape) {
+      const bool sliced = with_slice<ForwardShapes, scalar_t>(g, parts, {&ts.x, &ts.weight, &ts.out}, [&](auto shape) {
         using Shape = decltype(shape);
         with_taps(g, [&](auto taps) {
           const auto kernel = forward_slice_kernel<scalar_t, Shape::S, Shape::W, decltype(taps)::value>;
@@ -716,7 +720,7 @@ struct CudaKernels {
     const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_backward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
-      const bool sliced = ts.grad_scores_out.defined() ? false : with_slice<scalar_t>(
+      const bool sliced = ts.grad_scores_out.defined() ? false : with_slice<BackwardShapes, scalar_t>(
           g, parts, {&ts.x, &ts.weight, &ts.grad_out, &ts.grad_x, &ts.grad_weight}, [&](auto shape) {
             using Shape = decltype(shape);
             if (ts.grad_weight.defined())
