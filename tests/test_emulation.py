@@ -275,7 +275,8 @@ MUTANTS = {  # (pattern, replacement, occurrences, what the emulator must report
                               r"shared memory race", ("slice S=2",)),
     # a pixel over several warps: a warp adds up the warps' channel sums before the others wrote theirs
     "missing cross-warp __syncthreads": (r"__syncthreads\(\);(?=\s*// every warp's partial sums written)", "", 1,
-                                         r"shared memory race", ("slice C=384", "slice C=768")),
+                                         r"shared memory race|shared memory byte \d+ that nobody wrote",
+                                         ("slice C=384", "slice C=768")),
 }
 
 
