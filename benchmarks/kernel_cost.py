@@ -3,12 +3,14 @@ registers and spills `ptxas -v` reports and, from the SASS (`cuobjdump -sass`), 
 count and the instructions that move data: global loads/stores by width, atomics (those on floats
 in global memory apart), shared-memory accesses, shuffles, branches around loads (conditional
 forward branches that skip a global load), and 64-bit integer multiplies (address arithmetic). Then, per SIFA-Net shape (N=8, T=4, 3×3
-taps: C=128 at 28², 256 at 14², 512 at 7²), two floors of the fused op's passes on an H100 SXM
+taps: C=128 at 28², 256 at 14², 512 at 7²) and SIFA-Swin's widest (768 at 14², 1024 and 1536 at
+7²), two floors of the fused op's passes on an H100 SXM
 (3.35 TB/s, 132 SMs × 4 schedulers at 1.98 GHz): the memory floor (every input read once, every
 output written once) and the issue floor (warp-instructions / issue rate), the warp-instructions
 per pixel read from the SASS loops of the 3×3 kernels (the pixel loop's body, plus the tap loop's
 body for each further tap where it is not unrolled) times the warps' pixels (forward and first
-backward pass: one per pixel; the backward's scatter: one per pixel and channel slice) — an
+backward pass: one per pixel and each of the pixel's W warps, C = 32·S·W as the kernel file's
+ForwardShapes and BackwardShapes map it; the backward's scatter: one per pixel and channel slice) — an
 estimate that leaves out stalls, the per-block prologues and the scatter's final sum.
 
     python benchmarks/kernel_cost.py [--arch 80 90] [--rev GIT_REV] [--dtype float Half] [--filter fused]
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 HBM_BYTES_PER_S = 3.35e12  # H100 SXM
 WARP_INSTRUCTIONS_PER_S = 132 * 4 * 1.98e9  # SMs × warp schedulers × boost clock
 SIFA_NET_SHAPES = [(8, 128, 4, 28, 28), (8, 256, 4, 14, 14), (8, 512, 4, 7, 7)]  # N, C, T, H, W; 3×3 taps
+SWIN_WIDE_SHAPES = [(8, 768, 4, 14, 14), (8, 1024, 4, 7, 7), (8, 1536, 4, 7, 7)]
 TAPS = 9
 ELEMENT_BYTES = {"float": 4, "Half": 2, "BFloat16": 2, "double": 8}
 
@@ -192,7 +195,17 @@ def _kernel(counts: dict[str, int], *names: str) -> int | None:
     return next((counts[n] for n in names if n in counts), None)
 
 
-def _floors(counts: dict[str, int], arch: int, dtypes: list[str]) -> None:
+def _slice_shapes(ops_dir: Path) -> dict[str, dict[int, tuple[int, int]]]:
+    """Per pass ("Forward", "Backward"), C -> (S channels per lane, W warps per pixel) of the kernel
+    file's slice kernels; empty for a kernel file from before them (one warp per pixel, S = C / 32)."""
+    text = (ops_dir / "cuda" / "sifa_kernel.cu").read_text()
+    out = {}
+    for name, body in re.findall(r"using (Forward|Backward)Shapes = std::tuple<(.*?)>;", text, re.S):
+        out[name] = {32 * int(S) * int(W): (int(S), int(W)) for S, W in re.findall(r"SliceShape<(\d+), (\d+)>", body)}
+    return out
+
+
+def _floors(counts: dict[str, int], arch: int, dtypes: list[str], shapes: dict[str, dict[int, tuple[int, int]]]) -> None:
     """Memory and issue floors of the fused op's forward and backward (input and offset gradients)."""
     print(f"floors on an H100 SXM from the sm_{arch} SASS (3×3 taps, one group):")
     print("| pass | dtype | N×C×T×H×W | memory floor MB | memory floor µs | warp-instr. per pixel | issue floor µs | "
@@ -200,17 +213,24 @@ def _floors(counts: dict[str, int], arch: int, dtypes: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for dtype in dtypes:
         e = ELEMENT_BYTES[dtype]
-        for N, C, T, H, W in SIFA_NET_SHAPES:
-            pixels, S = N * T * H * W, C // 32
+        for N, C, T, H, W in SIFA_NET_SHAPES + SWIN_WIDE_SHAPES:
+            pixels = N * T * H * W
+            S = C // 32  # the names of a kernel file from before W
+            fwd_new, bwd_new = (f"{s}, {w}, " for s, w in (shapes.get(p, {}).get(C, (0, 0)) for p in ("Forward", "Backward")))
+            fwd_warps, bwd_warps = (shapes.get(p, {}).get(C, (0, 1))[1] for p in ("Forward", "Backward"))
             feature, offsets, scores = pixels * C, pixels * 2 * TAPS, pixels * TAPS
             # forward: x read, out written, offsets read, scores written (float)
             fwd_bytes = 2 * feature * e + offsets * e + scores * 4
             # the kernels compiled for 3×3 taps, else (an older kernel file) those for any K
-            fwd = _kernel(counts, f"forward_slice_kernel<{dtype}, {S}, {TAPS}>", f"forward_slice_kernel<{dtype}, {S}>")
+            fwd = _kernel(counts, f"forward_slice_kernel<{dtype}, {fwd_new}{TAPS}>",
+                          f"forward_slice_kernel<{dtype}, {S}, {TAPS}>", f"forward_slice_kernel<{dtype}, {S}>")
             # backward: x, grad_out, offsets, scores read; float input gradient and offset gradient written
             bwd_bytes = 2 * feature * e + feature * 4 + 2 * offsets * e + scores * 4
-            first = _kernel(counts, f"backward_slice_kernel<{dtype}, {S}, {TAPS}>", f"backward_slice_kernel<{dtype}, {S}>")
-            s = 2 if S % 2 == 0 else 1
+            first = _kernel(counts, f"backward_slice_kernel<{dtype}, {bwd_new}{TAPS}>",
+                            f"backward_slice_kernel<{dtype}, {S}, {TAPS}>", f"backward_slice_kernel<{dtype}, {S}>")
+            fwd = None if fwd is None else fwd * fwd_warps
+            first = None if first is None else first * bwd_warps
+            s = 2 if C % 64 == 0 else 1
             scatter = _kernel(counts, f"scatter_slice_kernel<{dtype}, {s}, {TAPS}>")  # none before the two passes
             bwd = None if first is None else first + (scatter or 0) * C // (32 * s)
             for name, nbytes, per_pixel in (("forward", fwd_bytes, fwd), ("backward", bwd_bytes, bwd)):
@@ -258,7 +278,7 @@ def main() -> None:
                        c["shuffles"], c["branches around loads"], c["64-bit mul"], c["per pixel"]]
                 print("| " + " | ".join(str(v) for v in row) + " |", flush=True)
         print()
-        _floors(counts[max(counts)], max(counts), args.dtype)
+        _floors(counts[max(counts)], max(counts), args.dtype, _slice_shapes(ops_dir))
 
 
 if __name__ == "__main__":

@@ -20,15 +20,21 @@ CATALOGUE = {
     "integer":         (1, 8, 2, 4, 4, 3, 3, 1, 1, "integer"),
     "non-finite":      (1, 8, 2, 4, 4, 3, 3, 1, 1, "non-finite"),
     "7x7 G=256 (shared memory > 48 KB)": (1, 256, 1, 2, 2, 7, 7, 1, 256, 1.0),
-    # one group and C = 32·S: the fused op's slice kernels (S channels per lane in registers)
-    "slice S=2":       (2, 64, 3, 3, 4, 3, 3, 1, 1, 1.5),
-    "slice S=4 dil=2": (1, 128, 2, 3, 3, 3, 3, 2, 1, 2.0),
-    "slice S=8 5x5":   (1, 256, 2, 2, 3, 5, 5, 1, 1, 1.0),
-    "slice S=16 x20":  (1, 512, 2, 2, 2, 3, 3, 1, 1, 20.0),
+    # one group and C = 32·S·W: the fused op's slice kernels (S channels per lane in registers, W
+    # warps per pixel whose channel sums add up through shared memory): one warp per pixel up to
+    # C = 256 (S = 2…8), the forward up to 512 (S = 12, 16); the backward at 384 and 512 over 2 warps
+    "slice S=2":         (2, 64, 3, 3, 4, 3, 3, 1, 1, 1.5),
+    "slice S=4 dil=2":   (1, 128, 2, 3, 3, 3, 3, 2, 1, 2.0),
+    "slice S=8 5x5":     (1, 256, 2, 2, 3, 5, 5, 1, 1, 1.0),
+    "slice C=512 x20":   (1, 512, 2, 2, 2, 3, 3, 1, 1, 20.0),
     # SIFA-Swin-S/L widths (96·2^i, 192·2^i): slices of 3, 6 and 12 channels, read in 4-, 8- and 16-byte parts
-    "slice S=3":       (1, 96, 2, 3, 3, 3, 3, 1, 1, 1.5),
-    "slice S=6 5x5":   (1, 192, 2, 2, 3, 5, 5, 1, 1, 1.0),
-    "slice S=12":      (1, 384, 2, 2, 2, 3, 3, 1, 1, 2.0),
+    "slice S=3":         (1, 96, 2, 3, 3, 3, 3, 1, 1, 1.5),
+    "slice S=6 5x5":     (1, 192, 2, 2, 3, 5, 5, 1, 1, 1.0),
+    "slice C=384":       (1, 384, 2, 2, 2, 3, 3, 1, 1, 2.0),
+    # SIFA-Swin's last stages, over several warps: 768 (S, L), 1024 (B), 1536 (L)
+    "slice C=768":       (2, 768, 2, 2, 2, 3, 3, 1, 1, 1.5),
+    "slice C=1024 5x5":  (1, 1024, 2, 2, 2, 5, 5, 1, 1, 1.0),
+    "slice C=1536":      (1, 1536, 3, 2, 2, 3, 3, 1, 1, 2.0),
 }
 
 

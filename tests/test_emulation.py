@@ -79,7 +79,7 @@ def test_every_gradient_mask(emu):
     assert_same(run_ops(emu, tensors, geo, masks=masks), want)
 
 
-@pytest.mark.parametrize("case", ["C=70 G=5 dil=2", "slice S=4 dil=2", "slice S=3"])
+@pytest.mark.parametrize("case", ["C=70 G=5 dil=2", "slice S=4 dil=2", "slice S=3", "slice C=768"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_reduced_precision_matches_cpu_float32(emu, dtype, case):
     # the CPU kernels have no 16-bit path: compare with them on the same (rounded) values in float32
@@ -119,10 +119,11 @@ def _fused_backward(lib, tensors, geo, mask):
                                         geo["dilation"], 1, mask)
 
 
-@pytest.mark.parametrize("case", ["slice S=2", "slice S=8 5x5"])
+@pytest.mark.parametrize("case", ["slice S=2", "slice S=8 5x5", "slice C=384", "slice C=1536"])
 def test_fused_input_gradient_without_atomics_is_deterministic(emu, case):
     # the slice kernels' input gradient: no atomics, and in float32 (where a changed summation order
-    # changes bits) bitwise the same run to run, under every lane schedule and grid size
+    # changes bits) bitwise the same run to run, under every lane schedule and grid size (W > 1:
+    # the pixel's warps add their channel sums in warp order, whichever warp gets there first)
     tensors, geo = make_inputs(CATALOGUE[case], torch.float32)
     want = _fused_backward(torch.ops.sifa, tensors, geo, [True, True, False])
     results = []
@@ -169,8 +170,10 @@ def test_deterministic_mode(emu):
     tensors, geo = make_inputs(CATALOGUE["slice S=2"])
     torch.use_deterministic_algorithms(True)
     try:
-        # the fused op's input and offset gradients: no atomics
-        _fused_backward(emu, tensors, geo, [True, True, False])
+        # the fused op's input and offset gradients: no atomics, at every width the slice kernels
+        # serve with one warp per pixel and with several
+        for case in ("slice S=2", "slice C=384", "slice C=768", "slice C=1024 5x5", "slice C=1536"):
+            _fused_backward(emu, *make_inputs(CATALOGUE[case]), [True, True, False])
         # the frozen weight's gradient, and the general kernels' bilinear scatter, add with atomics
         with pytest.raises(RuntimeError, match="sifa backward \\(CUDA\\).*weight gradient.*atomics"):
             _fused_backward(emu, tensors, geo, [False, False, True])
@@ -195,14 +198,21 @@ def emu_sm80():
     return _load(tag="sm80", arch=800, dtype=torch.float32)  # the cases it runs
 
 
-@pytest.mark.parametrize("case", ["slice S=2", "slice S=16 x20"])
+# channels per lane S and warps per pixel W of the slice kernels' backward at each width C = 32·S·W
+# (the kernel file's BackwardShapes)
+SLICE_SHAPES = {64: (2, 1), 96: (3, 1), 128: (4, 1), 192: (6, 1), 256: (8, 1), 384: (6, 2), 512: (8, 2),
+                768: (8, 3), 1024: (8, 4), 1536: (8, 6)}
+
+
+@pytest.mark.parametrize("case", ["slice S=2", "slice C=512 x20", "slice C=384", "slice C=768"])
 def test_scalar_atomics_before_sm90(emu, emu_sm80, case):
     # the weight gradient's adds on GPUs without float2/float4 global atomics (sm_80 builds) and with
     tensors, geo = make_inputs(CATALOGUE[case], torch.float32)
     want = _fused_backward(torch.ops.sifa, tensors, geo, [True, True, True])
     N, C, T, H, W = tensors[0].shape
     per_channel = N * T * H * W * 9 * C  # one add per channel, pixel and tap
-    for lib, adds_per_atomic in ((emu_sm80, 1), (emu, 4 if C % 128 == 0 else 2)):
+    S = SLICE_SHAPES[C][0]  # a lane's channels: float4 adds where S is a multiple of 4, else float2
+    for lib, adds_per_atomic in ((emu_sm80, 1), (emu, 4 if S % 4 == 0 else 2)):
         configure(lib, "shuffled", 2)
         got = _fused_backward(lib, tensors, geo, [True, True, True])
         assert lib.statistics()[3] == per_channel // adds_per_atomic
@@ -263,6 +273,10 @@ MUTANTS = {  # (pattern, replacement, occurrences, what the emulator must report
     # the input gradient's scatter: the block sums its warps' copies before every warp finished its own
     "missing __syncthreads": (r"__syncthreads\(\);(?=\s*// every warp's copy complete)", "", 1,
                               r"shared memory race", ("slice S=2",)),
+    # a pixel over several warps: a warp adds up the warps' channel sums before the others wrote theirs
+    "missing cross-warp __syncthreads": (r"__syncthreads\(\);(?=\s*// every warp's partial sums written)", "", 1,
+                                         r"shared memory race|shared memory byte \d+ that nobody wrote",
+                                         ("slice C=384", "slice C=768")),
 }
 
 

@@ -29,7 +29,7 @@ def dtypes_on(device):
 LAYERS = [(f"SIFA-Net C={C}", C, S, 2.0) for C, S in ((128, 28), (256, 14), (512, 7))] + [
     (f"SIFA-Swin-{v} C={D * 2 ** i}", D * 2 ** i, 56 >> i, 0.0)
     for v, D in (("S", 96), ("B", 128), ("L", 192)) for i in range(4)]
-CPU_LAYERS = {"SIFA-Net C=128", "SIFA-Swin-S C=768"}  # one slice-kernel width, one general
+CPU_LAYERS = {"SIFA-Net C=128", "SIFA-Swin-S C=768"}  # one warp per pixel on CUDA, and three
 
 
 def make_inputs(N, C, T, H, W, scale, seed=0):
@@ -206,9 +206,17 @@ def test_cuda_torch_compile():
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_deterministic_mode_gives_identical_gradients(device):
-    tensors = make_inputs(2, 128, 4, 14, 14, 2.0)
+# (C, H = W): every width of the networks' SIFA layers at one of its maps; on CUDA the slice kernels
+# with one warp per pixel (C ≤ 256) and with 2, 3, 4 and 6 (C = 384…1536): under deterministic mode
+# the general kernels' backward would raise
+DETERMINISTIC_WIDTHS = [(96, 28), (128, 14), (192, 14), (256, 14), (384, 14), (512, 7), (768, 14), (1024, 7),
+                        (1536, 7)]
+
+
+@pytest.mark.parametrize("device,C,size", [pytest.param("cpu", 128, 14, id="cpu-C=128")] + [
+    pytest.param("cuda", C, size, id=f"cuda-C={C}", marks=needs_cuda) for C, size in DETERMINISTIC_WIDTHS])
+def test_deterministic_mode_gives_identical_gradients(device, C, size):
+    tensors = make_inputs(2, C, 4, size, size, 2.0)
     torch.use_deterministic_algorithms(True)
     try:
         runs = [attend(*(t.to(device, torch.float32) for t in tensors)) for _ in range(2)]
@@ -217,4 +225,4 @@ def test_deterministic_mode_gives_identical_gradients(device):
     for key in ("out", "scores", "grad input", "grad offset"):
         assert torch.equal(runs[0][key], runs[1][key]), f"{key} differs between two runs on {device}"
     assert_same(on_cpu(runs[0]), reference(*tensors, torch.float32), rtol=TOLERANCE[torch.float32],
-                atol=TOLERANCE[torch.float32], what=f"deterministic mode on {device}")
+                atol=TOLERANCE[torch.float32], what=f"deterministic mode, C={C} on {device}")

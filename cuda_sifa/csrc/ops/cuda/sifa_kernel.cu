@@ -1,19 +1,23 @@
-// CUDA kernels of the SIFA ops on the channels-last working layout (sifa.h). One warp per pixel:
-// its lanes cover the channels, so every feature read (query, the four bilinear corners, the
-// output gradient) is a coalesced run of consecutive channels, and channel dot products are reduced
-// with warp shuffles. The pixel's K taps (corners, weights, their derivatives) are computed once per
-// warp into shared memory. Math in float (double for double) for every storage dtype; scores in
-// that type too.
+// CUDA kernels of the SIFA ops on the channels-last working layout (sifa.h). One warp per pixel
+// (the slice kernels: W warps per pixel at the wide layers): its lanes cover the channels, so every
+// feature read (query, the four bilinear corners, the output gradient) is a coalesced run of
+// consecutive channels, and channel dot products are reduced with warp shuffles (and, over a
+// pixel's W warps, through shared memory in warp order). The pixel's K taps (corners, weights,
+// their derivatives) are computed once per warp into shared memory. Math in float (double for
+// double) for every storage dtype; scores in that type too.
 //
 // Two kernel families:
-// - the slice kernels, for the fused op with one group and C = 32·S (S = 2, 3, 4, 6, 8, 12 or 16
-//   channels per lane: C = 64…512, SIFA-Net's widths and SIFA-Swin's up to 512; the wider Swin
-//   stages, 768, 1024 and 1536 channels, take the general kernels): each lane keeps its S contiguous
-//   channels in registers, reads them with vector loads, and sweeps the taps once (unrolled for 3×3
-//   taps while the registers allow) reading every corner without a branch — forward: sample, score,
-//   accumulate; backward, in two passes with no global float atomics in the input and offset
-//   gradients: per pixel, the score, offset and query gradients; then per (frame, channel slice),
-//   the bilinear scatter summed in shared memory in a fixed order (a deterministic backward). Only
+// - the slice kernels, for the fused op with one group and C = 32·S·W = 64, 96, 128, 192, 256,
+//   384, 512, 768, 1024 or 1536 — every SIFA width of SIFA-Net (128–512) and SIFA-Swin-S/B/L
+//   (96–1536): W warps per pixel, S channels per lane (ForwardShapes, BackwardShapes: the forward
+//   one warp up to C = 512, then 12·2, 16·2, 16·3; the backward one warp up to C = 256, then 6·2,
+//   8·2, 8·3, 8·4, 8·6). Each lane keeps its S contiguous channels in registers, reads them with
+//   vector loads, and sweeps the taps once (unrolled for 3×3 taps while the registers allow)
+//   reading every corner without a branch — forward: sample, score, accumulate; backward, in two
+//   passes with no global float atomics in the input and offset gradients: per pixel, the score,
+//   offset and query gradients; then per (frame, channel slice), the bilinear scatter summed in
+//   shared memory in a fixed order (a deterministic backward). A pixel's W warps are one block,
+//   their per-tap channel sums added in warp order after a block barrier (deterministic too). Only
 //   the frozen weight's gradient, when asked for, adds with atomics;
 // - the general kernels, for every other op and shape: lanes stride over each group's channels, and
 //   the backward scatters with atomics.
@@ -25,6 +29,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_fp16.h>
 #include <torch/library.h>
+
+#include <tuple>
 
 #include "../sifa.h"
 
@@ -39,10 +45,11 @@ constexpr int kWarp = 32;
 constexpr int kMaxWarpsPerBlock = 8;
 constexpr int kMaxThreads = kWarp * kMaxWarpsPerBlock;
 // Register budget: every kernel is declared for blocks of up to kMaxThreads threads; the slice
-// kernels for two resident blocks per SM (16 warps), which caps them at 128 registers a thread,
-// except where that would spill: the backward's first pass at S ≥ 12 channels per lane (six live
-// S-channel arrays) and the double kernels (two registers a value) get one block per SM (up to
-// 255 registers), as do the general kernels.
+// kernels for two resident blocks per SM (16 warps), which caps them at 128 registers a thread:
+// the forward keeps five S-channel arrays live, which fits up to S = 16 channels per lane, the
+// backward's first pass six, which fits up to S = 8 (wider layers take more warps per pixel rather
+// than more channels per lane). The double kernels (two registers a value) get one block per SM
+// (up to 255 registers), as do the general kernels.
 constexpr int kRegistersPerSM = 65536;
 constexpr int register_cap(int blocks_per_sm) {
   return kRegistersPerSM / (kMaxThreads * blocks_per_sm) < 255 ? kRegistersPerSM / (kMaxThreads * blocks_per_sm) : 255;
@@ -50,10 +57,8 @@ constexpr int register_cap(int blocks_per_sm) {
 constexpr int kSliceBlocksPerSM = 2;
 template <typename scalar_t>
 constexpr int kSliceBlocks = std::is_same_v<scalar_t, double> ? 1 : kSliceBlocksPerSM;
-template <typename scalar_t, int S>
-constexpr int kBackwardSliceBlocks = S < 12 ? kSliceBlocks<scalar_t> : 1;
 static_assert(register_cap(kSliceBlocks<float>) == 128, "the slice kernels' register budget");
-static_assert(register_cap(kBackwardSliceBlocks<float, 16>) == 255, "the wide backward's register budget");
+constexpr int kMaxForwardSlice = 16, kMaxBackwardSlice = 8;  // channels per lane of the slice kernels
 // Taps unrolled (3×3) where the unrolled loop stays within the budget without spilling.
 template <int kTaps, int S, int kMaxS>
 constexpr int kUnrolledTaps = kTaps && S <= kMaxS ? kTaps : 1;
@@ -100,10 +105,12 @@ __device__ __forceinline__ Pixel load_pixel(int64_t p, const Geometry& g, const 
   return px;
 }
 
-// Grid-stride loop over pixels (n, t, hw), one per warp.
-#define SIFA_WARP_PIXEL_LOOP(p, pixels)                                                              \
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x / kWarp) + threadIdx.x / kWarp; p < (pixels); \
-       p += int64_t(gridDim.x) * (blockDim.x / kWarp))
+// Grid-stride loop over pixels (n, t, hw), one per W warps (consecutive warps of a block). With
+// W > 1 a block is one pixel's W warps, so that every warp of a block goes round the loop as often
+// as the others (the cross-warp sums' barriers need the whole block).
+#define SIFA_PIXEL_LOOP(p, pixels, W)                                                                     \
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x / (kWarp * (W))) + threadIdx.x / (kWarp * (W)); \
+       p < (pixels); p += int64_t(gridDim.x) * (blockDim.x / (kWarp * (W))))
 
 // --- slice kernels -------------------------------------------------------------------------------
 
@@ -189,24 +196,64 @@ __device__ __forceinline__ void atomic_add_slice(acc_t* dst, acc_t scale, const 
   }
 }
 
-// Fused forward, one group, C = 32·S: per tap, the lane's S samples stay in registers from the
+// A pixel's channel sums over its W warps (the block, kWarp·S channels each): each warp reduces its
+// lanes' terms with shuffles (every lane gets the same bits); for W > 1 its lane 0 puts them in
+// shared memory and, after the block's barrier, every lane adds the W warps' terms in warp order
+// (the same order on every lane and every run). Two slots taken in turn: a slot is written again
+// only after the next barrier, which no warp passes before every warp has read it.
+template <int W, int kTerms, typename acc_t>
+struct PixelSums {
+  acc_t* slots;  // [2][W][kTerms], after the block's warp slices of shared memory
+  int round = 0;
+
+  static __host__ __device__ int64_t bytes() { return W > 1 ? 2 * W * kTerms * int64_t(sizeof(acc_t)) : 0; }
+
+  __device__ __forceinline__ void sum(acc_t (&v)[kTerms], int part, int lane) {
+#pragma unroll
+    for (int i = 0; i < kTerms; ++i) v[i] = warp_sum(v[i]);
+    if constexpr (W > 1) {
+      acc_t* slot = slots + (round ^= 1) * W * kTerms;
+      if (lane == 0) {
+#pragma unroll
+        for (int i = 0; i < kTerms; ++i) slot[part * kTerms + i] = v[i];
+      }
+      __syncthreads();  // every warp's partial sums written
+#pragma unroll
+      for (int i = 0; i < kTerms; ++i) {
+        acc_t total = slot[i];
+#pragma unroll
+        for (int w = 1; w < W; ++w) total += slot[w * kTerms + i];
+        v[i] = total;
+      }
+    }
+  }
+};
+
+template <int W, int kTerms, typename acc_t>
+__device__ __forceinline__ PixelSums<W, kTerms, acc_t> pixel_sums(unsigned char* smem, const Geometry& g) {
+  return {reinterpret_cast<acc_t*>(smem + blockDim.x / kWarp * WarpShared<acc_t>::bytes(g))};
+}
+
+// Fused forward, one group, C = 32·S·W: per tap, the lane's S samples stay in registers from the
 // score's dot product to the aggregation; the score goes to shared memory never, to global once.
-template <typename scalar_t, int S, int kTaps>
+template <typename scalar_t, int S, int W, int kTaps>
 __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) forward_slice_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                      const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                      scalar_t* __restrict__ out, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
+  static_assert(S <= kMaxForwardSlice, "the slice kernels' register budget");
   constexpr int kUnroll = kUnrolledTaps<kTaps, S, 8>;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto shared = warp_shared<acc_t>(smem, g);
-  const int lane = threadIdx.x % kWarp;
-  const int64_t C = kWarp * S, K = kTaps ? kTaps : g.taps(), HW = g.plane();
-  SIFA_WARP_PIXEL_LOOP(p, pixels) {
+  auto sums = pixel_sums<W, 1, acc_t>(smem, g);
+  const int lane = threadIdx.x % kWarp, part = threadIdx.x / kWarp % W;
+  const int64_t C = kWarp * S * W, K = kTaps ? kTaps : g.taps(), HW = g.plane(), c = (part * kWarp + lane) * S;
+  SIFA_PIXEL_LOOP(p, pixels, W) {
     const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
     __syncwarp();  // taps written
-    const scalar_t* frame = x + (n * g.T + t) * HW * C + lane * S;
+    const scalar_t* frame = x + (n * g.T + t) * HW * C + c;
     acc_t q[S], acc[S];
-    load_slice<S>(x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C + lane * S, q);
+    load_slice<S>(x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C + c, q);
 #pragma unroll
     for (int i = 0; i < S; ++i) acc[i] = 0;
 #pragma unroll(kUnroll)
@@ -221,47 +268,49 @@ __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) forward_s
 #pragma unroll
         for (int i = 0; i < S; ++i) s[i] += b.weight[corner] * v[i];
       }
-      load_slice<S>(wt + (t * K + k) * C + lane * S, w);
-      acc_t partial = 0;
+      load_slice<S>(wt + (t * K + k) * C + c, w);
+      acc_t score[1] = {0};
 #pragma unroll
-      for (int i = 0; i < S; ++i) partial += w[i] * q[i] * s[i];
-      const acc_t score = warp_sum(partial);
-      if (lane == 0) sc[g.score_index(n, 0, k, t, hw)] = score;
+      for (int i = 0; i < S; ++i) score[0] += w[i] * q[i] * s[i];
+      sums.sum(score, part, lane);
+      if (c == 0) sc[g.score_index(n, 0, k, t, hw)] = score[0];
 #pragma unroll
-      for (int i = 0; i < S; ++i) acc[i] += score * s[i];
+      for (int i = 0; i < S; ++i) acc[i] += score[0] * s[i];
     }
-    store_slice<S>(out + p * C + lane * S, acc);
+    store_slice<S>(out + p * C + c, acc);
     __syncwarp();  // the shared taps are rewritten for the next pixel
   }
 }
 
-// Fused backward, one group, C = 32·S, first of two passes (per pixel, no scatter): per tap each
+// Fused backward, one group, C = 32·S·W, first of two passes (per pixel, no scatter): per tap each
 // corner's slice is read once, for the sample and for the dot products that give the score and
 // offset gradients. Every output is written once: the offset gradients, the score gradient
 // (grad_score, read by scatter_slice_kernel) and the query gradient summed over the taps in
 // registers (grad_query, pixel p's share of frame prev(t)'s input gradient). Atomics only for the
 // frozen weight's gradient, when asked for.
-template <typename scalar_t, int S, int kTaps>
-__global__ void __launch_bounds__(kMaxThreads, (kBackwardSliceBlocks<scalar_t, S>)) backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
+template <typename scalar_t, int S, int W, int kTaps>
+__global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                       const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                       const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
                                       at::acc_type<scalar_t, true>* __restrict__ grad_score,
                                       at::acc_type<scalar_t, true>* __restrict__ grad_query, scalar_t* __restrict__ goff,
                                       at::acc_type<scalar_t, true>* gw, Geometry g, int64_t pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
+  static_assert(S <= kMaxBackwardSlice, "the slice kernels' register budget");
   constexpr int kUnroll = kUnrolledTaps<kTaps, S, 4>;
   extern __shared__ __align__(16) unsigned char smem[];
   const auto shared = warp_shared<acc_t>(smem, g);
-  const int lane = threadIdx.x % kWarp;
-  const int64_t C = kWarp * S, K = kTaps ? kTaps : g.taps(), HW = g.plane();
-  SIFA_WARP_PIXEL_LOOP(p, pixels) {
+  auto pixel = pixel_sums<W, 5, acc_t>(smem, g);
+  const int lane = threadIdx.x % kWarp, part = threadIdx.x / kWarp % W;
+  const int64_t C = kWarp * S * W, K = kTaps ? kTaps : g.taps(), HW = g.plane(), c = (part * kWarp + lane) * S;
+  SIFA_PIXEL_LOOP(p, pixels, W) {
     const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
     __syncwarp();  // taps written
     const int64_t nt = n * g.T + t, query_pixel = (n * g.T + g.prev_frame(t)) * HW + hw;
-    const scalar_t* frame = x + nt * HW * C + lane * S;
+    const scalar_t* frame = x + nt * HW * C + c;
     acc_t q[S], grad_out[S], gq[S];
-    load_slice<S>(x + query_pixel * C + lane * S, q);
-    load_slice<S>(go + p * C + lane * S, grad_out);
+    load_slice<S>(x + query_pixel * C + c, q);
+    load_slice<S>(go + p * C + c, grad_out);
 #pragma unroll
     for (int i = 0; i < S; ++i) gq[i] = 0;
 #pragma unroll(kUnroll)
@@ -270,13 +319,15 @@ __global__ void __launch_bounds__(kMaxThreads, (kBackwardSliceBlocks<scalar_t, S
       const int64_t si = g.score_index(n, 0, k, t, hw);
       const acc_t score = sc[si];
       acc_t w[S], sample[S], v[S];
-      load_slice<S>(wt + (t * K + k) * C + lane * S, w);
+      load_slice<S>(wt + (t * K + k) * C + c, w);
 #pragma unroll
       for (int i = 0; i < S; ++i) sample[i] = 0;
       // The channel sums of section 3 of docs/design.md regrouped by corner, so that no per-channel
       // derivative is kept: Σ_c go_c·∂s_c/∂y = Σ_corner ∂w_corner/∂y · (Σ_c go_c·v_corner,c), and
-      // likewise for the sample and the correlation's w·q terms.
-      math::ChannelTerms<acc_t> sums{acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+      // likewise for the sample and the correlation's w·q terms. The five sums of math::ChannelTerms,
+      // over the pixel's channels (its W warps).
+      enum { kAggS, kAggY, kAggX, kCorY, kCorX };
+      acc_t sums[5] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
 #pragma unroll
       for (int corner = 0; corner < 4; ++corner) {
         load_slice<S>(frame + b.index[corner] * C, v);  // outside the image: pixel 0, weights 0
@@ -287,34 +338,30 @@ __global__ void __launch_bounds__(kMaxThreads, (kBackwardSliceBlocks<scalar_t, S
           by_grad_out += grad_out[i] * v[i];
           by_weight_query += w[i] * q[i] * v[i];
         }
-        sums.agg_s += b.weight[corner] * by_grad_out;
-        sums.agg_y += b.dweight_dy[corner] * by_grad_out;
-        sums.agg_x += b.dweight_dx[corner] * by_grad_out;
-        sums.cor_y += b.dweight_dy[corner] * by_weight_query;
-        sums.cor_x += b.dweight_dx[corner] * by_weight_query;
+        sums[kAggS] += b.weight[corner] * by_grad_out;
+        sums[kAggY] += b.dweight_dy[corner] * by_grad_out;
+        sums[kAggX] += b.dweight_dx[corner] * by_grad_out;
+        sums[kCorY] += b.dweight_dy[corner] * by_weight_query;
+        sums[kCorX] += b.dweight_dx[corner] * by_weight_query;
       }
-      sums.agg_s = warp_sum(sums.agg_s);
-      sums.agg_y = warp_sum(sums.agg_y);
-      sums.agg_x = warp_sum(sums.agg_x);
-      sums.cor_y = warp_sum(sums.cor_y);
-      sums.cor_x = warp_sum(sums.cor_x);
-      const acc_t gs = sums.agg_s + (gsc_in ? gsc_in[si] : acc_t(0));
-      if (lane == 0) {
+      pixel.sum(sums, part, lane);
+      const acc_t gs = sums[kAggS] + (gsc_in ? gsc_in[si] : acc_t(0));
+      if (c == 0) {
         if (grad_score) grad_score[si] = gs;
         if (goff) {
-          goff[g.offset_index(n, k, 0, t, hw)] = static_cast<scalar_t>(score * sums.agg_y + gs * sums.cor_y);
-          goff[g.offset_index(n, k, 1, t, hw)] = static_cast<scalar_t>(score * sums.agg_x + gs * sums.cor_x);
+          goff[g.offset_index(n, k, 0, t, hw)] = static_cast<scalar_t>(score * sums[kAggY] + gs * sums[kCorY]);
+          goff[g.offset_index(n, k, 1, t, hw)] = static_cast<scalar_t>(score * sums[kAggX] + gs * sums[kCorX]);
         }
       }
       if (gw) {
 #pragma unroll
         for (int i = 0; i < S; ++i) v[i] = q[i] * sample[i];
-        atomic_add_slice<S>(gw + (nt * K + k) * C + lane * S, gs, v);
+        atomic_add_slice<S>(gw + (nt * K + k) * C + c, gs, v);
       }
 #pragma unroll
       for (int i = 0; i < S; ++i) gq[i] += gs * w[i] * sample[i];
     }
-    if (grad_query) store_slice<S>(grad_query + p * C + lane * S, gq);
+    if (grad_query) store_slice<S>(grad_query + p * C + c, gq);
     __syncwarp();  // the shared taps are rewritten for the next pixel
   }
 }
@@ -399,7 +446,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) forward_kernel(const scalar_t*
   const auto shared = warp_shared<acc_t>(smem, g);
   const int lane = threadIdx.x % kWarp;
   const int64_t C = g.C, Cg = g.group_channels(), K = g.taps(), HW = g.plane();
-  SIFA_WARP_PIXEL_LOOP(p, pixels) {
+  SIFA_PIXEL_LOOP(p, pixels, 1) {
     const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
     const scalar_t* frame = x + (n * g.T + t) * HW * C;
     if constexpr (!kCorrelate) {
@@ -460,7 +507,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) backward_kernel(const scalar_t
   const auto shared = warp_shared<acc_t>(smem, g);
   const int lane = threadIdx.x % kWarp;
   const int64_t C = g.C, Cg = g.group_channels(), K = g.taps(), HW = g.plane();
-  SIFA_WARP_PIXEL_LOOP(p, pixels) {
+  SIFA_PIXEL_LOOP(p, pixels, 1) {
     const auto [n, t, hw] = load_pixel(p, g, off, shared, lane);
     __syncwarp();  // taps written
     const int64_t nt = n * g.T + t, query_pixel = (n * g.T + g.prev_frame(t)) * HW + hw;
@@ -528,7 +575,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1) backward_kernel(const scalar_t
 
 // Launch configuration of the pixel kernels: as many warps per block (up to 8) as the shared
 // memory allows, each needing its pixel's taps and scores; the grid-stride loop covers the rest.
-// Beyond the default 48 KB per block the kernel opts in to the device's larger limit.
+// With W > 1 warps per pixel, a block is one pixel's W warps, plus `sums_bytes` for their
+// cross-warp sums (PixelSums). Beyond the default 48 KB per block the kernel opts in to the
+// device's larger limit.
 struct LaunchConfig {
   unsigned blocks;
   int threads;
@@ -536,19 +585,21 @@ struct LaunchConfig {
 };
 
 template <typename acc_t, typename Kernel>
-LaunchConfig launch_config(Kernel* kernel, const Geometry& g, int64_t pixels) {
+LaunchConfig launch_config(Kernel* kernel, const Geometry& g, int64_t pixels, int W = 1, int64_t sums_bytes = 0) {
   const int64_t per_warp = WarpShared<acc_t>::bytes(g);
   int device = 0, opt_in = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&opt_in, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   const int64_t limit = std::max<int64_t>(kDefaultSharedLimit, opt_in);
-  TORCH_CHECK(per_warp <= limit, "sifa (CUDA): a ", g.kh, "×", g.kw, " kernel with ", g.groups, " groups needs ",
-              per_warp, " bytes of shared memory per warp, over the device's ", limit);
-  const int warps = static_cast<int>(std::min<int64_t>(kMaxWarpsPerBlock, limit / per_warp));
-  const int64_t bytes = warps * per_warp;
+  TORCH_CHECK(W * per_warp + sums_bytes <= limit, "sifa (CUDA): a ", g.kh, "×", g.kw, " kernel with ", g.groups,
+              " groups needs ", W * per_warp + sums_bytes, " bytes of shared memory per pixel, over the device's ",
+              limit);
+  const int warps = W > 1 ? W : static_cast<int>(std::min<int64_t>(kMaxWarpsPerBlock, limit / per_warp));
+  const int64_t bytes = warps * per_warp + sums_bytes;
   if (bytes > kDefaultSharedLimit)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  const auto blocks = std::min<int64_t>((pixels + warps - 1) / warps, int64_t(1) << 20);
+  const int pixels_per_block = warps / W;
+  const auto blocks = std::min<int64_t>((pixels + pixels_per_block - 1) / pixels_per_block, int64_t(1) << 20);
   return {static_cast<unsigned>(blocks), warps * kWarp, bytes};
 }
 
@@ -589,24 +640,35 @@ bool aligned(const at::Tensor& t, int64_t bytes) {
   return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes == 0;
 }
 
-// Calls f(std::integral_constant<int, S>) when the slice kernels serve the call, else returns false.
-template <typename scalar_t, typename F>
+// The widths the slice kernels serve, C = 32·S·W: S channels per lane, W warps per pixel — one warp
+// while a lane's channels fit the pass's register budget (the forward up to 16 channels, C ≤ 512;
+// the backward up to 8, C ≤ 256), then the fewest warps that keep them within it. The same widths
+// in both passes: C = 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536.
+template <int S_, int W_>
+struct SliceShape {
+  static constexpr int S = S_, W = W_;
+};
+using ForwardShapes = std::tuple<SliceShape<2, 1>, SliceShape<3, 1>, SliceShape<4, 1>, SliceShape<6, 1>, SliceShape<8, 1>,
+                                 SliceShape<12, 1>, SliceShape<16, 1>, SliceShape<12, 2>, SliceShape<16, 2>, SliceShape<16, 3>>;
+using BackwardShapes = std::tuple<SliceShape<2, 1>, SliceShape<3, 1>, SliceShape<4, 1>, SliceShape<6, 1>, SliceShape<8, 1>,
+                                  SliceShape<6, 2>, SliceShape<8, 2>, SliceShape<8, 3>, SliceShape<8, 4>, SliceShape<8, 6>>;
+
+template <typename F, typename... Shapes>
+bool with_slice_shape(int64_t C, F&& f, std::tuple<Shapes...>*) {
+  return ((C == kWarp * Shapes::S * Shapes::W && f(Shapes{})) || ...);
+}
+
+// Calls f(SliceShape<S, W>), one of Shapes, when the slice kernels serve the call, else returns false.
+template <typename Shapes, typename scalar_t, typename F>
 bool with_slice(const Geometry& g, Parts parts, std::initializer_list<const at::Tensor*> features, F&& f) {
-  if (!(parts.correlate && parts.aggregate) || g.groups != 1 || g.C % kWarp != 0) return false;
-  const int64_t S = g.C / kWarp;
-  const int64_t vector_bytes = slice_alignment(static_cast<int>(S * sizeof(scalar_t)));
-  for (const at::Tensor* t : features)
-    if (!aligned(*t, vector_bytes)) return false;  // e.g. a channels-last view at an odd storage offset
-  switch (S) {
-    case 2: f(std::integral_constant<int, 2>{}); return true;
-    case 3: f(std::integral_constant<int, 3>{}); return true;
-    case 4: f(std::integral_constant<int, 4>{}); return true;
-    case 6: f(std::integral_constant<int, 6>{}); return true;
-    case 8: f(std::integral_constant<int, 8>{}); return true;
-    case 12: f(std::integral_constant<int, 12>{}); return true;
-    case 16: f(std::integral_constant<int, 16>{}); return true;
-    default: return false;
-  }
+  if (!(parts.correlate && parts.aggregate) || g.groups != 1) return false;
+  return with_slice_shape(g.C, [&](auto shape) {
+    const int64_t vector_bytes = slice_alignment(static_cast<int>(decltype(shape)::S * sizeof(scalar_t)));
+    for (const at::Tensor* t : features)
+      if (!aligned(*t, vector_bytes)) return false;  // e.g. a channels-last view at an odd storage offset
+    f(shape);
+    return true;
+  }, static_cast<Shapes*>(nullptr));
 }
 
 // Calls f(std::integral_constant<int, kTaps>): 9 for 3×3 taps (the networks' kernels, unrolled),
@@ -629,10 +691,11 @@ struct CudaKernels {
     const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_forward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
-      const bool sliced = with_slice<scalar_t>(g, parts, {&ts.x, &ts.weight, &ts.out}, [&](auto S) {
+      const bool sliced = with_slice<ForwardShapes, scalar_t>(g, parts, {&ts.x, &ts.weight, &ts.out}, [&](auto shape) {
+        using Shape = decltype(shape);
         with_taps(g, [&](auto taps) {
-          const auto kernel = forward_slice_kernel<scalar_t, decltype(S)::value, decltype(taps)::value>;
-          const auto cfg = launch_config<acc_t>(kernel, g, pixels);
+          const auto kernel = forward_slice_kernel<scalar_t, Shape::S, Shape::W, decltype(taps)::value>;
+          const auto cfg = launch_config<acc_t>(kernel, g, pixels, Shape::W, PixelSums<Shape::W, 1, acc_t>::bytes());
           kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
               ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(),
               ts.scores.data_ptr<acc_t>(), ts.out.data_ptr<scalar_t>(), g, pixels);
@@ -657,8 +720,9 @@ struct CudaKernels {
     const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ts.x.scalar_type(), "sifa_backward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, true>;
-      const bool sliced = ts.grad_scores_out.defined() ? false : with_slice<scalar_t>(
-          g, parts, {&ts.x, &ts.weight, &ts.grad_out, &ts.grad_x, &ts.grad_weight}, [&](auto S) {
+      const bool sliced = ts.grad_scores_out.defined() ? false : with_slice<BackwardShapes, scalar_t>(
+          g, parts, {&ts.x, &ts.weight, &ts.grad_out, &ts.grad_x, &ts.grad_weight}, [&](auto shape) {
+            using Shape = decltype(shape);
             if (ts.grad_weight.defined())
               at::globalContext().alertNotDeterministic("sifa backward (CUDA): the weight gradient adds with atomics");
             // the input gradient's second pass reads the score and query gradients of the first
@@ -669,8 +733,8 @@ struct CudaKernels {
             }
             with_taps(g, [&](auto taps) {
               constexpr int kTaps = decltype(taps)::value;
-              const auto kernel = backward_slice_kernel<scalar_t, decltype(S)::value, kTaps>;
-              const auto cfg = launch_config<acc_t>(kernel, g, pixels);
+              const auto kernel = backward_slice_kernel<scalar_t, Shape::S, Shape::W, kTaps>;
+              const auto cfg = launch_config<acc_t>(kernel, g, pixels, Shape::W, PixelSums<Shape::W, 5, acc_t>::bytes());
               kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
                   ts.grad_out.data_ptr<scalar_t>(), ptr_or_null<acc_t>(ts.grad_scores), ts.x.data_ptr<scalar_t>(),
                   ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(),
@@ -688,7 +752,7 @@ struct CudaKernels {
                     ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(), grad_score.data_ptr<acc_t>(),
                     grad_query.data_ptr<acc_t>(), ts.grad_x.data_ptr<acc_t>(), g, sc_cfg.band_pixels);
               };
-              if constexpr (decltype(S)::value % 2 == 0) {
+              if constexpr (Shape::S * Shape::W % 2 == 0) {
                 scatter_with(std::integral_constant<int, 2>{});
               } else {
                 scatter_with(std::integral_constant<int, 1>{});
