@@ -235,7 +235,8 @@ __device__ __forceinline__ PixelSums<W, kTerms, acc_t> pixel_sums(unsigned char*
 }
 
 // Fused forward, one group, C = 32·S·W: per tap, the lane's S samples stay in registers from the
-// score's dot product to the aggregation; the score goes to shared memory never, to global once.
+// score's dot product to the aggregation; the score goes to global memory once (to shared memory only
+// as a warp's part of the cross-warp sum, W > 1).
 template <typename scalar_t, int S, int W, int kTaps>
 __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) forward_slice_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
                                      const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
