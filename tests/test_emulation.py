@@ -111,6 +111,23 @@ def test_misaligned_channels_last_input_takes_the_general_kernels(emu):
                 atol=1e-5)
 
 
+@pytest.mark.parametrize("case", ["slice S=2", "C=40 G=2", "H=1", "T=1"])
+def test_channels_last_offsets_are_read_in_place(emu, case):
+    # a channels-last network's offsets (channels_last_3d, read through Geometry's strides without a copy) and
+    # features: the CUDA kernels give the CPU kernels' results on contiguous tensors, the offsets' gradient in
+    # the offsets' layout
+    tensors, geo = make_inputs(CATALOGUE[case], torch.float32)
+    x, off, w, scores = tensors
+    cl = torch.channels_last_3d
+    want = run_ops(torch.ops.sifa, tensors, geo)
+    configure(emu, "shuffled", 2)
+    for features in (x, x.contiguous(memory_format=cl)):
+        off_cl = off.contiguous(memory_format=cl)
+        got = run_ops(emu, [features, off_cl, w, scores], geo)
+        assert_same(got, want, rtol=1e-5, atol=1e-5, what=case)
+        assert got["fused bwd xxx"][1].stride() == off_cl.stride()
+
+
 def _fused_backward(lib, tensors, geo, mask):
     x, off, w, _ = tensors
     out, scores = lib.sifa_attention(x, off, w, geo["stride"], geo["padding"], geo["dilation"], 1)

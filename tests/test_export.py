@@ -143,3 +143,19 @@ def test_export_errors_are_one_line(sifa_net, tmp_path, capsys):
     with user_error(capsys, "error: checkpoint not found"):
         export.main(["--config_file", str(root / "net.yml"), "--checkpoint", str(tmp_path / "absent.pth"),
                      "--format", "pt2", "--out", str(tmp_path / "x.pt2")])
+
+
+@pytest.mark.slow  # a full network exported and run
+@pytest.mark.parametrize("export_format", ["onnx", "pt2"])
+def test_export_of_a_channels_last_network(sifa_net, export_format):
+    # channels_last: true builds the exported network channels-last (as on a GPU); the file computes the
+    # same logits (in ONNX, layouts do not exist; the pt2 graph keeps the layout ops)
+    root, model = sifa_net
+    out = str(root / f"channels_last.{export_format}")
+    difference = export.main(["--config_file", str(root / "net.yml"), "--checkpoint", str(root / "net.pth"),
+                              "--format", export_format, "--out", out, "--opts", "channels_last=true"])
+    assert difference < TOLERANCE
+    video = torch.randn(3, 3, 8, 64, 64)
+    with torch.no_grad():
+        main_head = model(video)[0]
+    np.testing.assert_allclose(export.run_exported(out, video)[0], main_head.numpy(), atol=TOLERANCE, rtol=0)

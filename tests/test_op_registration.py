@@ -33,8 +33,15 @@ def sample(device):
             tensor(N, 2 * K * K, T, H, W))
 
 
-def op_calls(device):
+def channels_last(t):
+    """``t`` laid out channels_last_3d, a leaf as ``t`` is."""
+    return t.detach().contiguous(memory_format=torch.channels_last_3d).requires_grad_(t.requires_grad)
+
+
+def op_calls(device, layout="contiguous"):
     x, off, w, scores = sample(device)
+    if layout == "channels_last":  # a channels-last network's features and offsets, read in place
+        x, off = channels_last(x), channels_last(off)
     grad_out = torch.randn_like(x)
     grad_scores = torch.randn_like(scores)
     return {
@@ -54,6 +61,16 @@ def op_calls(device):
                                   "_sifa_attention_backward", "_cpu_capability"])
 def test_opcheck(name, device):
     args, checks = op_calls(device)[name]
+    opcheck(getattr(torch.ops.sifa, name), args, test_utils=checks)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["defcor", "defagg", "sifa_attention", "_defcor_backward", "_defagg_backward",
+                                  "_sifa_attention_backward"])
+def test_opcheck_channels_last(name, device):
+    # the fake kernels give the real ones' layouts: channels-last features, and the offsets' gradient in the
+    # offsets' channels-last layout
+    args, checks = op_calls(device, "channels_last")[name]
     opcheck(getattr(torch.ops.sifa, name), args, test_utils=checks)
 
 

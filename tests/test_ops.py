@@ -584,3 +584,73 @@ def test_cuda_indexing_beyond_int32():
                                      return_scores=True)
     tail = x[..., -2:, :].float()
     torch.testing.assert_close(fused[..., -2:, :].float(), tail * tail * tail, rtol=2e-2, atol=2e-2)
+
+
+def _all_ops(x, off, w, scores, grad_out, grad_scores):
+    """The three ops and their backward ops (every gradient asked) on these tensors: a list of results."""
+    geo = ([1, 1], [1, 1], [1, 1], 2)
+    lib = torch.ops.sifa
+    fused, fused_scores = lib.sifa_attention(x, off, w, *geo)
+    return [lib.defcor(x, off, w, *geo), lib.defagg(x, off, scores, [3, 3], *geo), fused, fused_scores,
+            *lib._defcor_backward(grad_scores, x, off, w, *geo, [True] * 3),
+            *lib._defagg_backward(grad_out, x, off, scores, [3, 3], *geo, [True] * 3),
+            *lib._sifa_attention_backward(grad_out, grad_scores, x, off, w, fused_scores, *geo, [True] * 3),
+            *lib._sifa_attention_backward(grad_out, None, x, off, w, fused_scores, *geo, [True] * 3)]
+
+
+def _offset_layouts(off):
+    """The offsets as contiguous, channels_last_3d and two strided views the kernels do not read in place."""
+    N, K2, T, H, W = off.shape
+    wide = torch.zeros(N, K2 + 3, T, H, W + 2, dtype=off.dtype)[:, 1:K2 + 1, :, :, 1:W + 1]
+    wide.copy_(off)
+    transposed = off.transpose(3, 4).contiguous().transpose(3, 4)  # dense, but h·W + w not one stride apart
+    return {"contiguous": off, "channels_last": off.contiguous(memory_format=torch.channels_last_3d),
+            "padded view": wide, "transposed": transposed}
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layouts_give_the_same_bits(dtype):
+    # features contiguous or channels_last_3d, offsets in any layout: the kernels read the same values in the
+    # same order, so every output and gradient is bitwise the same; the offsets' gradient comes in the offsets'
+    # layout when they are read in place (contiguous, channels_last_3d), contiguous otherwise
+    x, off, w, scores = (t.detach().to(dtype) for t in make_case(2, 8, 3, 5, 6, 3, 1, 2, 1.5))
+    g = torch.Generator().manual_seed(3)
+    grad_out = torch.randn(x.shape, generator=g, dtype=dtype)
+    grad_scores = torch.randn(scores.shape, generator=g, dtype=dtype)
+    want = _all_ops(x, off, w, scores, grad_out, grad_scores)
+    cl = torch.channels_last_3d
+    for x_layout, xs, gs in (("contiguous", x, grad_out),
+                             ("channels_last", x.contiguous(memory_format=cl), grad_out.contiguous(memory_format=cl))):
+        for off_layout, offs in _offset_layouts(off).items():
+            got = _all_ops(xs, offs, w, scores, gs, grad_scores)
+            for i, (a, b) in enumerate(zip(got, want)):
+                assert torch.equal(a, b), f"x {x_layout}, offsets {off_layout}: result {i}"
+            in_place = off_layout in ("contiguous", "channels_last")
+            for grad_offset in (got[5], got[8], got[11], got[14]):
+                assert grad_offset.stride() == (offs.stride() if in_place else off.stride()), off_layout
+
+
+@needs_ext
+def test_no_layout_copies_for_channels_last_features_and_offsets():
+    # channels_last_3d features and offsets (a channels-last network's): no 5-D tensor is copied inside the
+    # op calls, forward or backward; contiguous features (and strided offsets) are copied, which the count sees
+    from helpers import copies_in_sifa_ops
+
+    x, off, w, _ = (t.detach().float() for t in make_case(2, 8, 3, 5, 6, 3, 1, 1, 1.5))
+    cl = torch.channels_last_3d
+
+    def run(x, off):
+        x, off = x.clone().requires_grad_(), off.clone().requires_grad_()  # clones outside the ops
+        def step():
+            out = ops.sifa_attention(x, off, w)
+            out.backward(torch.ones_like(out))
+        return copies_in_sifa_ops(step)
+
+    assert run(x.contiguous(memory_format=cl), off.contiguous(memory_format=cl)) == []
+    assert run(x.contiguous(memory_format=cl), off) == []  # contiguous offsets are read in place too
+    copied = run(x, off)  # NCTHW features: into the working layout and back, forward and backward
+    assert ("sifa::sifa_attention", (2, 3, 5, 6, 8)) in copied and ("sifa::_sifa_attention_backward",
+                                                                   (2, 8, 3, 5, 6)) in copied
+    strided = _offset_layouts(off)["transposed"]
+    assert ("sifa::sifa_attention", tuple(off.shape)) in run(x.contiguous(memory_format=cl), strided)

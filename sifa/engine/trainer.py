@@ -172,7 +172,7 @@ class Trainer:
         logger.info(f"{train_set.num_videos} training videos, {iters_per_epoch} iterations per epoch, "
                     f"{ctx.world_size} process(es) on {ctx.device}, mixed precision: {self.amp_dtype}")
 
-        model = build_model(cfg, cfg.num_segments)
+        model = build_model(cfg, cfg.num_segments, ctx.device)
         if cfg.pretrained_model:
             load_pretrained(model, cfg)
         frozen_norms = freeze_bn(model) if cfg.frozen_bn else []

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import DefCorFixW, previous_frame
+from ..ops._utils import is_channels_last, shift_frames
 
 # The layer's options (the ablations of docs/reproduction.md); the first of each is the paper's design.
 OFFSET_OPTIONS = {
@@ -34,7 +35,10 @@ def option(key: str, value: Optional[str]) -> str:
 
 
 def shift_back(x: Tensor) -> Tensor:
-    """x[:, :, t+1] at frame t, zeros at the last frame (frame t receives what frame t+1 attended)."""
+    """x[:, :, t+1] at frame t, zeros at the last frame (frame t receives what frame t+1 attended). Channels-last
+    ``x`` gets a channels-last result and gradient (a channels-last network's SIFA op then copies nothing)."""
+    if is_channels_last(x):
+        return shift_frames(x, -1)
     return torch.cat([x[:, :, 1:], torch.zeros_like(x[:, :, :1])], dim=2)
 
 
@@ -77,7 +81,9 @@ class SIFA(nn.Module):
     def offsets(self, x: Tensor) -> Tensor:
         """N×2K²×T×H×W sampling offsets into frame t+1 for each position of frame t."""
         if self.offset_mode == "zero":
-            return x.new_zeros((x.shape[0], 2 * self.kernel_size ** 2, *x.shape[2:]))
+            layout = torch.channels_last_3d if is_channels_last(x) else torch.contiguous_format
+            return torch.empty((x.shape[0], 2 * self.kernel_size ** 2, *x.shape[2:]), dtype=x.dtype, device=x.device,
+                               memory_format=layout).zero_()
         guide = x if self.offset_guide == "plain" else difference_guide(x)
         # under autocast the conv may come out in another precision than x; the SIFA ops need matching dtypes
         return self.conv_offset(guide).to(x.dtype)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
-from typing import List, Mapping, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from torch import nn
 from ..checkpoint_file import load_checkpoint, non_finite_entries
 from ..config import DEFAULT_CONFIG, load_config
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from .memory_format import default_channels_last
 from .registry import check_model_config, get_model_by_name, model_arguments, model_entry
 from .transfer import DEFCOR_WEIGHT, remove_fc, transfer_weights
 from .weights import load_weights
@@ -35,15 +36,27 @@ IMAGENET_WEIGHTS = {
 TIMM_PREFIX = "timm:"  # pretrained_model: timm:<name>, ImageNet weights by timm's name
 
 
-def build_model(cfg: SimpleNamespace, num_segments: int) -> nn.Module:
+def uses_channels_last(cfg: SimpleNamespace, device: Optional[torch.device | str] = None) -> bool:
+    """Whether the network runs in channels_last_3d on ``device``: ``cfg.channels_last``, or when null, the
+    default for the device (on for CUDA, off on the CPU), for the networks that take it (the C2D ResNets)."""
+    if not model_entry(cfg.net_name).spec.channels_last:
+        return False
+    choice = getattr(cfg, "channels_last", None)
+    return default_channels_last(device) if choice is None else bool(choice)
+
+
+def build_model(cfg: SimpleNamespace, num_segments: int, device: Optional[torch.device | str] = None) -> nn.Module:
     """``cfg.net_name`` for views of ``num_segments`` segments of ``cfg.clip_length`` frames, with
-    activation checkpointing per stage if ``cfg.use_checkpoint``; a ConfigError if the network does not take
+    activation checkpointing per stage if ``cfg.use_checkpoint``, in channels_last_3d per
+    :func:`uses_channels_last` for ``device`` (where it will run); a ConfigError if the network does not take
     what ``cfg`` asks of it (:func:`check_model_config`)."""
     check_model_config(cfg)
     model = get_model_by_name(cfg.net_name, pooling_arch=None, num_classes=cfg.num_classes,
                               dropout_ratio=cfg.dropout_ratio, clip_length=num_segments * cfg.clip_length,
                               sifa_kernel=cfg.sifa_kernel, **model_arguments(cfg))
     model.set_grad_checkpointing(cfg.use_checkpoint)
+    if uses_channels_last(cfg, device):
+        model.set_channels_last(True)
     return model
 
 
@@ -103,7 +116,7 @@ def check_finite_weights(model: nn.Module, checkpoint: str) -> None:
 def load_network(cfg: SimpleNamespace, checkpoint: str, device: torch.device) -> nn.Module:
     """The configured network (at eva_num_segments) with every weight from ``checkpoint``, in eval mode; a
     CheckpointError when a weight is not finite."""
-    model = build_model(cfg, cfg.eva_num_segments)
+    model = build_model(cfg, cfg.eva_num_segments, device)
     load_weights(model, load_checkpoint(checkpoint), strict=True, skip=_skipped(cfg), source=f"checkpoint {checkpoint}")
     check_finite_weights(model, checkpoint)
     return model.to(device).eval()
@@ -136,7 +149,7 @@ def network_from_checkpoint(checkpoint: str, device: torch.device | str = "cpu")
                               f"rebuilt from it alone; give the experiment's YAML as well")
     cfg = load_config(DEFAULT_CONFIG)
     vars(cfg).update({key: value for key, value in saved.items() if key in vars(cfg)})
-    model = build_model(cfg, cfg.eva_num_segments)
+    model = build_model(cfg, cfg.eva_num_segments, device)
     load_weights(model, content, strict=True, skip=_skipped(cfg), source=f"checkpoint {checkpoint}")
     check_finite_weights(model, checkpoint)
     return model.to(device).eval(), cfg

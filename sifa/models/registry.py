@@ -34,6 +34,7 @@ class ModelSpec:
     window_grid_size: Optional[int] = None  # the one frame size (square) its attention windows are laid out for
     output_stride: int = 1  # pixels per position of its last stage: the smallest frame size it takes
     config_keys: Tuple[str, ...] = ()  # config keys passed to its constructor as they are (e.g. sifa_stages)
+    channels_last: bool = False  # runs in channels_last_3d on request (set_channels_last; the config's channels_last)
     # what the configuration asks beyond the options: (net_name, cfg) -> (key, problem) or None
     check: Optional[Callable[[str, SimpleNamespace], Optional[Tuple[str, str]]]] = None
     # the state-dict prefixes of the classifier(s) of the network named (remove_fc); None: the shipped networks'
@@ -192,6 +193,10 @@ def check_model_config(cfg: SimpleNamespace) -> None:
         if getattr(cfg, key) is not None:
             takers = ", ".join(name for name, holder in _specs() if key in holder.config_keys)
             fail(key, f"is {shown(getattr(cfg, key))}, but only {takers} take it; net_name is {net!r}")
+    if getattr(cfg, "channels_last", None) and not spec.channels_last:
+        takers = ", ".join(name for name, holder in _specs() if holder.channels_last)
+        fail("channels_last", f"is true, but only {takers} run channels-last (their SIFA calls copy NCTHW features "
+                              f"otherwise); {net}'s are laid out by the network itself: set channels_last to null")
     problem = spec.check(net, cfg) if spec.check is not None else None
     if problem is not None:
         fail(*problem)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..layers import OFFSET_OPTIONS, SIFA, host_sifa
 from ..layers.sifa import option
 from .checkpointing import GradCheckpointing, run_stage
+from .memory_format import ChannelsLast
 from .registry import ModelSpec, register_model
 from .temporal import check_clip_length, check_video
 from .transfer import transfer_resnet, transfer_sifa_resnet
@@ -19,9 +20,9 @@ EARLY_STRIDE = 4  # frames folded by the stem's temporal kernel/stride
 OUTPUT_STRIDE = 32  # pixels per position of the last stage: stem 2, max-pool 2, three strided stages
 SIFA_RESNET = ModelSpec("the SIFA ResNets", "resnet", transfer_sifa_resnet, sifa_kernel=(1, 3, 3, 3),
                         options=OFFSET_OPTIONS, clip_divisor=2 * EARLY_STRIDE,  # the dual branch halves time again
-                        output_stride=OUTPUT_STRIDE)
+                        output_stride=OUTPUT_STRIDE, channels_last=True)
 C2D_RESNET = ModelSpec("the C2D ResNets", "resnet", transfer_resnet, clip_divisor=EARLY_STRIDE,
-                       output_stride=OUTPUT_STRIDE)
+                       output_stride=OUTPUT_STRIDE, channels_last=True)
 
 
 def _downsample(inplanes: int, outplanes: int, stride: int) -> Optional[nn.Sequential]:
@@ -122,13 +123,14 @@ def _init_weights(net: nn.Module, offset_init: Optional[str] = None) -> None:
             nn.init.zeros_(m.conv_offset.weight)
 
 
-class C2DResNet(GradCheckpointing, nn.Module):
+class C2DResNet(GradCheckpointing, ChannelsLast, nn.Module):
     """Stem (4×7×7, temporal stride 4) and four stages of C2D bottlenecks.
 
     With ``sifa_kernel`` set, stages 2-4 alternate GBottleneck / SIFABottleneck and a dual branch
     (``maxpool_dual`` + ``layer4_dual`` at half the frames) adds a second head. Every network
     returns a list of per-head logits: ``[logits_main, logits_dual]`` here, ``[logits]`` for the
-    plain baseline.
+    plain baseline. ``set_channels_last()`` runs it in ``torch.channels_last_3d`` (sifa/models/memory_format.py):
+    the SIFA blocks then call the op without layout copies; the outputs are the same.
     """
 
     def __init__(self, layers: Sequence[int], num_classes: int = 400, dropout_ratio: float = 0.5,
@@ -194,6 +196,7 @@ class C2DResNet(GradCheckpointing, nn.Module):
             check_video(self.name, x, 2 * EARLY_STRIDE, frames=self.clip_length)
         else:
             check_video(self.name, x, EARLY_STRIDE)
+        x = self.memory_format_input(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in (self.layer1, self.layer2, self.layer3):
             x = run_stage(stage, x, self.use_checkpoint)

@@ -82,6 +82,15 @@ def _like_features(input: torch.Tensor, dtype: Optional[torch.dtype] = None) -> 
                        memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
 
 
+def _offset_gradient_like(offset: torch.Tensor) -> torch.Tensor:
+    """A new tensor laid out as the kernels return the offsets' gradient: with the offsets' strides when they
+    read them in place (contiguous or channels_last_3d offsets), else contiguous (sifa.h, reads_offset_in_place
+    and offset_gradient)."""
+    if offset.is_contiguous() or offset.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.empty_strided(offset.shape, offset.stride(), dtype=offset.dtype, device=offset.device)
+    return offset.new_empty(offset.shape)
+
+
 def _register_python_side() -> None:
     lib = "sifa::"
 
@@ -104,7 +113,7 @@ def _register_python_side() -> None:
 
     def _grads_fake(input, offset, weight, mask):
         return (_like_features(input) if mask[0] else input.new_empty((0,)),
-                offset.new_empty(offset.shape if mask[1] else (0,)),
+                _offset_gradient_like(offset) if mask[1] else offset.new_empty((0,)),
                 weight.new_empty(weight.shape if mask[2] else (0,)))
 
     @torch.library.register_fake(lib + "_defcor_backward")

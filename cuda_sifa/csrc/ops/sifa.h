@@ -57,6 +57,11 @@ inline math::Geometry make_geometry(const at::Tensor& input, const at::Tensor& o
   math::Geometry g{input.size(0), input.size(1), input.size(2), input.size(3), input.size(4),
                    kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1],
                    dilation[0], dilation[1], groups};
+  // contiguous offsets' strides; Ops::forward and backward put those of the offsets they read
+  g.off_p = 1;
+  g.off_t = g.plane();
+  g.off_c = g.T * g.plane();
+  g.off_n = 2 * g.taps() * g.off_c;
   TORCH_CHECK(groups > 0 && g.C % groups == 0, "sifa: groups (", groups, ") must divide channels (", g.C, ")");
   TORCH_CHECK(offset.sizes() == at::IntArrayRef({g.N, 2 * g.taps(), g.T, g.H, g.W}),
               "sifa: offset must be ", at::IntArrayRef({g.N, 2 * g.taps(), g.T, g.H, g.W}), ", got ", offset.sizes());
@@ -78,13 +83,14 @@ inline math::Geometry make_geometry(const at::Tensor& input, const at::Tensor& o
 }
 
 // The kernels' working layout: features channels-last (N×T×H×W×C, so channel loops are contiguous
-// on the CPU and coalesced on the GPU), offsets and scores NCTHW, the correlation weight T×K×C.
+// on the CPU and coalesced on the GPU), scores NCTHW, offsets N×2K×T×H×W in the layout they come in
+// (contiguous or channels_last_3d; reads_offset_in_place), the correlation weight T×K×C.
 // Scores and their gradients are in the accumulation type (float for half/bfloat16): the fused
 // backward then uses the scores the forward computed, not their rounding.
 // Undefined tensors are parts a call does not run or gradients nobody asked for.
 struct ForwardTensors {
   at::Tensor x;       // N×T×H×W×C
-  at::Tensor offset;  // N×2K×T×H×W
+  at::Tensor offset;  // N×2K×T×H×W, read through math::Geometry's offset strides
   at::Tensor weight;  // T×K×C, when correlating
   at::Tensor scores;  // N×G·K×T×H×W: written when correlating, read otherwise
   at::Tensor out;     // N×T×H×W×C, when aggregating
@@ -98,7 +104,7 @@ struct BackwardTensors {
   at::Tensor grad_x;            // N×T×H×W×C accumulator: keys and values (bilinear scatter inside frame t)
   at::Tensor grad_query;        // N×T×H×W×C accumulator: frame t's query gradient, folded onto prev(t)
                                 //   (kernels with kQueryGradientBuffer; the others add it into grad_x)
-  at::Tensor grad_offset;       // N×2K×T×H×W, every element written
+  at::Tensor grad_offset;       // N×2K×T×H×W with the offsets' strides, every element written
   at::Tensor grad_weight;       // N×T×K×C accumulator of per-sample partials, when correlating
   at::Tensor grad_scores_out;   // N×G·K×T×H×W, every element written (defagg's score gradient)
 };
@@ -121,6 +127,34 @@ void with_parts(Parts parts, F&& f) {
 }
 
 inline at::Tensor to_channels_last(const at::Tensor& x) { return x.permute({0, 2, 3, 4, 1}).contiguous(); }
+
+// Whether the kernels read N×2K×T×H×W offsets as they are (through math::Geometry's strides): contiguous
+// or channels_last_3d offsets, what conv_offset gives in either kind of network (dense, and the pixels
+// h·W + w one stride apart). Their gradient is then laid out alike (offset_gradient).
+inline bool reads_offset_in_place(const at::Tensor& offset) {
+  return offset.is_contiguous() || offset.is_contiguous(at::MemoryFormat::ChannelsLast3d);
+}
+
+// The offsets as the kernels read them: `offset` itself when they can, else a contiguous copy.
+inline at::Tensor offset_layout(const at::Tensor& offset) {
+  return reads_offset_in_place(offset) ? offset : offset.contiguous();
+}
+
+// `g` with the strides of `offset` (offset_layout's result).
+inline math::Geometry with_offset_strides(math::Geometry g, const at::Tensor& offset) {
+  g.off_n = offset.stride(0);
+  g.off_c = offset.stride(1);
+  g.off_t = offset.stride(2);
+  g.off_p = offset.size(4) > 1 ? offset.stride(4) : offset.size(3) > 1 ? offset.stride(3) : 1;
+  return g;
+}
+
+// The offsets' gradient: every element written by the kernels (zeros when they do not run), with the
+// strides of the offsets they read (sifa/ops/_extension.py fakes the same rule).
+inline at::Tensor offset_gradient(const at::Tensor& offset, bool runs) {
+  auto grad = at::empty_strided(offset.sizes(), offset.strides(), offset.options());
+  return runs ? grad : grad.zero_();
+}
 
 // Channels-last in, channels-last out: an input already in channels_last_3d memory format gets its
 // feature-shaped results in that format without a copy (sifa/ops/_extension.py fakes the same rule).
@@ -154,11 +188,12 @@ struct Ops {
   using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
   static std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& input, const at::Tensor& offset,
-                                                    const at::Tensor& weight_or_scores, const math::Geometry& g,
+                                                    const at::Tensor& weight_or_scores, const math::Geometry& shape,
                                                     Parts parts) {
     ForwardTensors ts;
     ts.x = to_channels_last(input);
-    ts.offset = offset.contiguous();
+    ts.offset = offset_layout(offset);
+    const auto g = with_offset_strides(shape, ts.offset);
     const auto acc = input.options().dtype(accumulation_type(input));
     if (parts.correlate) {
       ts.weight = weight_tkc(weight_or_scores);
@@ -180,10 +215,11 @@ struct Ops {
   // Gradients w.r.t. (input, offset, weight or scores); an entry whose mask is false comes back empty.
   static Grads backward(const at::Tensor& grad_out, const at::Tensor& grad_scores, const at::Tensor& input,
                         const at::Tensor& offset, const at::Tensor& weight, const at::Tensor& scores,
-                        const math::Geometry& g, Parts parts, std::array<bool, 3> mask) {
+                        const math::Geometry& shape, Parts parts, std::array<bool, 3> mask) {
     BackwardTensors ts;
     ts.x = to_channels_last(input);
-    ts.offset = offset.contiguous();
+    ts.offset = offset_layout(offset);
+    const auto g = with_offset_strides(shape, ts.offset);
     const auto acc = accumulation_type(input);
     if (parts.aggregate) {
       ts.grad_out = to_channels_last(grad_out);
@@ -198,7 +234,7 @@ struct Ops {
     const auto written = [runs](const at::Tensor& like) { return runs ? at::empty_like(like) : at::zeros_like(like); };
     if (mask[0]) ts.grad_x = accumulator(input, ts.x.sizes());
     if (mask[0] && parts.correlate && Kernels::kQueryGradientBuffer) ts.grad_query = accumulator(input, ts.x.sizes());
-    if (mask[1]) ts.grad_offset = written(ts.offset);
+    if (mask[1]) ts.grad_offset = offset_gradient(ts.offset, runs);
     if (mask[2] && parts.correlate) ts.grad_weight = accumulator(input, {g.N, g.T, g.taps(), g.C});
     if (mask[2] && !parts.correlate) ts.grad_scores_out = written(ts.scores);  // accumulation type
     if (runs) Kernels::backward(ts, g, parts);

@@ -137,9 +137,14 @@ SIFA_HOST_DEVICE acc_t corner_value(acc_t score, acc_t grad_out, acc_t grad_scor
 
 // Shape and hyper-parameters of one call, with the index arithmetic of the NCTHW tensors
 // that cross the op boundary (offsets N×2K×T×H×W, scores N×G·K×T×H×W, weight C×T×K).
+// The offsets (and their gradient, laid out alike) are read through their strides, so that the
+// channels-last offsets of a channels_last_3d network need no copy: off_n, off_c, off_t are the
+// strides of sample, channel and frame, off_p that of the pixel hw = h·W + w (sifa.h,
+// offset_layout, takes only layouts where one pixel stride covers the H×W plane).
 struct Geometry {
   int64_t N, C, T, H, W;
   int64_t kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
+  int64_t off_n, off_c, off_t, off_p;
 
   SIFA_HOST_DEVICE int64_t taps() const { return kh * kw; }
   SIFA_HOST_DEVICE int64_t plane() const { return H * W; }
@@ -148,7 +153,7 @@ struct Geometry {
   SIFA_HOST_DEVICE int64_t prev_frame(int64_t t) const { return t > 0 ? t - 1 : 0; }
 
   SIFA_HOST_DEVICE int64_t offset_index(int64_t n, int64_t k, int64_t axis, int64_t t, int64_t hw) const {
-    return ((n * 2 * taps() + 2 * k + axis) * T + t) * plane() + hw;
+    return n * off_n + (2 * k + axis) * off_c + t * off_t + hw * off_p;
   }
   SIFA_HOST_DEVICE int64_t score_index(int64_t n, int64_t g, int64_t k, int64_t t, int64_t hw) const {
     return (((n * groups + g) * taps() + k) * T + t) * plane() + hw;
