@@ -47,6 +47,7 @@ _EXTRA_TYPES: Dict[str, Tuple[type, ...]] = {
     "offset_mode": (str, type(None)),
     "offset_guide": (str, type(None)),
     "offset_init": (str, type(None)),
+    "temporal_shift": (str, type(None)),
 }
 # Keys restricted to a set of values.
 _CHOICES: Dict[str, Tuple[Any, ...]] = {
