@@ -182,3 +182,36 @@ def test_inflated_variants_build_the_networks_they_name(variant) -> None:
         assert layer.offset_guide == ("plain" if variant == "sifa_plain_guide" else "difference")
         if layer.offset_mode == "learned":
             assert (layer.conv_offset.weight.abs().sum() == 0) == (variant == "sifa_zero_init")
+
+
+# ------------------------------------------------------------------- the inflated recipe's light augmentation
+def test_without_colour_and_with_whole_frame_crops_the_training_clip_is_the_video() -> None:
+    import numpy as np
+
+    from sifa.data.transforms import TrainClipTransform
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    transform = TrainClipTransform(32, no_horizontal_flip=True, colour=False, min_crop_scale=1.0)
+    for _ in range(5):  # whatever the draws: the whole frame, at its own size, no colour step
+        clip = transform(frames)
+        assert torch.equal(clip, torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2))
+
+
+def test_colour_augment_and_min_crop_scale_reach_the_training_transform(monkeypatch) -> None:
+    from sifa.config import ConfigError, load_config
+    from sifa.data import build
+
+    cfg = load_config(os.path.join(REPO_ROOT, "settings", "ablation_inflated.yml"),
+                      ["list_file=l", "root_path=r", "eva_list_file=v"])
+    assert cfg.colour_augment is False and cfg.min_crop_scale == 1.0
+    with pytest.raises(ConfigError, match="min_crop_scale"):
+        load_config(os.path.join(REPO_ROOT, "settings", "ablation_inflated.yml"), ["min_crop_scale=0"])
+    default = load_config(os.path.join(REPO_ROOT, "settings", "ablation.yml"), [])
+    assert default.colour_augment is True and default.min_crop_scale == 0.2
+    made = []
+    monkeypatch.setattr(build, "TrainClipTransform", lambda *args, **kw: made.append(kw))
+    monkeypatch.setattr(build, "VideoDataset", lambda *args, **kw: None)
+    build.build_train_dataset(cfg)
+    build.build_train_dataset(default)
+    assert [(kw["colour"], kw["min_crop_scale"]) for kw in made] == [(False, 1.0), (True, 0.2)]

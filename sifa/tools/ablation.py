@@ -21,7 +21,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -74,6 +76,8 @@ class Budget:
     nproc: int = 2
     net: str = RESNET50  # or timm/<name>: that 2-D network inflated (INFLATED_VARIANTS)
     sifa_stages: Tuple[int, ...] = (2, 3)  # the inflated network's stages that SIFA layers follow
+    iter_size: int = 1  # gradient accumulation: batch_size x nproc x iter_size clips a step
+    jobs: int = 1  # runs at once (each on one thread when > 1)
 
 
 def network_overrides(variant: str, budget: Budget) -> Dict[str, object]:
@@ -100,21 +104,23 @@ def prepare_data(out: str, regime: str, shuffled: bool, budget: Budget) -> Dict[
 
 def run_overrides(variant: str, seed: int, data: Dict[str, str], run_dir: str, budget: Budget) -> List[str]:
     """The training's --opts for one run on top of the shared recipe."""
-    opts = {**network_overrides(variant, budget), "seed": seed, "epochs": budget.epochs, "output_dir": run_dir, "num_classes": NUM_CLASSES,
+    opts = {**network_overrides(variant, budget), "seed": seed, "epochs": budget.epochs, "iter_size": budget.iter_size, "output_dir": run_dir, "num_classes": NUM_CLASSES,
             "crop_size": budget.size, "eva_crop_size": budget.size, "clip_length": budget.frames,
             "root_path": data["root_path"], "list_file": data["train_list"], "eva_list_file": data["val_list"],
             "class_name_file": data["class_names"]}
     return [f"{key}={json.dumps(value) if isinstance(value, list) else value}" for key, value in opts.items()]
 
 
-def train(overrides: Sequence[str], nproc: int, log_path: str, recipe: str) -> None:
-    """One training run of ``recipe`` through sifa.tools.train; its output goes to ``log_path``."""
+def train(overrides: Sequence[str], nproc: int, log_path: str, recipe: str, threads: Optional[int] = None) -> None:
+    """One training run of ``recipe`` through sifa.tools.train; its output goes to ``log_path``; ``threads``:
+    OMP_NUM_THREADS of its processes (None: the launcher's choice)."""
     launcher = [sys.executable, "-m"] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                           "--standalone", f"--nproc_per_node={nproc}", "--module"]
     command = launcher + ["sifa.tools.train", f"--config_file={recipe}", "--opts", *overrides]
     path = os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
     with open(log_path, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=path))
+        env = dict(os.environ, PYTHONPATH=path, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"training failed (exit {result.returncode}); its output: {log_path}")
 
@@ -127,7 +133,7 @@ def run_one(out: str, variant: str, regime: str, seed: int, budget: Budget, reci
     os.makedirs(run_dir)
     tic = time.time()
     train(run_overrides(variant, seed, data, run_dir, budget), budget.nproc, os.path.join(run_dir, "stdout.txt"),
-          recipe)
+          recipe, threads=1 if budget.jobs > 1 else None)
     with open(os.path.join(run_dir, "val_accuracy.json"), encoding="utf-8") as f:
         history = json.load(f)
     # the study keeps accuracies and logs; two ResNet-50 checkpoints per run would fill the disk
@@ -337,18 +343,36 @@ def study(out: str, variants: Sequence[str], regimes: Sequence[str], seeds: Sequ
     results_path = os.path.join(out, "results.json")
     results = load_results(results_path)
     done = {(e["variant"], e["regime"], e["seed"]) for e in results}
+    pending = []
     for seed in seeds:  # seed by seed: a study cut short has every variant and regime at the seeds it ran
         for regime in regimes:
             for variant in variants:
                 if (variant, regime, seed) in done:
                     print(f"skip {variant} / {regime} / seed {seed}: in {results_path}", flush=True)
-                    continue
-                print(f"run {variant} / {regime} / seed {seed} ...", flush=True)
-                entry = run_one(out, variant, regime, seed, budget, recipe)
-                print(f"  top-1 {final_top1(entry):.2f} % in {entry['wall_time_s']:.0f} s", flush=True)
-                results.append(entry)
-                save_results(results_path, results)
-                write_summary(out, results)  # the tables and plots so far, after every run
+                else:
+                    pending.append((variant, regime, seed))
+    for variant, regime, _ in pending:  # the data sets first: parallel runs must not generate them twice
+        prepare_data(out, regime, VARIANTS[variant][1], budget)
+    lock = threading.Lock()
+
+    def one(job: Tuple[str, str, int]) -> None:
+        variant, regime, seed = job
+        print(f"run {variant} / {regime} / seed {seed} ...", flush=True)
+        entry = run_one(out, variant, regime, seed, budget, recipe)
+        print(f"  {variant} / {regime} / seed {seed}: top-1 {final_top1(entry):.2f} % in {entry['wall_time_s']:.0f} s",
+              flush=True)
+        with lock:
+            results.append(entry)
+            save_results(results_path, results)
+            write_summary(out, results)  # the tables and plots so far, after every run
+
+    if budget.jobs == 1:
+        for job in pending:
+            one(job)
+    else:
+        with ThreadPoolExecutor(budget.jobs) as pool:
+            for future in [pool.submit(one, job) for job in pending]:
+                future.result()
     write_summary(out, results)
     return results
 
@@ -374,11 +398,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--sifa_stages", type=int, nargs="+", default=list(defaults.sifa_stages),
                         help="with --net timm/<name>: the stages (feature indices) SIFA layers follow "
                              "(default: %(default)s)")
+    parser.add_argument("--iter_size", type=int, default=defaults.iter_size,
+                        help="gradient accumulation steps (--nproc 1 --iter_size 2: the 16 clips a step of 2 × 8)")
+    parser.add_argument("--jobs", type=int, default=defaults.jobs,
+                        help="runs at once, each on one thread (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.net != RESNET50 and not args.net.startswith("timm/"):
         parser.error(f"--net must be {RESNET50} or timm/<name>, got {args.net!r}")
     budget = Budget(args.epochs, args.videos_per_class, args.val_videos_per_class, args.size, defaults.frames,
-                    args.nproc, args.net, tuple(args.sifa_stages))
+                    args.nproc, args.net, tuple(args.sifa_stages), args.iter_size, args.jobs)
     if args.quick:
         variants, regimes, seeds = QUICK_VARIANTS, ("slow",), (0,)
     else:
