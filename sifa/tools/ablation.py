@@ -3,12 +3,17 @@
 
     python -m sifa.tools.ablation --out output/ablation            # the full study
     python -m sifa.tools.ablation --out output/ablation_quick --quick
+    python -m sifa.tools.ablation --out output/ablation_inflated --net timm/resnet10t --sifa_stages 1 2 \
+        --size 32 --epochs 3 --videos_per_class 80 --val_videos_per_class 20 --seeds 5 \
+        --recipe settings/ablation_inflated.yml                     # the second study, on an inflated ResNet
 
 Every run goes through `python -m sifa.tools.train` (a subprocess, 1 or 2 processes, with this copy of
 the package on its path). After each run
 <out>/results.json is rewritten; a study started again with the same --out skips the runs listed
-there. Then <out>/results.md (the last evaluation of each run, mean ± sd over seeds; the mean after
-each epoch) and <out>/results.png (the last evaluation) summarise them. The control
+there. Then <out>/results.md (the last evaluation of each run, mean ± 95 % confidence interval over
+seeds; paired tests of PAIRS; the mean after each epoch), results_summary.json (the same numbers),
+results.png (the last evaluation) and results_curves.png (the mean after each epoch, 95 % CI band)
+summarise them, rewritten after every run. The control
 "c2d_shuffled_frames" trains C2D on videos whose frames are randomly permuted (training and
 validation): it should stay at chance.
 """
