@@ -109,7 +109,8 @@ def prepare_data(out: str, regime: str, shuffled: bool, budget: Budget) -> Dict[
 
 def run_overrides(variant: str, seed: int, data: Dict[str, str], run_dir: str, budget: Budget) -> List[str]:
     """The training's --opts for one run on top of the shared recipe."""
-    opts = {**network_overrides(variant, budget), "seed": seed, "epochs": budget.epochs, "iter_size": budget.iter_size, "output_dir": run_dir, "num_classes": NUM_CLASSES,
+    opts = {**network_overrides(variant, budget), "seed": seed, "epochs": budget.epochs,
+            "iter_size": budget.iter_size, "output_dir": run_dir, "num_classes": NUM_CLASSES,
             "crop_size": budget.size, "eva_crop_size": budget.size, "clip_length": budget.frames,
             "root_path": data["root_path"], "list_file": data["train_list"], "eva_list_file": data["val_list"],
             "class_name_file": data["class_names"]}
@@ -238,7 +239,8 @@ def markdown_comparisons(results: List[dict]) -> str:
         return ""
     lines = ["Paired comparisons of the last-epoch top-1 (a − b over the seeds both ran; two-sided p-values: "
              "paired t-test, exact Wilcoxon signed-rank, exact sign test)", "",
-             "| regime | a − b | seeds | mean diff ± 95 % CI | t (df) | p (t) | p (Wilcoxon) | wins/losses | p (sign) |",
+             "| regime | a − b | seeds | mean diff ± 95 % CI | t (df) | p (t) | p (Wilcoxon) | wins/losses "
+             "| p (sign) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         t, w, s = row["t_test"], row["wilcoxon"], row["sign"]
@@ -257,7 +259,8 @@ def markdown_curves(results: List[dict]) -> str:
     for regime in regimes:
         epochs = max(len(c) for key, runs in curves.items() if key[1] == regime for c in runs)
         lines = [f"**{regime} motion**, mean top-1 after each epoch", "",
-                 "| variant | " + " | ".join(f"epoch {e + 1}" for e in range(epochs)) + " | last 2 epochs |",
+                 "| variant | " + " | ".join(f"epoch {e + 1}" for e in range(epochs))
+                 + " | change over the last 2 epochs |",
                  "|---|" + "---|" * (epochs + 1)]
         for variant in variants:
             runs = curves.get((variant, regime))
