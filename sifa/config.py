@@ -48,6 +48,8 @@ _EXTRA_TYPES: Dict[str, Tuple[type, ...]] = {
     "offset_guide": (str, type(None)),
     "offset_init": (str, type(None)),
     "channels_last": (bool, type(None)),
+    "temporal_shift": (str, type(None)),
+    "min_crop_scale": (float, int),
 }
 # Keys restricted to a set of values.
 _CHOICES: Dict[str, Tuple[Any, ...]] = {
@@ -296,6 +298,8 @@ def _validate(cfg: Dict[str, Any], sources: Dict[str, str]) -> None:
     if cfg["auto_scale_lr"] and cfg["reference_batch"] <= 0:
         fail("reference_batch", "must be positive when auto_scale_lr is true (the effective batch that "
                                 "base_learning_rate is set for)")
+    if not 0.0 < cfg["min_crop_scale"] <= 1.0:
+        fail("min_crop_scale", f"must lie in (0, 1], got {shown(cfg['min_crop_scale'])}")
     if not 0.0 <= cfg["momentum"] < 1.0:
         fail("momentum", f"must lie in [0, 1), got {shown(cfg['momentum'])}")
     if not cfg["output_dir"].strip():

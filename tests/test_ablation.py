@@ -134,9 +134,10 @@ def test_fast_regime_moves_faster_and_slow_regime_is_the_default() -> None:
 def test_runner_resume_skips_finished_runs(tmp_path, monkeypatch) -> None:
     trained = []
 
-    def fake_train(overrides, nproc, log_path, recipe):
+    def fake_train(overrides, nproc, log_path, recipe, threads=None):
         opts = dict(o.split("=", 1) for o in overrides)
         trained.append((opts["net_name"], opts.get("offset_mode"), opts["seed"]))
+        assert threads is None
         with open(os.path.join(opts["output_dir"], "val_accuracy.json"), "w") as f:
             json.dump([{"epoch": 1, "top1": 25.0, "top5": 100.0}], f)
 
@@ -160,6 +161,26 @@ def test_runner_resume_skips_finished_runs(tmp_path, monkeypatch) -> None:
     table = open(os.path.join(out, "results.md")).read()
     assert "25.0 ± 0.0 (25.0, 25.0)" in table and "| sifa_fixed_window | 25.0 |" in table
     assert os.path.getsize(os.path.join(out, "results.png")) > 0
+
+
+def test_runner_runs_jobs_in_parallel_on_one_thread_each(tmp_path, monkeypatch) -> None:
+    calls = []
+
+    def fake_train(overrides, nproc, log_path, recipe, threads=None):
+        opts = dict(o.split("=", 1) for o in overrides)
+        calls.append((opts["net_name"], opts["sifa_stages"], opts.get("temporal_shift"), opts["seed"], threads))
+        with open(os.path.join(opts["output_dir"], "val_accuracy.json"), "w") as f:
+            json.dump([{"epoch": 1, "top1": 25.0 + int(opts["seed"]), "top5": 100.0}], f)
+
+    monkeypatch.setattr(ablation, "train", fake_train)
+    budget = ablation.Budget(epochs=1, videos_per_class=1, val_videos_per_class=1, size=32, nproc=1,
+                             net="timm/resnet10t", sifa_stages=(1, 2), jobs=2)
+    results = ablation.study(str(tmp_path), ["tsm", "sifa"], ["fast"], [0, 1, 2], budget)
+    assert sorted(calls) == sorted([("timm/resnet10t", "[]", "residual", s, 1) for s in "012"]
+                                   + [("timm/resnet10t", "[1, 2]", None, s, 1) for s in "012"])
+    assert len(results) == 6 and len(json.load(open(tmp_path / "results.json"))) == 6
+    md = open(tmp_path / "results.md").read()
+    assert "| fast | sifa − c2d" not in md and "| tsm | 26.0 ± 2.5 (25.0, 26.0, 27.0) |" in md
 
 
 def test_config_takes_the_ablations_for_sifa_resnets_only() -> None:

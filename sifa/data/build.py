@@ -16,8 +16,10 @@ from .video_dataset import VideoDataset
 def build_train_dataset(cfg: SimpleNamespace) -> VideoDataset:
     """One randomly placed, augmented clip per video of ``list_file`` (uint8; with ``augment_on_device`` the
     colour steps are left to the training loop's DeviceColourAugment)."""
-    transform = TrainClipTransform(cfg.crop_size, cfg.no_horizontal_flip, cfg.rand_augment, cfg.ra_n, cfg.ra_m,
-                                   cfg.time_dim, colour=not cfg.augment_on_device)
+    transform = TrainClipTransform(cfg.crop_size, cfg.no_horizontal_flip, cfg.rand_augment and cfg.colour_augment,
+                                   cfg.ra_n, cfg.ra_m, cfg.time_dim,
+                                   colour=cfg.colour_augment and not cfg.augment_on_device,
+                                   min_crop_scale=cfg.min_crop_scale)
     return VideoDataset(cfg.list_file, cfg.root_path, cfg.format, cfg.clip_length, cfg.num_steps, cfg.num_segments,
                         transform, train=True, loop_pad=cfg.loop_pad, num_classes=cfg.num_classes,
                         video_backend=cfg.video_backend, skip_bad_samples=cfg.skip_bad_samples)

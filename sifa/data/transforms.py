@@ -160,9 +160,12 @@ class TrainClipTransform:
     RATIO = (3 / 4, 4 / 3)
 
     def __init__(self, crop_size: int, no_horizontal_flip: bool = False, rand_augment: bool = False,
-                 ra_n: int = 2, ra_m: int = 27, time_dim: str = "T", colour: bool = True):
-        """``colour`` False: no colour steps (``augment_on_device``: DeviceColourAugment applies them)."""
+                 ra_n: int = 2, ra_m: int = 27, time_dim: str = "T", colour: bool = True,
+                 min_crop_scale: Optional[float] = None):
+        """``colour`` False: no colour steps (``augment_on_device``: DeviceColourAugment applies them, or
+        ``colour_augment: false``). ``min_crop_scale``: the crop's smallest area, a fraction of the frame."""
         self.crop_size = crop_size
+        self.min_crop_scale = min_crop_scale  # None: SCALE's
         self.with_colour = colour
         self.flip = not no_horizontal_flip
         # Magnitudes 0..30 as in the original's RandAugment.
@@ -176,7 +179,8 @@ class TrainClipTransform:
             # a spawned worker (a forked one has one thread already): the workers share the cores, as torch's do
             cv2.setNumThreads(1)
         height, width = frames[0].shape[:2]
-        top, left, h, w = transforms.RandomResizedCrop.get_params(torch.empty(0, height, width), list(self.SCALE),
+        scale = [self.SCALE[0] if self.min_crop_scale is None else self.min_crop_scale, self.SCALE[1]]
+        top, left, h, w = transforms.RandomResizedCrop.get_params(torch.empty(0, height, width), scale,
                                                                  list(self.RATIO))
         clip = TF.resize(frames_to_clip([frame[top:top + h, left:left + w] for frame in frames]),
                          [self.crop_size, self.crop_size], antialias=True)

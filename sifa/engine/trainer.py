@@ -376,7 +376,8 @@ class Trainer:
         loss_sum, batch_time_sum, data_time_sum = 0.0, 0.0, 0.0
         grad_norm = math.nan  # of the last optimizer step (none yet in this epoch)
         skipped: List[str] = []  # (skip_bad_samples) the samples replaced on this rank
-        colour_augment = DeviceColourAugment(cfg.time_dim) if cfg.augment_on_device and not cfg.rand_augment else None
+        colour_augment = DeviceColourAugment(cfg.time_dim) if (cfg.augment_on_device and cfg.colour_augment
+                                                               and not cfg.rand_augment) else None
         end = time.time()
         for idx, (clips, labels, _, skipped_in_batch) in enumerate(self._training_batches(epoch, loader)):
             skipped += [message for _, message in skipped_in_batch]

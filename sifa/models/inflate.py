@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..layers import OFFSET_OPTIONS, SIFA
 from .registry import ModelSpec, register_prefix
 from .temporal import check_video
+from .tsm_resnet import temporal_shift as shift_clip
 from .weights import StateDict
 
 TIMM_PREFIX = "timm/"
@@ -75,6 +76,40 @@ class FrameBatchSIFA(nn.Module):
         NT, C, h, w = frames.shape
         video = frames.view(NT // self.times, self.times, C, h, w).transpose(1, 2)  # channels_last_3d if NHWC
         return self.sifa(video).transpose(1, 2).reshape(NT, C, h, w)
+
+
+# The temporal shift of the inflated ResNets (the TSM baseline of docs/reproduction.md); the first is the default.
+TEMPORAL_SHIFT = ("none", "residual")
+
+
+class FrameBatchShift:
+    """The forward pre-hook that shifts a residual branch's input in time, on the (N·T)×C×h×w frame batch:
+    1/8 of the channels one frame forward, 1/8 back, zero-padded (``tsm_resnet.temporal_shift``)."""
+
+    def __init__(self, times: int):
+        self.times = times
+
+    def __call__(self, module: nn.Module, args: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        (frames,) = args
+        NT, C, h, w = frames.shape
+        video = frames.view(NT // self.times, self.times, C, h, w).transpose(1, 2)
+        return (shift_clip(video).transpose(1, 2).reshape(NT, C, h, w),)
+
+
+def add_temporal_shift(backbone: nn.Module, times: int) -> List[str]:
+    """TSM in every residual block of a timm or torchvision ResNet: a pre-hook on the block's ``conv1`` shifts
+    the branch's input in time (the shortcut does not shift); no parameter or state-dict key changes. Returns
+    the names of the shifted convolutions; a ValueError for a network without such blocks."""
+    shifted = []
+    for name, module in backbone.named_modules():
+        if type(module).__name__ in ("BasicBlock", "Bottleneck") and isinstance(getattr(module, "conv1", None),
+                                                                                   nn.Conv2d):
+            module.conv1.register_forward_pre_hook(FrameBatchShift(times))
+            shifted.append(name + ".conv1")
+    if not shifted:
+        raise ValueError(f"temporal_shift: {type(backbone).__name__} has no ResNet blocks (BasicBlock, Bottleneck) "
+                         f"to shift; only the inflated ResNets take it")
+    return shifted
 
 
 def _stage_channels(backbone: nn.Module, names: Sequence[str]) -> List[int]:
@@ -142,7 +177,8 @@ class InflatedC2D(nn.Module):
 
 def inflate_2d(backbone: nn.Module, clip_length: int, sifa_stages: Sequence[Stage], num_classes: Optional[int] = None,
                kernel_size: int = 3, offset_guide: Optional[str] = None, offset_mode: Optional[str] = None,
-               offset_init: Optional[str] = None, name: Optional[str] = None) -> InflatedC2D:
+               offset_init: Optional[str] = None, name: Optional[str] = None,
+               temporal_shift: Optional[str] = None) -> InflatedC2D:
     """A C2D video network for clips of ``clip_length`` frames from the 2-D ``backbone`` (changed in place:
     SIFA layers are appended to its stages, so its own state-dict keys stay, under ``backbone.``).
 
@@ -152,16 +188,23 @@ def inflate_2d(backbone: nn.Module, clip_length: int, sifa_stages: Sequence[Stag
     The layers start as the identity (``zero_init_residual``), so the network's logits at initialisation are
     the 2-D network's averaged over the frames, and its ImageNet weights fine-tune from there.
     ``num_classes``: a new classifier of that size (None keeps the network's).
+    ``temporal_shift="residual"``: TSM in every residual block of a ResNet (:func:`add_temporal_shift`).
     """
+    temporal_shift = temporal_shift or TEMPORAL_SHIFT[0]
+    if temporal_shift not in TEMPORAL_SHIFT:
+        raise ValueError(f"temporal_shift must be one of {list(TEMPORAL_SHIFT)}, got {temporal_shift!r}")
     names = stage_names(backbone)
     chosen = [names[i] for i in resolve_stages(names, sifa_stages)]
     for stage, channels in zip(chosen, _stage_channels(backbone, chosen)):
         layer = SIFA(channels, clip_length, kernel_size, offset_guide=offset_guide, offset_mode=offset_mode,
                      offset_init=offset_init, zero_init_residual=True)
         block_sequence(backbone, stage).append(FrameBatchSIFA(layer, clip_length))
+    shifted = add_temporal_shift(backbone, clip_length) if temporal_shift == "residual" else []
     if num_classes is not None:
         _reset_classifier(backbone, num_classes)
-    return InflatedC2D(backbone, clip_length, chosen, name or f"c2d_{type(backbone).__name__.lower()}")
+    net = InflatedC2D(backbone, clip_length, chosen, name or f"c2d_{type(backbone).__name__.lower()}")
+    net.shifted = shifted  # the convolutions whose input the temporal shift moves (none by default)
+    return net
 
 
 def transfer_2d(state_dict: StateDict, early_stride: int) -> StateDict:
@@ -213,7 +256,8 @@ def timm_classifiers(net_name: str) -> Tuple[str, ...]:
     return tuple(f"backbone.{name}." for name in ((classifier,) if isinstance(classifier, str) else classifier))
 
 
-TIMM_C2D = ModelSpec("the inflated timm networks", "timm", transfer_2d, sifa_kernel=(3,), options=OFFSET_OPTIONS,
+TIMM_C2D = ModelSpec("the inflated timm networks", "timm", transfer_2d, sifa_kernel=(3,),
+                     options={**OFFSET_OPTIONS, "temporal_shift": TEMPORAL_SHIFT},
                      output_stride=32, config_keys=("sifa_stages",), check=check_timm_config,
                      classifiers=timm_classifiers)
 register_prefix(TIMM_PREFIX, TIMM_C2D, timm_c2d)
