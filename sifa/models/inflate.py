@@ -7,7 +7,7 @@ network whose ``feature_info`` stages are, or end in, a sequence of blocks) and 
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,14 @@ def block_sequence(backbone: nn.Module, name: str) -> nn.Sequential:
     return blocks
 
 
+def on_clips(fn: Callable[[Tensor], Tensor], frames: Tensor, times: int) -> Tensor:
+    """``fn`` of the (N·T)×C×h×w frame batch of a 2-D network seen as clips N×C×T×h×w (channels_last_3d if the
+    frames are NHWC), returned as a frame batch again."""
+    NT, C, h, w = frames.shape
+    video = frames.view(NT // times, times, C, h, w).transpose(1, 2)
+    return fn(video).transpose(1, 2).reshape(NT, C, h, w)
+
+
 class FrameBatchSIFA(nn.Module):
     """A SIFA layer on the (N·T)×C×h×w frame batch of a 2-D network: the clips' frames as N×C×T×h×w."""
 
@@ -73,9 +81,7 @@ class FrameBatchSIFA(nn.Module):
         self.times = times
 
     def forward(self, frames: Tensor) -> Tensor:
-        NT, C, h, w = frames.shape
-        video = frames.view(NT // self.times, self.times, C, h, w).transpose(1, 2)  # channels_last_3d if NHWC
-        return self.sifa(video).transpose(1, 2).reshape(NT, C, h, w)
+        return on_clips(self.sifa, frames, self.times)
 
 
 # The temporal shift of the inflated ResNets (the TSM baseline of docs/reproduction.md); the first is the default.
@@ -91,9 +97,7 @@ class FrameBatchShift:
 
     def __call__(self, module: nn.Module, args: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
         (frames,) = args
-        NT, C, h, w = frames.shape
-        video = frames.view(NT // self.times, self.times, C, h, w).transpose(1, 2)
-        return (shift_clip(video).transpose(1, 2).reshape(NT, C, h, w),)
+        return (on_clips(shift_clip, frames, self.times),)
 
 
 def add_temporal_shift(backbone: nn.Module, times: int) -> List[str]:

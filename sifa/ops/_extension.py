@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ..errors import ExtensionNotBuiltError
-from ._utils import scores_dtype
+from ._utils import is_channels_last, scores_dtype
 
 _ENV = "SIFA_OPS_BACKEND"
 
@@ -77,9 +77,8 @@ def _kernel_len(w: torch.Tensor) -> int:
 def _like_features(input: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """A new tensor shaped and laid out as the kernels return feature maps: channels_last_3d when
     ``input`` is in that format (and not also contiguous), else contiguous (sifa.h, keeps_channels_last)."""
-    channels_last = not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last_3d)
     return torch.empty(input.shape, dtype=dtype or input.dtype, device=input.device,
-                       memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+                       memory_format=torch.channels_last_3d if is_channels_last(input) else torch.contiguous_format)
 
 
 def _offset_gradient_like(offset: torch.Tensor) -> torch.Tensor:
