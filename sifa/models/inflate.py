@@ -143,12 +143,14 @@ class InflatedC2D(nn.Module):
     """A 2-D image network run on every frame of N×3×T×H×W clips, SIFA layers after some of its stages;
     returns ``[logits]``, the frames' logits averaged. Made by :func:`inflate_2d`."""
 
-    def __init__(self, backbone: nn.Module, clip_length: int, sifa_stages: Sequence[str], name: str):
+    def __init__(self, backbone: nn.Module, clip_length: int, sifa_stages: Sequence[str], name: str,
+                 shifted: Sequence[str] = ()):
         super().__init__()
         self.backbone = backbone
         self.clip_length = clip_length
         self.sifa_stages = list(sifa_stages)
         self.name = name
+        self.shifted = list(shifted)  # the convolutions whose input the temporal shift moves (none by default)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """timm's activation checkpointing of the 2-D network's blocks (the SIFA layers are blocks too)."""
@@ -206,9 +208,7 @@ def inflate_2d(backbone: nn.Module, clip_length: int, sifa_stages: Sequence[Stag
     shifted = add_temporal_shift(backbone, clip_length) if temporal_shift == "residual" else []
     if num_classes is not None:
         _reset_classifier(backbone, num_classes)
-    net = InflatedC2D(backbone, clip_length, chosen, name or f"c2d_{type(backbone).__name__.lower()}")
-    net.shifted = shifted  # the convolutions whose input the temporal shift moves (none by default)
-    return net
+    return InflatedC2D(backbone, clip_length, chosen, name or f"c2d_{type(backbone).__name__.lower()}", shifted)
 
 
 def transfer_2d(state_dict: StateDict, early_stride: int) -> StateDict:
