@@ -35,6 +35,9 @@ CATALOGUE = {
     "slice C=768":       (2, 768, 2, 2, 2, 3, 3, 1, 1, 1.5),
     "slice C=1024 5x5":  (1, 1024, 2, 2, 2, 5, 5, 1, 1, 1.0),
     "slice C=1536":      (1, 1536, 3, 2, 2, 3, 3, 1, 1, 2.0),
+    # the forward's two pixels per warp (C ≤ 128): an odd pixel count (the last warp's second pixel
+    # computed again and not stored), with 25 taps, more than a pixel's 16 lanes fill at once
+    "slice C=128 odd pixels 5x5": (1, 128, 3, 3, 3, 5, 5, 1, 1, 1.5),
 }
 
 
