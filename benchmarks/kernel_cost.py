@@ -7,9 +7,10 @@ taps: C=128 at 28², 256 at 14², 512 at 7²) and SIFA-Swin's widest (768 at 14�
 7²), two floors of the fused op's passes on an H100 SXM
 (3.35 TB/s, 132 SMs × 4 schedulers at 1.98 GHz): the memory floor (every input read once, every
 output written once) and the issue floor (warp-instructions / issue rate), the warp-instructions
-per pixel read from the SASS loops of the 3×3 kernels (the pixel loop's body, plus the tap loop's
-body for each further tap where it is not unrolled) times the warps' pixels (forward and first
-backward pass: one per pixel and each of the pixel's W warps, C = 32·S·W as the kernel file's
+per pixel read from the SASS loops of the 3×3 kernels with 32-bit indices, the path of every shape
+here (the pixel loop's body, plus the tap loop's body for each further tap where it is not unrolled)
+times the warps' pixels (forward and first backward pass: one per pixel and each of the pixel's W
+warps, a forward warp's loop body shared by its P pixels, C = 32·S·W/P as the kernel file's
 ForwardShapes and BackwardShapes map it; the backward's scatter: one per pixel and channel slice) — an
 estimate that leaves out stalls, the per-block prologues and the scatter's final sum.
 
@@ -195,13 +196,19 @@ def _kernel(counts: dict[str, int], *names: str) -> int | None:
     return next((counts[n] for n in names if n in counts), None)
 
 
-def _slice_shapes(ops_dir: Path) -> dict[str, dict[int, tuple[int, int]]]:
-    """Per pass ("Forward", "Backward"), C -> (S channels per lane, W warps per pixel) of the kernel
-    file's slice kernels; empty for a kernel file from before them (one warp per pixel, S = C / 32)."""
+def _slice_shapes(ops_dir: Path) -> dict[str, dict[int, tuple[str, int, int]]]:
+    """Per pass ("Forward", "Backward"), C -> (the kernel name's shape arguments "S, W[, P], ", W warps
+    per pixel, P pixels per warp) of the kernel file's slice kernels, C = 32·S·W/P; empty for a kernel
+    file from before them (one warp per pixel, S = C / 32)."""
     text = (ops_dir / "cuda" / "sifa_kernel.cu").read_text()
+    pixels_per_warp = "int S_, int W_, int P_" in text  # the forward's third shape argument, P
     out = {}
     for name, body in re.findall(r"using (Forward|Backward)Shapes = std::tuple<(.*?)>;", text, re.S):
-        out[name] = {32 * int(S) * int(W): (int(S), int(W)) for S, W in re.findall(r"SliceShape<(\d+), (\d+)>", body)}
+        shapes = out[name] = {}
+        for S, W, P in re.findall(r"SliceShape<(\d+), (\d+)(?:, (\d+))?>", body):
+            S, W, P = int(S), int(W), int(P or 1)
+            args = f"{S}, {W}, {P}, " if pixels_per_warp and name == "Forward" else f"{S}, {W}, "
+            shapes[32 * S * W // P] = (args, W, P)
     return out
 
 
@@ -216,22 +223,26 @@ def _floors(counts: dict[str, int], arch: int, dtypes: list[str], shapes: dict[s
         for N, C, T, H, W in SIFA_NET_SHAPES + SWIN_WIDE_SHAPES:
             pixels = N * T * H * W
             S = C // 32  # the names of a kernel file from before W
-            fwd_new, bwd_new = (f"{s}, {w}, " for s, w in (shapes.get(p, {}).get(C, (0, 0)) for p in ("Forward", "Backward")))
-            fwd_warps, bwd_warps = (shapes.get(p, {}).get(C, (0, 1))[1] for p in ("Forward", "Backward"))
+            (fwd_new, fwd_warps, fwd_pixels), (bwd_new, bwd_warps, _) = (
+                shapes.get(p, {}).get(C, ("", 1, 1)) for p in ("Forward", "Backward"))
             feature, offsets, scores = pixels * C, pixels * 2 * TAPS, pixels * TAPS
             # forward: x read, out written, offsets read, scores written (float)
             fwd_bytes = 2 * feature * e + offsets * e + scores * 4
-            # the kernels compiled for 3×3 taps, else (an older kernel file) those for any K
-            fwd = _kernel(counts, f"forward_slice_kernel<{dtype}, {fwd_new}{TAPS}>",
+            # the kernels compiled for 3×3 taps and 32-bit indices (the path of every shape here), else
+            # (an older kernel file) those for 3×3 taps, or for any K
+            fwd = _kernel(counts, f"forward_slice_kernel<{dtype}, {fwd_new}{TAPS}, int>",
+                          f"forward_slice_kernel<{dtype}, {fwd_new}{TAPS}>",
                           f"forward_slice_kernel<{dtype}, {S}, {TAPS}>", f"forward_slice_kernel<{dtype}, {S}>")
             # backward: x, grad_out, offsets, scores read; float input gradient and offset gradient written
             bwd_bytes = 2 * feature * e + feature * 4 + 2 * offsets * e + scores * 4
-            first = _kernel(counts, f"backward_slice_kernel<{dtype}, {bwd_new}{TAPS}>",
+            first = _kernel(counts, f"backward_slice_kernel<{dtype}, {bwd_new}{TAPS}, int>",
+                            f"backward_slice_kernel<{dtype}, {bwd_new}{TAPS}>",
                             f"backward_slice_kernel<{dtype}, {S}, {TAPS}>", f"backward_slice_kernel<{dtype}, {S}>")
-            fwd = None if fwd is None else fwd * fwd_warps
+            fwd = None if fwd is None else fwd * fwd_warps // fwd_pixels
             first = None if first is None else first * bwd_warps
             s = 2 if C % 64 == 0 else 1
-            scatter = _kernel(counts, f"scatter_slice_kernel<{dtype}, {s}, {TAPS}>")  # none before the two passes
+            scatter = _kernel(counts, f"scatter_slice_kernel<{dtype}, {s}, {TAPS}, int>",
+                              f"scatter_slice_kernel<{dtype}, {s}, {TAPS}>")  # none before the two passes
             bwd = None if first is None else first + (scatter or 0) * C // (32 * s)
             for name, nbytes, per_pixel in (("forward", fwd_bytes, fwd), ("backward", bwd_bytes, bwd)):
                 mem_us = nbytes / HBM_BYTES_PER_S * 1e6

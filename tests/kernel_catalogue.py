@@ -22,7 +22,9 @@ CATALOGUE = {
     "7x7 G=256 (shared memory > 48 KB)": (1, 256, 1, 2, 2, 7, 7, 1, 256, 1.0),
     # one group and C = 32·S·W: the fused op's slice kernels (S channels per lane in registers, W
     # warps per pixel whose channel sums add up through shared memory): one warp per pixel up to
-    # C = 256 (S = 2…8), the forward up to 512 (S = 12, 16); the backward at 384 and 512 over 2 warps
+    # C = 256 (S = 2…8), the forward up to 512 (S = 12, 16); the backward at 384 and 512 over 2 warps.
+    # The forward takes two pixels per warp up to C = 128 (16 lanes × 4, 6, 8 channels: the names'
+    # S is the backward's)
     "slice S=2":         (2, 64, 3, 3, 4, 3, 3, 1, 1, 1.5),
     "slice S=4 dil=2":   (1, 128, 2, 3, 3, 3, 3, 2, 1, 2.0),
     "slice S=8 5x5":     (1, 256, 2, 2, 3, 5, 5, 1, 1, 1.0),
@@ -35,6 +37,9 @@ CATALOGUE = {
     "slice C=768":       (2, 768, 2, 2, 2, 3, 3, 1, 1, 1.5),
     "slice C=1024 5x5":  (1, 1024, 2, 2, 2, 5, 5, 1, 1, 1.0),
     "slice C=1536":      (1, 1536, 3, 2, 2, 3, 3, 1, 1, 2.0),
+    # the forward's two pixels per warp (C ≤ 128): an odd pixel count (the last warp's second pixel
+    # computed again and not stored), with 25 taps, more than a pixel's 16 lanes fill at once
+    "slice C=128 odd pixels 5x5": (1, 128, 3, 3, 3, 5, 5, 1, 1, 1.5),
 }
 
 

@@ -21,9 +21,9 @@ SANITIZER = os.environ.get("SIFA_EMULATION_SANITIZER", "thread-hooks")
 HAS_EXT = ops.backend() == "extension"
 
 
-def _load(source=None, tag="kernels", arch=900, dtype=None):
+def _load(source=None, tag="kernels", arch=900, dtype=None, defines=()):
     """Builds and loads an emulated kernel library (the code paths of GPU architecture `arch`, for
-    `dtype` only when given); returns its torch.ops namespace."""
+    `dtype` only when given, with the kernel file's test-only `defines`); returns its torch.ops namespace."""
     from emulation import build
 
     if SANITIZER == "address" and "libasan" not in os.environ.get("LD_PRELOAD", ""):
@@ -33,7 +33,7 @@ def _load(source=None, tag="kernels", arch=900, dtype=None):
     os.environ.setdefault("UBSAN_OPTIONS", f"log_path={build.BUILD / 'ubsan'}:print_stacktrace=1")
     name = build.library_name(tag)
     if not hasattr(getattr(torch.ops, name), "defcor"):
-        torch.ops.load_library(str(build.build(source, SANITIZER, tag, arch, dtype)))
+        torch.ops.load_library(str(build.build(source, SANITIZER, tag, arch, dtype, defines)))
     return getattr(torch.ops, name)
 
 
@@ -69,6 +69,23 @@ def test_catalogue_matches_cpu_kernels(emu, name):
         if max_blocks:  # fewer blocks than pixels need: the grid-stride loops cover the rest
             assert blocks <= launches * max_blocks
         assert_same(got, want, what=f"{name}, {schedule} lanes, {max_blocks or 'all'} blocks:")
+
+
+@pytest.fixture(scope="module")
+def emu_index64():
+    if not HAS_EXT:
+        pytest.skip("the CPU kernels (the expectation) are not built: run `bash make.sh`")
+    return _load(tag="index64", dtype=torch.float64, defines=("SIFA_FORCE_INDEX64",))  # make_inputs' dtype
+
+
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_catalogue_on_the_64bit_index_path(emu_index64, name):
+    # every shape takes the 32-bit index path (all its tensors have fewer than 2^31 elements); the
+    # 64-bit one, which larger tensors take, forced here for every kernel (test_indexing_beyond_int32
+    # reaches it by size, for the general forward only)
+    tensors, geo = make_inputs(CATALOGUE[name])
+    configure(emu_index64, "shuffled", 2, seed=5)
+    assert_same(run_ops(emu_index64, tensors, geo), run_ops(torch.ops.sifa, tensors, geo), what=name)
 
 
 def test_every_gradient_mask(emu):

@@ -70,11 +70,13 @@ def library_name(tag: str) -> str:
 
 
 def build(source: Optional[str] = None, sanitizer: str = "thread-hooks", tag: str = "kernels",
-          arch: int = 900, dtype: Optional[torch.dtype] = None) -> Path:
+          arch: int = 900, dtype: Optional[torch.dtype] = None, defines: tuple[str, ...] = ()) -> Path:
     """Compiles (or reuses) the emulated kernels as op library ``library_name(tag)``; `source`
     replaces the kernel file's text (the deliberately broken variants of the tests); `arch` the GPU
     architecture whose code paths run (SIFA_EMULATED_ARCH: 800 takes the scalar global atomics of
-    GPUs before sm_90); `dtype` the one dtype a variant is built for (default: all four).
+    GPUs before sm_90); `dtype` the one dtype a variant is built for (default: all four); `defines`
+    macros of the kernel file's test-only switches (SIFA_FORCE_INDEX64: the 64-bit index path at
+    every size).
     Returns the shared library's path."""
     source = KERNEL.read_text() if source is None else source
     kernel_flags, runtime_flags, link_flags = _sanitizer_flags(sanitizer)
@@ -83,6 +85,7 @@ def build(source: Optional[str] = None, sanitizer: str = "thread-hooks", tag: st
               "-Wno-unused-variable", f"-DSIFA_EMULATED_ARCH={arch}"] + includes
     if dtype is not None:
         common.append(f"-DSIFA_EMULATED_DTYPE=at::ScalarType::{_SCALAR_TYPES[dtype]}")
+    common += [f"-D{d}" for d in defines]
     inputs = [source, (HERE / "shim" / "warp_emulator.h").read_text(), (HERE / "runtime.cpp").read_text(),
               (HERE / "emulated_ops.cpp").read_text(), (KERNEL.parent.parent / "sifa.h").read_text(),
               (KERNEL.parent.parent / "sifa_math.h").read_text(), " ".join(common + kernel_flags + link_flags), tag,
