@@ -202,3 +202,17 @@ def test_config_takes_the_ablations_for_sifa_resnets_only() -> None:
         check_model_config(load_config(recipe, ["net_name=c2d_resnet50", "offset_init=zero"]))
     with pytest.raises(ConfigError, match="offset_guide' must be one of"):
         check_model_config(load_config(recipe, ["offset_guide=features"]))
+
+
+def test_runner_frames_flag_sets_the_videos_and_the_clip_length(tmp_path, monkeypatch) -> None:
+    """--frames reaches the data sets (frames per video) and every run's clip_length (it was fixed at 8)."""
+    seen = []
+    monkeypatch.setattr(ablation, "study", lambda out, variants, regimes, seeds, budget, recipe: seen.append(budget)
+                        or [])
+    ablation.main(["--out", str(tmp_path / "study"), "--net", "timm/test_resnet", "--frames", "4",
+                   "--recipe", str(REPO_ROOT / "settings" / "ablation_inflated.yml")])
+    assert seen[0].frames == 4
+    opts = dict(o.split("=", 1) for o in ablation.run_overrides("sifa", 0, {"root_path": "r", "train_list": "t",
+                                                                            "val_list": "v", "class_names": "c"},
+                                                                 "run", seen[0]))
+    assert opts["clip_length"] == "4"

@@ -239,7 +239,7 @@ def test_two_process_training_of_an_inflated_resnet18_fits_the_synthetic_videos_
     recipe = yaml.safe_load(open(os.path.join(REPO_ROOT, "settings", "ablation_inflated.yml"), encoding="utf-8"))
     recipe["dataset"].update(root_path=data["root_path"], list_file=data["train_list"],
                              eva_list_file=data["train_list"], class_name_file=data["class_names"])
-    recipe["optimizer"]["epochs"] = 4
+    recipe["optimizer"].update(epochs=4, base_learning_rate=0.01)  # the lr the values below were measured at
     recipe["network"].update(net_name="timm/resnet18", sifa_stages=[2], dropout_ratio=0.0)
     recipe["logging"].update(output_dir=str(tmp_path / "out"), seed=seed)
     config = tmp_path / "fit.yml"

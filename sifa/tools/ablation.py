@@ -3,8 +3,8 @@
 
     python -m sifa.tools.ablation --out output/ablation            # the full study
     python -m sifa.tools.ablation --out output/ablation_quick --quick
-    python -m sifa.tools.ablation --out output/ablation_inflated --net timm/resnet10t --sifa_stages 1 2 \
-        --size 32 --epochs 3 --videos_per_class 80 --val_videos_per_class 20 --seeds 5 \
+    python -m sifa.tools.ablation --out output/ablation_inflated --net timm/test_resnet --sifa_stages 1 2 \
+        --size 64 --frames 4 --epochs 10 --videos_per_class 80 --val_videos_per_class 20 --seeds 5 \
         --recipe settings/ablation_inflated.yml                     # the second study, on an inflated ResNet
 
 Every run goes through `python -m sifa.tools.train` (a subprocess, 1 or 2 processes, with this copy of
@@ -399,6 +399,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--videos_per_class", type=int, default=defaults.videos_per_class)
     parser.add_argument("--val_videos_per_class", type=int, default=defaults.val_videos_per_class)
     parser.add_argument("--size", type=int, default=defaults.size, help="frame height and width (≥ 32)")
+    parser.add_argument("--frames", type=int, default=defaults.frames, help="frames per video and clip")
     parser.add_argument("--nproc", type=int, choices=(1, 2), default=defaults.nproc, help="training processes")
     parser.add_argument("--net", default=defaults.net,
                         help=f"{RESNET50} (the c2d_*_resnet50 networks, default) or timm/<name>: that 2-D network "
@@ -413,7 +414,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.net != RESNET50 and not args.net.startswith("timm/"):
         parser.error(f"--net must be {RESNET50} or timm/<name>, got {args.net!r}")
-    budget = Budget(args.epochs, args.videos_per_class, args.val_videos_per_class, args.size, defaults.frames,
+    budget = Budget(args.epochs, args.videos_per_class, args.val_videos_per_class, args.size, args.frames,
                     args.nproc, args.net, tuple(args.sifa_stages), args.iter_size, args.jobs)
     if args.quick:
         variants, regimes, seeds = QUICK_VARIANTS, ("slow",), (0,)
