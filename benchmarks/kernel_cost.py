@@ -11,8 +11,9 @@ per pixel read from the SASS loops of the 3×3 kernels with 32-bit indices, the 
 here (the pixel loop's body, plus the tap loop's body for each further tap where it is not unrolled)
 times the warps' pixels (forward and first backward pass: one per pixel and each of the pixel's W
 warps, a forward warp's loop body shared by its P pixels, C = 32·S·W/P as the kernel file's
-ForwardShapes and BackwardShapes map it; the backward's scatter: one per pixel and channel slice) — an
-estimate that leaves out stalls, the per-block prologues and the scatter's final sum.
+ForwardShapes (ForwardShapes2Byte for half and bfloat16) and BackwardShapes map it; the backward's
+scatter: one per pixel and channel slice) — an estimate that leaves out stalls, the per-block
+prologues and the scatter's final sum.
 
     python benchmarks/kernel_cost.py [--arch 80 90] [--rev GIT_REV] [--dtype float Half] [--filter fused]
 
@@ -197,17 +198,18 @@ def _kernel(counts: dict[str, int], *names: str) -> int | None:
 
 
 def _slice_shapes(ops_dir: Path) -> dict[str, dict[int, tuple[str, int, int]]]:
-    """Per pass ("Forward", "Backward"), C -> (the kernel name's shape arguments "S, W[, P], ", W warps
-    per pixel, P pixels per warp) of the kernel file's slice kernels, C = 32·S·W/P; empty for a kernel
-    file from before them (one warp per pixel, S = C / 32)."""
+    """Per pass ("Forward", "Backward", and "Forward2Byte" where the kernel file maps 2-byte dtypes'
+    forward apart), C -> (the kernel name's shape arguments "S, W[, P], ", W warps per pixel, P pixels
+    per warp) of the kernel file's slice kernels, C = 32·S·W/P; empty for a kernel file from before
+    them (one warp per pixel, S = C / 32)."""
     text = (ops_dir / "cuda" / "sifa_kernel.cu").read_text()
     pixels_per_warp = "int S_, int W_, int P_" in text  # the forward's third shape argument, P
     out = {}
-    for name, body in re.findall(r"using (Forward|Backward)Shapes = std::tuple<(.*?)>;", text, re.S):
-        shapes = out[name] = {}
+    for name, suffix, body in re.findall(r"using (Forward|Backward)Shapes(2Byte)? = std::tuple<(.*?)>;", text, re.S):
+        shapes = out[name + suffix] = {}
         for S, W, P in re.findall(r"SliceShape<(\d+), (\d+)(?:, (\d+))?>", body):
             S, W, P = int(S), int(W), int(P or 1)
-            args = f"{S}, {W}, {P}, " if pixels_per_warp and name == "Forward" else f"{S}, {W}, "
+            args = f"{S}, {W}, {P}, " if pixels_per_warp and name.startswith("Forward") else f"{S}, {W}, "
             shapes[32 * S * W // P] = (args, W, P)
     return out
 
@@ -223,8 +225,9 @@ def _floors(counts: dict[str, int], arch: int, dtypes: list[str], shapes: dict[s
         for N, C, T, H, W in SIFA_NET_SHAPES + SWIN_WIDE_SHAPES:
             pixels = N * T * H * W
             S = C // 32  # the names of a kernel file from before W
+            forward = "Forward2Byte" if e == 2 and "Forward2Byte" in shapes else "Forward"
             (fwd_new, fwd_warps, fwd_pixels), (bwd_new, bwd_warps, _) = (
-                shapes.get(p, {}).get(C, ("", 1, 1)) for p in ("Forward", "Backward"))
+                shapes.get(p, {}).get(C, ("", 1, 1)) for p in (forward, "Backward"))
             feature, offsets, scores = pixels * C, pixels * 2 * TAPS, pixels * TAPS
             # forward: x read, out written, offsets read, scores written (float)
             fwd_bytes = 2 * feature * e + offsets * e + scores * 4

@@ -24,7 +24,8 @@ CATALOGUE = {
     # warps per pixel whose channel sums add up through shared memory): one warp per pixel up to
     # C = 256 (S = 2…8), the forward up to 512 (S = 12, 16); the backward at 384 and 512 over 2 warps.
     # The forward takes two pixels per warp up to C = 128 (16 lanes × 4, 6, 8 channels: the names'
-    # S is the backward's)
+    # S is the backward's); for half and bfloat16 twice the channels per lane and four pixels per
+    # warp up to C = 128, two at 192 and 256 (test_reduced_precision_matches_cpu_float32 runs them)
     "slice S=2":         (2, 64, 3, 3, 4, 3, 3, 1, 1, 1.5),
     "slice S=4 dil=2":   (1, 128, 2, 3, 3, 3, 3, 2, 1, 2.0),
     "slice S=8 5x5":     (1, 256, 2, 2, 3, 5, 5, 1, 1, 1.0),

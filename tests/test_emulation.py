@@ -96,7 +96,11 @@ def test_every_gradient_mask(emu):
     assert_same(run_ops(emu, tensors, geo, masks=masks), want)
 
 
-@pytest.mark.parametrize("case", ["C=70 G=5 dil=2", "slice S=4 dil=2", "slice S=3", "slice C=768"])
+# the general kernels, and the slice forward at every width where 2-byte dtypes map it apart from
+# float (ForwardShapes2Byte: C = 64, 96, 128 at 4 pixels per warp, odd pixel counts at 128; 192 and
+# 256 at 2), and over several warps (768)
+@pytest.mark.parametrize("case", ["C=70 G=5 dil=2", "slice S=2", "slice S=4 dil=2", "slice C=128 odd pixels 5x5",
+                                  "slice S=3", "slice S=6 5x5", "slice S=8 5x5", "slice C=768"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_reduced_precision_matches_cpu_float32(emu, dtype, case):
     # the CPU kernels have no 16-bit path: compare with them on the same (rounded) values in float32

@@ -7,12 +7,14 @@
 // double) for every storage dtype; scores in that type too.
 //
 // Two kernel families:
-// - the slice kernels, for the fused op with one group and C = 32·S·W = 64, 96, 128, 192, 256,
+// - the slice kernels, for the fused op with one group and C = 32·S·W/P = 64, 96, 128, 192, 256,
 //   384, 512, 768, 1024 or 1536 — every SIFA width of SIFA-Net (128–512) and SIFA-Swin-S/B/L
 //   (96–1536): W warps per pixel, S channels per lane (ForwardShapes, BackwardShapes: the forward
 //   two pixels per warp, 16 lanes each, up to C = 128, one warp up to C = 512, then 12·2, 16·2,
-//   16·3; the backward one warp up to C = 256, then 6·2, 8·2, 8·3, 8·4, 8·6). Each lane keeps its S
-//   contiguous channels in registers, reads them with vector loads, and sweeps the taps once (the
+//   16·3, for half and bfloat16 (ForwardShapes2Byte) four pixels per warp, 8 lanes each, up to
+//   C = 128 and two, 16 lanes each, at 192 and 256; the backward one warp up to C = 256, then 6·2,
+//   8·2, 8·3, 8·4, 8·6). Each lane keeps its S contiguous channels in registers, reads them with
+//   vector loads, and sweeps the taps once (the
 //   backward's loops unrolled for 3×3 taps while the registers allow) reading every corner without
 //   a branch — forward: sample, score, accumulate; backward, in two
 //   passes with no global float atomics in the input and offset gradients: per pixel, the score,
@@ -731,6 +733,16 @@ struct SliceShape {
 };
 using ForwardShapes = std::tuple<SliceShape<4, 1, 2>, SliceShape<6, 1, 2>, SliceShape<8, 1, 2>, SliceShape<6, 1>, SliceShape<8, 1>,
                                  SliceShape<12, 1>, SliceShape<16, 1>, SliceShape<12, 2>, SliceShape<16, 2>, SliceShape<16, 3>>;
+// The forward for 2-byte elements (half, bfloat16): twice the channels per lane and twice the
+// pixels per warp where the budget allows (S ≤ 16, C ≤ 256), so that a lane reads a corner in as
+// many vector loads as float does (S = 16: two 16-byte loads) and the per-tap work that does not
+// depend on the channels serves twice the pixels, to offset the widening each element read costs
+// over float (it narrows the gap, docs/benchmarks.md, round 4). From C = 384 on, as float.
+using ForwardShapes2Byte = std::tuple<SliceShape<8, 1, 4>, SliceShape<12, 1, 4>, SliceShape<16, 1, 4>, SliceShape<12, 1, 2>,
+                                      SliceShape<16, 1, 2>, SliceShape<12, 1>, SliceShape<16, 1>, SliceShape<12, 2>,
+                                      SliceShape<16, 2>, SliceShape<16, 3>>;
+template <typename scalar_t>
+using ForwardShapesOf = std::conditional_t<sizeof(scalar_t) == 2, ForwardShapes2Byte, ForwardShapes>;
 using BackwardShapes = std::tuple<SliceShape<2, 1>, SliceShape<3, 1>, SliceShape<4, 1>, SliceShape<6, 1>, SliceShape<8, 1>,
                                   SliceShape<6, 2>, SliceShape<8, 2>, SliceShape<8, 3>, SliceShape<8, 4>, SliceShape<8, 6>>;
 
@@ -775,7 +787,7 @@ struct CudaKernels {
         using index_t = decltype(index);
         const auto g = shape.as<index_t>();
         const Pixels<index_t> pixels(g);
-        const bool sliced = with_slice<ForwardShapes, scalar_t>(g, parts, {&ts.x, &ts.weight, &ts.out}, [&](auto slice) {
+        const bool sliced = with_slice<ForwardShapesOf<scalar_t>, scalar_t>(g, parts, {&ts.x, &ts.weight, &ts.out}, [&](auto slice) {
           using Shape = decltype(slice);
           with_taps(g, [&](auto taps) {
             const auto kernel = forward_slice_kernel<scalar_t, Shape::S, Shape::W, Shape::P, decltype(taps)::value, index_t>;
