@@ -84,14 +84,14 @@ inline math::Geometry make_geometry(const at::Tensor& input, const at::Tensor& o
 
 // The kernels' working layout: features channels-last (N×T×H×W×C, so channel loops are contiguous
 // on the CPU and coalesced on the GPU), scores NCTHW, offsets N×2K×T×H×W in the layout they come in
-// (contiguous or channels_last_3d; reads_offset_in_place), the correlation weight T×K×C.
+// (contiguous or channels_last_3d; reads_offset_in_place), the correlation weight T×K×C (in the accumulation type).
 // Scores and their gradients are in the accumulation type (float for half/bfloat16): the fused
 // backward then uses the scores the forward computed, not their rounding.
 // Undefined tensors are parts a call does not run or gradients nobody asked for.
 struct ForwardTensors {
   at::Tensor x;       // N×T×H×W×C
   at::Tensor offset;  // N×2K×T×H×W, read through math::Geometry's offset strides
-  at::Tensor weight;  // T×K×C, when correlating
+  at::Tensor weight;  // T×K×C in the accumulation type, when correlating
   at::Tensor scores;  // N×G·K×T×H×W: written when correlating, read otherwise
   at::Tensor out;     // N×T×H×W×C, when aggregating
 };
@@ -172,10 +172,14 @@ inline at::Tensor accumulator(const at::Tensor& like, at::IntArrayRef sizes) {
   return at::zeros(sizes, like.options().dtype(accumulation_type(like)));
 }
 
-// weight C×T×kh×kw -> T×K×C, the layout the channel loops read contiguously
+// weight C×T×kh×kw -> T×K×C, the layout the channel loops read contiguously, in the accumulation
+// type: a half or bfloat16 weight is widened once, in the copy the layout needs anyway, instead of
+// on every tap of every pixel (the kernels' math is in that type).
 inline at::Tensor weight_tkc(const at::Tensor& weight) {
   const auto taps = weight.size(2) * weight.size(3);  // not -1: C may be 0
-  return weight.reshape({weight.size(0), weight.size(1), taps}).permute({1, 2, 0}).contiguous();
+  // one copy kernel for both (Tensor::to would return a permuted float weight as it is)
+  return at::empty({weight.size(1), taps, weight.size(0)}, weight.options().dtype(accumulation_type(weight)))
+      .copy_(weight.reshape({weight.size(0), weight.size(1), taps}).permute({1, 2, 0}));
 }
 
 // The op entry points of one device. `Kernels` provides

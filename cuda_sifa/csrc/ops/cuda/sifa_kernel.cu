@@ -226,6 +226,17 @@ __device__ __forceinline__ void load_slice(const scalar_t* p, acc_t (&out)[S]) {
   }
 }
 
+// Makes a lane's values opaque to the compiler, so that it keeps them in registers as they are:
+// ptxas otherwise keeps a half or bfloat16 query packed and widens it again on every tap (sm_90
+// SASS, nvcc 13.0: 16 instructions per tap at S = 16; docs/benchmarks.md, round 5).
+template <int S>
+__device__ __forceinline__ void keep_widened(float (&v)[S]) {
+#ifdef __CUDA_ARCH__
+#pragma unroll
+  for (int i = 0; i < S; ++i) asm("" : "+f"(v[i]));
+#endif
+}
+
 template <int S, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void store_slice(scalar_t* p, const acc_t (&in)[S]) {
   Slice<scalar_t, S> s;
@@ -309,7 +320,7 @@ __device__ __forceinline__ PixelSums<W, kTerms, acc_t, kLanes> pixel_sums(unsign
 // stores nothing (the warp's shuffles need all its lanes).
 template <typename scalar_t, int S, int W, int P, int kTaps, typename index_t>
 __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) forward_slice_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
-                                     const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
+                                     const at::acc_type<scalar_t, true>* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                      scalar_t* __restrict__ out, GeometryOf<index_t> g, Pixels<index_t> pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
   static_assert(S <= kMaxForwardSlice, "the slice kernels' register budget");
@@ -330,6 +341,7 @@ __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) forward_s
     const index_t frame = (n * g.T + t) * HW * C + c;
     acc_t q[S], acc[S];
     load_slice<S>(x + (((n * g.T + g.prev_frame(t)) * HW + hw) * C + c), q);
+    if constexpr (sizeof(scalar_t) == 2) keep_widened(q);
 #pragma unroll
     for (int i = 0; i < S; ++i) acc[i] = 0;
 #pragma unroll 1  // unrolled, the 3×3 loop spills at the narrow widths (nvcc 13.0, sm_90)
@@ -367,7 +379,7 @@ __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) forward_s
 template <typename scalar_t, int S, int W, int kTaps, typename index_t>
 __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) backward_slice_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                       const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
-                                      const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
+                                      const at::acc_type<scalar_t, true>* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
                                       at::acc_type<scalar_t, true>* __restrict__ grad_score,
                                       at::acc_type<scalar_t, true>* __restrict__ grad_query, scalar_t* __restrict__ goff,
                                       at::acc_type<scalar_t, true>* gw, GeometryOf<index_t> g, Pixels<index_t> pixels) {
@@ -451,7 +463,7 @@ __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) backward_
 // not depend on the lane schedule or the grid: bitwise the same run to run.
 template <typename scalar_t, int s, int kTaps, typename index_t>
 __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) scatter_slice_kernel(const scalar_t* __restrict__ go, const scalar_t* __restrict__ x,
-                                     const scalar_t* __restrict__ off, const scalar_t* __restrict__ wt,
+                                     const scalar_t* __restrict__ off, const at::acc_type<scalar_t, true>* __restrict__ wt,
                                      const at::acc_type<scalar_t, true>* __restrict__ sc,
                                      const at::acc_type<scalar_t, true>* __restrict__ grad_score,
                                      const at::acc_type<scalar_t, true>* __restrict__ grad_query,
@@ -518,7 +530,7 @@ __global__ void __launch_bounds__(kMaxThreads, kSliceBlocks<scalar_t>) scatter_s
 
 template <typename scalar_t, bool kCorrelate, bool kAggregate, typename index_t>
 __global__ void __launch_bounds__(kMaxThreads, 1) forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
-                               const scalar_t* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
+                               const at::acc_type<scalar_t, true>* __restrict__ wt, at::acc_type<scalar_t, true>* __restrict__ sc,
                                scalar_t* __restrict__ out, GeometryOf<index_t> g, Pixels<index_t> pixels) {
   using acc_t = at::acc_type<scalar_t, true>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -537,11 +549,11 @@ __global__ void __launch_bounds__(kMaxThreads, 1) forward_kernel(const scalar_t*
       const scalar_t* q = x + ((n * g.T + g.prev_frame(t)) * HW + hw) * C;
       for (index_t k = 0; k < K; ++k) {
         const Bilinear<acc_t, index_t>& b = shared.taps[k];
-        const scalar_t* wk = wt + (t * K + k) * C;
+        const acc_t* wk = wt + (t * K + k) * C;
         for (index_t grp = 0; grp < g.groups; ++grp) {
           acc_t partial = 0;
           for (index_t c = grp * Cg + lane; c < (grp + 1) * Cg; c += kWarp)
-            partial += acc_t(wk[c]) * acc_t(q[c]) * math::interpolate(b, frame + c, C);
+            partial += wk[c] * acc_t(q[c]) * math::interpolate(b, frame + c, C);
           const acc_t score = warp_sum(partial);
           if (lane == 0) {
             sc[g.score_index(n, grp, k, t, hw)] = score;
@@ -577,7 +589,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) forward_kernel(const scalar_t*
 template <typename scalar_t, bool kCorrelate, bool kAggregate, typename index_t>
 __global__ void __launch_bounds__(kMaxThreads, 1) backward_kernel(const scalar_t* __restrict__ go, const at::acc_type<scalar_t, true>* __restrict__ gsc_in,
                                 const scalar_t* __restrict__ x, const scalar_t* __restrict__ off,
-                                const scalar_t* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
+                                const at::acc_type<scalar_t, true>* __restrict__ wt, const at::acc_type<scalar_t, true>* __restrict__ sc,
                                 at::acc_type<scalar_t, true>* gx, scalar_t* __restrict__ goff,
                                 at::acc_type<scalar_t, true>* gw, at::acc_type<scalar_t, true>* __restrict__ gsc_out,
                                 GeometryOf<index_t> g, Pixels<index_t> pixels) {
@@ -595,7 +607,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) backward_kernel(const scalar_t
     const scalar_t* gop = kAggregate ? go + index_t(p) * C : nullptr;
     for (index_t k = 0; k < K; ++k) {
       const Bilinear<acc_t, index_t>& b = shared.taps[k];
-      const scalar_t* wk = kCorrelate ? wt + (t * K + k) * C : nullptr;
+      const acc_t* wk = kCorrelate ? wt + (t * K + k) * C : nullptr;
       acc_t off_y = 0, off_x = 0;  // offsets are shared by all groups: their gradients add up
       for (index_t grp = 0; grp < g.groups; ++grp) {
         const index_t c0 = grp * Cg, c1 = c0 + Cg;
@@ -605,7 +617,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) backward_kernel(const scalar_t
         for (index_t c = c0 + lane; c < c1; c += kWarp) {
           sums += math::channel_terms<kCorrelate, kAggregate>(
               math::interpolate_with_grad(b, frame + c, C), kAggregate ? acc_t(gop[c]) : acc_t(0),
-              kCorrelate ? acc_t(wk[c]) * acc_t(q[c]) : acc_t(0));
+              kCorrelate ? wk[c] * acc_t(q[c]) : acc_t(0));
         }
         if constexpr (kAggregate) {  // every lane gets the warp's totals
           sums.agg_s = warp_sum(sums.agg_s);
@@ -625,7 +637,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) backward_kernel(const scalar_t
           acc_t* gx_frame = gx ? gx + nt * HW * C : nullptr;
           for (index_t c = c0 + lane; c < c1; c += kWarp) {
             const acc_t qc = kCorrelate ? acc_t(q[c]) : acc_t(0);
-            const acc_t wc = kCorrelate ? acc_t(wk[c]) : acc_t(0);
+            const acc_t wc = kCorrelate ? wk[c] : acc_t(0);
             if constexpr (kCorrelate) {
               const acc_t s = math::interpolate(b, frame + c, C);
               if (gx) gpuAtomicAdd(gx + query_pixel * C + c, grad_score * wc * s);  // the query is frame prev(t)
@@ -737,7 +749,9 @@ using ForwardShapes = std::tuple<SliceShape<4, 1, 2>, SliceShape<6, 1, 2>, Slice
 // pixels per warp where the budget allows (S ≤ 16, C ≤ 256), so that a lane reads a corner in as
 // many vector loads as float does (S = 16: two 16-byte loads) and the per-tap work that does not
 // depend on the channels serves twice the pixels, to offset the widening each element read costs
-// over float (it narrows the gap, docs/benchmarks.md, round 4). From C = 384 on, as float.
+// over float (with the query kept widened and the weight read in float, bfloat16 issues fewer
+// instructions per pixel than float at C = 128 and 256; docs/benchmarks.md, rounds 4 and 5). From
+// C = 384 on, as float.
 using ForwardShapes2Byte = std::tuple<SliceShape<8, 1, 4>, SliceShape<12, 1, 4>, SliceShape<16, 1, 4>, SliceShape<12, 1, 2>,
                                       SliceShape<16, 1, 2>, SliceShape<12, 1>, SliceShape<16, 1>, SliceShape<12, 2>,
                                       SliceShape<16, 2>, SliceShape<16, 3>>;
@@ -752,6 +766,8 @@ bool with_slice_shape(int64_t C, F&& f, std::tuple<Shapes...>*) {
 }
 
 // Calls f(SliceShape<S, W, P>), one of Shapes, when the slice kernels serve the call, else returns false.
+// `features`: the scalar_t tensors a caller may pass as views, read with vector loads (the weight and
+// the accumulators are the host's fresh allocations).
 template <typename Shapes, typename scalar_t, typename index_t, typename F>
 bool with_slice(const GeometryOf<index_t>& g, Parts parts, std::initializer_list<const at::Tensor*> features, F&& f) {
   if (!(parts.correlate && parts.aggregate) || g.groups != 1) return false;
@@ -787,14 +803,14 @@ struct CudaKernels {
         using index_t = decltype(index);
         const auto g = shape.as<index_t>();
         const Pixels<index_t> pixels(g);
-        const bool sliced = with_slice<ForwardShapesOf<scalar_t>, scalar_t>(g, parts, {&ts.x, &ts.weight, &ts.out}, [&](auto slice) {
+        const bool sliced = with_slice<ForwardShapesOf<scalar_t>, scalar_t>(g, parts, {&ts.x, &ts.out}, [&](auto slice) {
           using Shape = decltype(slice);
           with_taps(g, [&](auto taps) {
             const auto kernel = forward_slice_kernel<scalar_t, Shape::S, Shape::W, Shape::P, decltype(taps)::value, index_t>;
             const auto cfg = launch_config<acc_t>(kernel, g, pixels.count, Shape::W, PixelSums<Shape::W, 1, acc_t>::bytes(),
                                                   Shape::P);
             kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
-                ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(),
+                ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<acc_t>(),
                 ts.scores.data_ptr<acc_t>(), ts.out.data_ptr<scalar_t>(), g, pixels);
           });
         });
@@ -803,7 +819,7 @@ struct CudaKernels {
             const auto kernel = forward_kernel<scalar_t, decltype(cor)::value, decltype(agg)::value, index_t>;
             const auto cfg = launch_config<acc_t>(kernel, g, pixels.count);
             kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
-                ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.weight),
+                ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(), ptr_or_null<acc_t>(ts.weight),
                 ts.scores.data_ptr<acc_t>(), ptr_or_null<scalar_t>(ts.out), g, pixels);
           });
         }
@@ -824,7 +840,7 @@ struct CudaKernels {
         const auto g = shape.as<index_t>();
         const Pixels<index_t> pixels(g);
         const bool sliced = ts.grad_scores_out.defined() ? false : with_slice<BackwardShapes, scalar_t>(
-            g, parts, {&ts.x, &ts.weight, &ts.grad_out, &ts.grad_x, &ts.grad_weight}, [&](auto slice) {
+            g, parts, {&ts.x, &ts.grad_out, &ts.grad_x, &ts.grad_weight}, [&](auto slice) {
               using Shape = decltype(slice);
               if (ts.grad_weight.defined())
                 at::globalContext().alertNotDeterministic("sifa backward (CUDA): the weight gradient adds with atomics");
@@ -841,7 +857,7 @@ struct CudaKernels {
                                                       PixelSums<Shape::W, 5, acc_t>::bytes());
                 kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
                     ts.grad_out.data_ptr<scalar_t>(), ptr_or_null<acc_t>(ts.grad_scores), ts.x.data_ptr<scalar_t>(),
-                    ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(),
+                    ts.offset.data_ptr<scalar_t>(), ts.weight.data_ptr<acc_t>(), ts.scores.data_ptr<acc_t>(),
                     ptr_or_null<acc_t>(grad_score), ptr_or_null<acc_t>(grad_query),
                     ptr_or_null<scalar_t>(ts.grad_offset), ptr_or_null<acc_t>(ts.grad_weight), g, pixels);
                 if (!ts.grad_x.defined()) return;
@@ -853,7 +869,7 @@ struct CudaKernels {
                   const auto sc_cfg = scatter_config<acc_t, s>(scatter, g);
                   scatter<<<sc_cfg.launch.blocks, sc_cfg.launch.threads, sc_cfg.launch.shared_bytes, stream>>>(
                       ts.grad_out.data_ptr<scalar_t>(), ts.x.data_ptr<scalar_t>(), ts.offset.data_ptr<scalar_t>(),
-                      ts.weight.data_ptr<scalar_t>(), ts.scores.data_ptr<acc_t>(), grad_score.data_ptr<acc_t>(),
+                      ts.weight.data_ptr<acc_t>(), ts.scores.data_ptr<acc_t>(), grad_score.data_ptr<acc_t>(),
                       grad_query.data_ptr<acc_t>(), ts.grad_x.data_ptr<acc_t>(), g, pixels,
                       index_t(sc_cfg.band_pixels));
                 };
@@ -872,7 +888,7 @@ struct CudaKernels {
             const auto cfg = launch_config<acc_t>(kernel, g, pixels.count);
             kernel<<<cfg.blocks, cfg.threads, cfg.shared_bytes, stream>>>(
                 ptr_or_null<scalar_t>(ts.grad_out), ptr_or_null<acc_t>(ts.grad_scores), ts.x.data_ptr<scalar_t>(),
-                ts.offset.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(ts.weight), ptr_or_null<acc_t>(ts.scores),
+                ts.offset.data_ptr<scalar_t>(), ptr_or_null<acc_t>(ts.weight), ptr_or_null<acc_t>(ts.scores),
                 ptr_or_null<acc_t>(ts.grad_x), ptr_or_null<scalar_t>(ts.grad_offset), ptr_or_null<acc_t>(ts.grad_weight),
                 ptr_or_null<acc_t>(ts.grad_scores_out), g, pixels);
           });
