@@ -207,8 +207,12 @@ def test_config_takes_the_ablations_for_sifa_resnets_only() -> None:
 def test_runner_frames_flag_sets_the_videos_and_the_clip_length(tmp_path, monkeypatch) -> None:
     """--frames reaches the data sets (frames per video) and every run's clip_length (it was fixed at 8)."""
     seen = []
-    monkeypatch.setattr(ablation, "study", lambda out, variants, regimes, seeds, budget, recipe: seen.append(budget)
-                        or [])
+
+    def study(out, variants, regimes, seeds, budget, recipe):  # records the budget, runs nothing
+        seen.append(budget)
+        return []
+
+    monkeypatch.setattr(ablation, "study", study)
     ablation.main(["--out", str(tmp_path / "study"), "--net", "timm/test_resnet", "--frames", "4",
                    "--recipe", str(REPO_ROOT / "settings" / "ablation_inflated.yml")])
     assert seen[0].frames == 4

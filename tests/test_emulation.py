@@ -75,7 +75,7 @@ def test_catalogue_matches_cpu_kernels(emu, name):
 def emu_index64():
     if not HAS_EXT:
         pytest.skip("the CPU kernels (the expectation) are not built: run `bash make.sh`")
-    return _load(tag="index64", dtype=torch.float64, defines=("SIFA_FORCE_INDEX64",))  # make_inputs' dtype
+    return _load(tag="index64", dtype=torch.float64, defines=("SIFA_INDEX_TYPE=int64_t",))  # make_inputs' dtype
 
 
 @pytest.mark.parametrize("name", list(CATALOGUE))
@@ -233,7 +233,8 @@ def test_deterministic_mode(emu):
 def emu_sm80():
     if not HAS_EXT:
         pytest.skip("the CPU kernels (the expectation) are not built: run `bash make.sh`")
-    return _load(tag="sm80", arch=800, dtype=torch.float32)  # the cases it runs
+    # the cases it runs: float32 and 32-bit indices
+    return _load(tag="sm80", arch=800, dtype=torch.float32, defines=("SIFA_INDEX_TYPE=int32_t",))
 
 
 # channels per lane S and warps per pixel W of the slice kernels' backward at each width C = 32·S·W
@@ -326,7 +327,9 @@ def test_emulator_catches_injected_bug(name):
         pytest.skip("the shared-memory checks live in the default build, not under AddressSanitizer")
     pattern, replacement, count, report, cases = MUTANTS[name]
     tag = re.sub(r"\W+", "-", name)
-    lib = _load(_mutant(pattern, replacement, count), tag=f"mutant-{tag}", dtype=torch.float64)  # make_inputs' dtype
+    # make_inputs' dtype; the catalogue's shapes take the 32-bit index path
+    lib = _load(_mutant(pattern, replacement, count), tag=f"mutant-{tag}", dtype=torch.float64,
+                defines=("SIFA_INDEX_TYPE=int32_t",))
     for case in cases:  # the general and the slice kernels
         tensors, geo = make_inputs(CATALOGUE[case])
         for schedule, max_blocks in RUNS:

@@ -75,8 +75,8 @@ def build(source: Optional[str] = None, sanitizer: str = "thread-hooks", tag: st
     replaces the kernel file's text (the deliberately broken variants of the tests); `arch` the GPU
     architecture whose code paths run (SIFA_EMULATED_ARCH: 800 takes the scalar global atomics of
     GPUs before sm_90); `dtype` the one dtype a variant is built for (default: all four); `defines`
-    macros of the kernel file's test-only switches (SIFA_FORCE_INDEX64: the 64-bit index path at
-    every size).
+    macros of the kernel file's test-only switches (SIFA_INDEX_TYPE=int64_t: only the 64-bit index
+    path, taken at every size; =int32_t: only the 32-bit one, half the compile time).
     Returns the shared library's path."""
     source = KERNEL.read_text() if source is None else source
     kernel_flags, runtime_flags, link_flags = _sanitizer_flags(sanitizer)

@@ -103,26 +103,29 @@ __device__ __forceinline__ WarpShared<acc_t, index_t> warp_shared(unsigned char*
 // The index type of a call: int32_t where every tensor its kernels touch has fewer than 2^31
 // elements (all of them dense, so every index is below that; ATen's canUse32BitIndexMath rule), else
 // int64_t. The pixel loops' counters stay 64-bit (p plus the grid's stride may pass 2^31); each
-// pixel's indices are index_t. SIFA_FORCE_INDEX64, a test-only build flag (tests/emulation builds a
-// variant with it), takes the 64-bit path at every size.
+// pixel's indices are index_t.
 bool index32(std::initializer_list<const at::Tensor*> tensors) {
-#ifdef SIFA_FORCE_INDEX64
-  return false;
-#else
   for (const at::Tensor* t : tensors)
     if (t->defined() && t->numel() > std::numeric_limits<int32_t>::max()) return false;
   return true;
-#endif
 }
 
-// Calls f(index_t{}) with the call's index type.
+// Calls f(index_t{}) with the call's index type. SIFA_INDEX_TYPE, a test-only build flag of the
+// warp emulator's variants (tests/emulation), compiles one path only: int64_t takes the 64-bit path
+// at every size; int32_t halves the build, and a call that needs 64-bit indices raises.
 template <typename F>
 void with_index(std::initializer_list<const at::Tensor*> tensors, F&& f) {
+#ifdef SIFA_INDEX_TYPE
+  TORCH_CHECK(sizeof(SIFA_INDEX_TYPE) == 8 || index32(tensors),
+              "sifa: this build (SIFA_INDEX_TYPE, a test-only flag) has no 64-bit index path");
+  f(SIFA_INDEX_TYPE{});
+#else
   if (index32(tensors)) {
     f(int32_t{});
   } else {
     f(int64_t{});
   }
+#endif
 }
 
 // The pixels p = ((n·T + t)·H + h)·W + w of a call: their count and the divisions that decompose
