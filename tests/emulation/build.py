@@ -76,7 +76,7 @@ def build(source: Optional[str] = None, sanitizer: str = "thread-hooks", tag: st
     architecture whose code paths run (SIFA_EMULATED_ARCH: 800 takes the scalar global atomics of
     GPUs before sm_90); `dtype` the one dtype a variant is built for (default: all four); `defines`
     macros of the kernel file's test-only switches (SIFA_INDEX_TYPE=int64_t: only the 64-bit index
-    path, taken at every size; =int32_t: only the 32-bit one, half the compile time).
+    path, taken at every size; =int32_t: only the 32-bit one, half the kernels to compile).
     Returns the shared library's path."""
     source = KERNEL.read_text() if source is None else source
     kernel_flags, runtime_flags, link_flags = _sanitizer_flags(sanitizer)

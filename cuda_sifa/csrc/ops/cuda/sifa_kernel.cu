@@ -112,7 +112,7 @@ bool index32(std::initializer_list<const at::Tensor*> tensors) {
 
 // Calls f(index_t{}) with the call's index type. SIFA_INDEX_TYPE, a test-only build flag of the
 // warp emulator's variants (tests/emulation), compiles one path only: int64_t takes the 64-bit path
-// at every size; int32_t halves the build, and a call that needs 64-bit indices raises.
+// at every size; int32_t compiles half the kernels, and a call that needs 64-bit indices raises.
 template <typename F>
 void with_index(std::initializer_list<const at::Tensor*> tensors, F&& f) {
 #ifdef SIFA_INDEX_TYPE
