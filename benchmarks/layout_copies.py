@@ -1,6 +1,6 @@
 """Layout copies inside the SIFA op calls of SIFA-Net R50, contiguous against channels_last_3d: the 5-D
-``aten::copy_`` events under a ``sifa::`` op event in one forward + backward (tests/helpers.py,
-``copies_in_sifa_ops``), counted and summed in MB (fp32).
+``aten::copy_`` events under a ``sifa::`` op event in one forward + backward
+(``sifa.ops.profiling.layout_copies``), counted and summed in MB (fp32).
 
     python benchmarks/layout_copies.py [--batch 2] [--frames 8] [--crop 112] [--threads 2]
 """
@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from helpers import copies_in_sifa_ops  # noqa: E402
-
+sys.path.insert(0, str(ROOT))
 from sifa.models import get_model_by_name  # noqa: E402
+from sifa.ops.profiling import layout_copies  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +40,7 @@ def main() -> None:
         def step():
             sum(head.sum() for head in net(x)).backward()
 
-        found = copies_in_sifa_ops(step)
+        found = layout_copies(step)
         forward = [shape for op, shape in found if op == "sifa::sifa_attention"]
         backward = [shape for op, shape in found if op != "sifa::sifa_attention"]
         mb = [sum(math.prod(s) for s in shapes) * 4 / 1e6 for shapes in (forward, backward)]

@@ -101,24 +101,3 @@ def user_error(capsys, match):
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and re.search(match, last) and "Traceback" not in err, err
-
-
-def copies_in_sifa_ops(fn):
-    """Runs ``fn`` under the profiler and returns (op, shape) for every copy of a 5-D tensor (features, their
-    gradient or offsets, in either layout: a layout copy) made inside a ``sifa::`` op call, forward or backward.
-    The copies a CPU kernel's host code makes (``.contiguous()``, ``permute(...).contiguous()``, ``.to(format)``)
-    all end in ``aten::copy_``, recorded with its destination's shape under the op's event."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        fn()
-    found = []
-    for event in prof.events():
-        if event.name != "aten::copy_" or not event.input_shapes or len(event.input_shapes[0]) != 5:
-            continue
-        parent = event.cpu_parent
-        while parent is not None and not parent.name.startswith("sifa::"):
-            parent = parent.cpu_parent
-        if parent is not None:
-            found.append((parent.name, tuple(event.input_shapes[0])))
-    return found

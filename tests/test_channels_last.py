@@ -12,12 +12,12 @@ import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sifa.ops as ops
-from helpers import copies_in_sifa_ops
 from sifa.config import load_config
 from sifa.errors import ConfigError
 from sifa.layers import SIFA
 from sifa.models import get_model_by_name
 from sifa.models.build import build_model, uses_channels_last
+from sifa.ops.profiling import layout_copies
 from sifa.models.sifa_resnet import SIFABottleneck
 
 needs_ext = pytest.mark.skipif(ops.backend() != "extension", reason="compiled extension not built")
@@ -148,10 +148,10 @@ def test_no_layout_copies_in_the_sifa_calls_of_the_channels_last_network(two_thr
 
     model_cl = copy.deepcopy(model)
     model_cl.set_channels_last()
-    assert copies_in_sifa_ops(step(model_cl)) == []
+    assert layout_copies(step(model_cl)) == []
     # the contiguous network (main's only way): every SIFA call copies its features into the working layout
     # and its output back, forward and backward
-    copied = copies_in_sifa_ops(step(model))
+    copied = layout_copies(step(model))
     blocks = sum(isinstance(m, SIFABottleneck) for m in model.modules())
     assert len([c for c in copied if c[0] == "sifa::sifa_attention"]) == 2 * blocks
     assert len([c for c in copied if c[0] == "sifa::_sifa_attention_backward"]) == 3 * blocks
@@ -196,7 +196,7 @@ def test_the_sifa_layer_keeps_channels_last_without_copies(options):
         out = step()
     assert mode.found == []
     assert out.is_contiguous(memory_format=CL) and x.grad.is_contiguous(memory_format=CL)
-    assert copies_in_sifa_ops(step) == []
+    assert layout_copies(step) == []
     # the NCTHW layer: the same output, and its ops do return NCTHW tensors (what the check looks for)
     x_plain = x.detach().contiguous().requires_grad_()
     with NCTHWOutputs(channels=(16, 18)) as mode:

@@ -635,7 +635,7 @@ def test_layouts_give_the_same_bits(dtype):
 def test_no_layout_copies_for_channels_last_features_and_offsets():
     # channels_last_3d features and offsets (a channels-last network's): no 5-D tensor is copied inside the
     # op calls, forward or backward; contiguous features (and strided offsets) are copied, which the count sees
-    from helpers import copies_in_sifa_ops
+    from sifa.ops.profiling import layout_copies
 
     x, off, w, _ = (t.detach().float() for t in make_case(2, 8, 3, 5, 6, 3, 1, 1, 1.5))
     cl = torch.channels_last_3d
@@ -645,7 +645,7 @@ def test_no_layout_copies_for_channels_last_features_and_offsets():
         def step():
             out = ops.sifa_attention(x, off, w)
             out.backward(torch.ones_like(out))
-        return copies_in_sifa_ops(step)
+        return layout_copies(step)
 
     assert run(x.contiguous(memory_format=cl), off.contiguous(memory_format=cl)) == []
     assert run(x.contiguous(memory_format=cl), off) == []  # contiguous offsets are read in place too
