@@ -84,7 +84,8 @@ inline math::Geometry make_geometry(const at::Tensor& input, const at::Tensor& o
 
 // The kernels' working layout: features channels-last (N×T×H×W×C, so channel loops are contiguous
 // on the CPU and coalesced on the GPU), scores NCTHW, offsets N×2K×T×H×W in the layout they come in
-// (contiguous or channels_last_3d; reads_offset_in_place), the correlation weight T×K×C (in the accumulation type).
+// (contiguous or channels_last_3d; reads_offset_in_place), the correlation weight T×K×C in the
+// accumulation type.
 // Scores and their gradients are in the accumulation type (float for half/bfloat16): the fused
 // backward then uses the scores the forward computed, not their rounding.
 // Undefined tensors are parts a call does not run or gradients nobody asked for.

@@ -769,8 +769,9 @@ bool with_slice_shape(int64_t C, F&& f, std::tuple<Shapes...>*) {
 }
 
 // Calls f(SliceShape<S, W, P>), one of Shapes, when the slice kernels serve the call, else returns false.
-// `features`: the scalar_t tensors a caller may pass as views, read with vector loads (the weight and
-// the accumulators are the host's fresh allocations).
+// `features`: the tensors whose alignment is checked against the slice's vector width (a
+// channels-last view at an odd storage offset takes the general kernels). The weight is not among
+// them: it is weight_tkc's fresh copy, in the accumulation type.
 template <typename Shapes, typename scalar_t, typename index_t, typename F>
 bool with_slice(const GeometryOf<index_t>& g, Parts parts, std::initializer_list<const at::Tensor*> features, F&& f) {
   if (!(parts.correlate && parts.aggregate) || g.groups != 1) return false;
